@@ -1,0 +1,84 @@
+//! The command line: argument parsing and the human-facing commands.
+
+mod image;
+pub mod json;
+mod manifest;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::erofs::{Image, ImageOptions};
+use crate::source;
+
+/// Serve read-only EROFS images to virtual machines over vhost-user
+/// virtio-fs, and inspect them.
+#[derive(Debug, Parser)]
+#[command(name = "erofs-virtiofsd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect an EROFS image without mounting it.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+}
+
+/// Where the image comes from: shared by every command that opens one.
+#[derive(Debug, Clone, Args)]
+pub struct ImageSource {
+    /// The EROFS image (a file or block device).
+    pub image: PathBuf,
+    /// Extra device (blob) for multi-device images, in device-table order;
+    /// repeat for several.
+    #[arg(long = "device", value_name = "BLOB")]
+    pub devices: Vec<PathBuf>,
+    /// Byte offset of the image inside IMAGE (any alignment).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+}
+
+impl ImageSource {
+    /// Opens the image and its devices.
+    pub fn open(&self) -> anyhow::Result<Image> {
+        let src = source::open_path(&self.image, self.offset)
+            .with_context(|| format!("cannot open image {}", self.image.display()))?;
+        let mut devices = Vec::new();
+        for d in &self.devices {
+            let s: Arc<dyn source::Source> = Arc::new(
+                source::FileSource::open(d)
+                    .with_context(|| format!("cannot open device {}", d.display()))?,
+            );
+            devices.push(s);
+        }
+        Image::open(src, ImageOptions { devices })
+            .with_context(|| format!("{}", self.image.display()))
+    }
+}
+
+/// Runs the command line and maps failures to a one-line error and exit 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Image(c) => c.run(),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed pipe (e.g. `| head`) is not an error worth a message.
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("erofs-virtiofsd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Block maps of uncompressed inodes: where logical byte `la` of a file
+//! lives (flat, tail-inline and chunk-based layouts).
+
+use super::inode::{Inode, MetaPos};
+use super::ondisk;
+use super::{Error, Result};
+
+/// Where a logical extent of a file lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// Zeros (a hole).
+    Hole,
+    /// On device `device` (0 = primary) at byte `pa`.
+    Mapped {
+        /// Device id from the chunk index (0 = primary).
+        device: u16,
+        /// Physical byte address.
+        pa: u64,
+    },
+    /// Inline in the metadata, right after the inode.
+    Inline(MetaPos),
+}
+
+/// A logical extent `[la, la + len)` and where it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Logical start.
+    pub la: u64,
+    /// Length in bytes (never 0 for `la < size`).
+    pub len: u64,
+    /// Location.
+    pub kind: ExtentKind,
+}
+
+/// What the chunk mapper needs to know about a chunk-based inode, besides
+/// the chunk record bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkGeometry {
+    /// log2 of the chunk size.
+    pub chunkbits: u32,
+    /// Record size: 8 (chunk indexes) or 4 (block map).
+    pub unit: u64,
+    /// Whether chunk indexes carry 48-bit block addresses.
+    pub addr48: bool,
+}
+
+impl ChunkGeometry {
+    /// Geometry of a chunk-based inode.
+    pub fn of(inode: &Inode, blkszbits: u8) -> Result<Self> {
+        let format = inode.chunk_format();
+        let chunkbits =
+            u32::from(blkszbits) + u32::from(format & ondisk::CHUNK_FORMAT_BLKBITS_MASK);
+        if chunkbits >= 63 {
+            return Err(Error::corrupt(
+                Some(inode.nid),
+                "chunk format",
+                format!("chunk size 2^{chunkbits}"),
+            ));
+        }
+        let indexes = format & ondisk::CHUNK_FORMAT_INDEXES != 0;
+        Ok(Self {
+            chunkbits,
+            unit: if indexes { 8 } else { 4 },
+            addr48: format & ondisk::CHUNK_FORMAT_48BIT != 0,
+        })
+    }
+
+    /// Position of the record for chunk `chunknr`.
+    pub fn record_pos(&self, inode: &Inode, chunknr: u64) -> Option<MetaPos> {
+        let start = inode.data_pos()?;
+        let aligned = start.pos.checked_next_multiple_of(self.unit)?;
+        Some(MetaPos {
+            pos: aligned.checked_add(chunknr.checked_mul(self.unit)?)?,
+            in_metabox: start.in_metabox,
+        })
+    }
+
+    /// Decodes a chunk record into an extent for chunk `chunknr`.
+    pub fn extent(&self, inode: &Inode, blkszbits: u8, chunknr: u64, rec: &[u8]) -> Result<Extent> {
+        let bad = || Error::corrupt(Some(inode.nid), "chunk index", "short record");
+        let la = chunknr
+            .checked_shl(self.chunkbits)
+            .filter(|la| *la < inode.size)
+            .ok_or_else(|| Error::corrupt(Some(inode.nid), "chunk index", "chunk beyond size"))?;
+        let bs = 1u64 << blkszbits;
+        let rest = (inode.size - la).div_ceil(bs).saturating_mul(bs);
+        let len = (1u64 << self.chunkbits).min(rest);
+        let (blk, device, mask) = if self.unit == 8 {
+            let r = rec.get(..8).ok_or_else(bad)?;
+            let hi = u16::from_le_bytes([r[0], r[1]]);
+            let dev = u16::from_le_bytes([r[2], r[3]]);
+            let lo = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+            if self.addr48 {
+                (u64::from(lo) | (u64::from(hi) << 32), dev, (1u64 << 48) - 1)
+            } else {
+                (u64::from(lo), dev, u64::from(u32::MAX))
+            }
+        } else {
+            let r = rec.get(..4).ok_or_else(bad)?;
+            (
+                u64::from(u32::from_le_bytes([r[0], r[1], r[2], r[3]])),
+                0,
+                u64::from(u32::MAX),
+            )
+        };
+        let kind = if blk & mask == mask {
+            ExtentKind::Hole
+        } else {
+            let pa = blk
+                .checked_shl(u32::from(blkszbits))
+                .filter(|p| p >> blkszbits == blk);
+            ExtentKind::Mapped {
+                device,
+                pa: pa.ok_or_else(|| {
+                    Error::corrupt(
+                        Some(inode.nid),
+                        "chunk index",
+                        format!("block {blk} overflows"),
+                    )
+                })?,
+            }
+        };
+        Ok(Extent { la, len, kind })
+    }
+}
+
+/// Maps logical byte `la` of a flat (plain or tail-inline) inode.
+pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
+    let bs = 1u64 << blkszbits;
+    let size = inode.size;
+    if la >= size {
+        return Err(Error::corrupt(
+            Some(inode.nid),
+            "read",
+            "offset beyond size",
+        ));
+    }
+    let inline = inode.layout == ondisk::LAYOUT_FLAT_INLINE;
+    let Some(startblk) = inode.startblk else {
+        return Ok(Extent {
+            la: 0,
+            len: size,
+            kind: ExtentKind::Hole,
+        });
+    };
+    let nblocks = size.div_ceil(bs);
+    let lastblk = nblocks - u64::from(inline);
+    let tail_start = lastblk << blkszbits;
+    if la < tail_start {
+        let pa = startblk
+            .checked_shl(u32::from(blkszbits))
+            .filter(|p| p >> blkszbits == startblk)
+            .and_then(|p| p.checked_add(la))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    Some(inode.nid),
+                    "startblk",
+                    format!("block {startblk} overflows"),
+                )
+            })?;
+        return Ok(Extent {
+            la,
+            len: tail_start - la,
+            kind: ExtentKind::Mapped { device: 0, pa },
+        });
+    }
+    let base = inode
+        .data_pos()
+        .ok_or_else(|| Error::corrupt(Some(inode.nid), "inline data", "position overflows"))?;
+    let tail_len = size - tail_start;
+    if (base.pos & (bs - 1)) + tail_len > bs {
+        return Err(Error::corrupt(
+            Some(inode.nid),
+            "inline data",
+            format!(
+                "{tail_len}-byte tail at {} crosses a block boundary",
+                base.pos
+            ),
+        ));
+    }
+    let off = la - tail_start;
+    Ok(Extent {
+        la,
+        len: size - la,
+        kind: ExtentKind::Inline(
+            base.add(off).ok_or_else(|| {
+                Error::corrupt(Some(inode.nid), "inline data", "position overflows")
+            })?,
+        ),
+    })
+}

@@ -1,0 +1,10 @@
+//! erofs-virtiofsd: serve read-only EROFS images to virtual machines.
+//!
+//! The crate is split by what each part trusts and owns:
+//! - [`erofs`]: the on-disk format (parsing and mapping only);
+//! - [`source`]: where image bytes come from;
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod erofs;
+pub mod source;

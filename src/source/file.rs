@@ -1,0 +1,55 @@
+//! A regular file (or anything `pread` works on) as an image source.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::Source;
+
+/// An image read with `pread(2)` through the host page cache.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    size: u64,
+}
+
+impl FileSource {
+    /// Opens `path` read-only.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Self::from_file(file)
+    }
+
+    /// Wraps an already open file.
+    pub fn from_file(file: File) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a directory, not an image",
+            ));
+        }
+        Ok(Self {
+            size: meta.len(),
+            file,
+        })
+    }
+}
+
+impl Source for FileSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
+        self.file.read_at(&mut buf[..n], offset)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}

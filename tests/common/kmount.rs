@@ -1,0 +1,273 @@
+//! Mounting images with the Linux kernel's EROFS driver: the oracle.
+//!
+//! Images are mounted file-backed (`mount(2)` with the image file as source,
+//! Linux 6.12+), so no loop devices are needed and extra devices
+//! (`-o device=PATH`) may be plain files too. If the kernel refuses a
+//! file-backed mount (`ENOTBLK`: built without file-backed support), the
+//! guard falls back to util-linux `mount`, which sets up a loop device.
+//!
+//! The tests that use this are meant to run as root (CI does): they fail
+//! loudly via [`assert_kernel_erofs`] instead of skipping.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Mount options beyond `ro`.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Extra devices (`-o device=PATH`, in order), e.g. a `--blobdev` blob.
+    pub devices: Vec<PathBuf>,
+    /// Start of the filesystem inside the image file (`-o fsoffset=N`,
+    /// Linux 6.16+).
+    pub fsoffset: Option<u64>,
+}
+
+impl MountOptions {
+    /// Options with the given extra devices.
+    pub fn with_devices(devices: &[&Path]) -> Self {
+        MountOptions {
+            devices: devices.iter().map(|d| d.to_path_buf()).collect(),
+            fsoffset: None,
+        }
+    }
+
+    /// The `data` string for mount(2), without `ro`.
+    fn data(&self) -> Result<String, String> {
+        let mut opts = Vec::new();
+        for d in &self.devices {
+            let s = d
+                .to_str()
+                .ok_or_else(|| format!("device path is not UTF-8: {}", d.display()))?;
+            if s.contains(',') {
+                return Err(format!("device path contains a comma: {s}"));
+            }
+            opts.push(format!("device={s}"));
+        }
+        if let Some(off) = self.fsoffset {
+            opts.push(format!("fsoffset={off}"));
+        }
+        Ok(opts.join(","))
+    }
+}
+
+/// RAII guard of a read-only kernel EROFS mount on a fresh temporary
+/// directory; unmounts and removes the directory on drop.
+#[derive(Debug)]
+pub struct KernelMount {
+    dir: PathBuf,
+    image: PathBuf,
+}
+
+impl KernelMount {
+    /// Mounts `image` (with extra `devices`), panicking with the reason and
+    /// the kernel log if the kernel refuses.
+    #[track_caller]
+    pub fn new(image: &Path, devices: &[&Path]) -> KernelMount {
+        assert_kernel_erofs();
+        KernelMount::mount(image, &MountOptions::with_devices(devices))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Mounts `image` with `opts`; the error explains what failed and
+    /// includes the kernel's recent EROFS messages.
+    pub fn mount(image: &Path, opts: &MountOptions) -> Result<KernelMount, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("erofs-kmount-")
+            .tempdir()
+            .map_err(|e| format!("creating a mount point: {e}"))?
+            .keep();
+        match mount_erofs(image, &dir, opts) {
+            Ok(()) => Ok(KernelMount {
+                dir,
+                image: image.to_path_buf(),
+            }),
+            Err(e) => {
+                let _ = fs::remove_dir(&dir);
+                Err(format!(
+                    "kernel EROFS mount of {} (options {opts:?}) failed: {e}\n\
+                     recent kernel messages:\n{}",
+                    image.display(),
+                    kernel_log_tail(20)
+                ))
+            }
+        }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The mounted image.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let mut result = umount(&self.dir, 0);
+        if result.is_err() {
+            // Busy (an open file somewhere): detach it; it goes away once the
+            // last user is gone.
+            result = umount(&self.dir, libc::MNT_DETACH);
+        }
+        match result {
+            Ok(()) => {
+                if let Err(e) = fs::remove_dir(&self.dir) {
+                    eprintln!("warning: removing {}: {e}", self.dir.display());
+                }
+            }
+            // Never remove a directory that may still be a mount point.
+            Err(e) => eprintln!(
+                "warning: could not unmount {} ({e}); leaving it",
+                self.dir.display()
+            ),
+        }
+    }
+}
+
+fn cstring(p: &Path) -> Result<CString, String> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| format!("path contains a NUL byte: {}", p.display()))
+}
+
+/// mount(2) of `image` on `dir`, read-only; util-linux `mount` (loop device)
+/// when the kernel cannot mount a file directly.
+fn mount_erofs(image: &Path, dir: &Path, opts: &MountOptions) -> Result<(), String> {
+    let data = opts.data()?;
+    let source = cstring(image)?;
+    let target = cstring(dir)?;
+    let fstype = CString::new("erofs").expect("no NUL in a literal");
+    let data_c = CString::new(data.clone()).map_err(|_| "mount options contain NUL".to_string())?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the
+    // call; the kernel only reads them.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_RDONLY,
+            data_c.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOTBLK) {
+        return Err(format!("mount(2): {err}"));
+    }
+    // No file-backed mounts in this kernel: let util-linux set up a loop.
+    let mut o = String::from("ro");
+    if !data.is_empty() {
+        o.push(',');
+        o.push_str(&data);
+    }
+    let out = Command::new("mount")
+        .args(["-t", "erofs", "-o", &o])
+        .arg(image)
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("mount(2): {err}; running mount(8): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount(2): {err}; mount(8) -o {o}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn umount(dir: &Path, flags: libc::c_int) -> io::Result<()> {
+    let target = cstring(dir).map_err(io::Error::other)?;
+    // SAFETY: `target` is a valid NUL-terminated path for the whole call.
+    let rc = unsafe { libc::umount2(target.as_ptr(), flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The last `n` kernel log lines that mention erofs or loop devices (or a note
+/// saying why there are none).
+pub fn kernel_log_tail(n: usize) -> String {
+    match Command::new("dmesg").output() {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("erofs") || l.contains("EROFS") || l.contains("loop"))
+                .collect();
+            if lines.is_empty() {
+                return "  (no erofs messages in dmesg)".to_string();
+            }
+            lines[lines.len().saturating_sub(n)..]
+                .iter()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Ok(out) => format!(
+            "  (dmesg failed: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("  (cannot run dmesg: {e})"),
+    }
+}
+
+/// Whether kernel EROFS mounts can work here: we are root and the kernel
+/// knows `erofs` (after `modprobe erofs` if needed). Checked once.
+pub fn kernel_erofs_available() -> Result<(), String> {
+    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
+    RESULT.get_or_init(check_kernel_erofs).clone()
+}
+
+fn check_kernel_erofs() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(format!(
+            "not running as root (euid {euid}); mounting needs CAP_SYS_ADMIN"
+        ));
+    }
+    let has_erofs = || {
+        fs::read_to_string("/proc/filesystems")
+            .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
+            .unwrap_or(false)
+    };
+    if has_erofs() {
+        return Ok(());
+    }
+    let modprobe = Command::new("modprobe").arg("erofs").output();
+    if has_erofs() {
+        return Ok(());
+    }
+    Err(format!(
+        "the kernel has no erofs filesystem (/proc/filesystems); modprobe erofs: {}",
+        match modprobe {
+            Ok(o) => format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => e.to_string(),
+        }
+    ))
+}
+
+/// Panics with a clear message when kernel EROFS mounts cannot work. These
+/// tests are meant to run as root in CI and must not skip silently.
+#[track_caller]
+pub fn assert_kernel_erofs() {
+    if let Err(why) = kernel_erofs_available() {
+        panic!(
+            "kernel oracle tests need root and the kernel EROFS driver: {why}\n\
+             (run the tests as root on a kernel with CONFIG_EROFS_FS)"
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! Shared harness for the integration tests: the Linux kernel's EROFS driver
+//! is the oracle for what an image contains.
+//!
+//! - [`manifest`]: the manifest entry type (the JSON-lines format of
+//!   `../shared/fixtures/README.md`), a walker that builds it from a mounted
+//!   tree, and a field-by-field comparison with a readable diff.
+//! - [`fixtures`]: where the shared fixtures live and the expected manifest of
+//!   each fixture image (tree manifest + per-image delta).
+//! - [`kmount`]: mount an image with the kernel driver (RAII guard) and check
+//!   up front that we can.
+//! - [`trees`]: deterministic source trees for `mkfs.erofs` (edge cases, plain).
+//! - [`mkfs`]: run Debian's `mkfs.erofs` 1.5.
+//! - [`cli`]: run our own binary's `image manifest` command.
+//!
+//! Every integration test crate compiles this module on its own and uses only
+//! part of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod cli;
+pub mod fixtures;
+pub mod kmount;
+pub mod manifest;
+pub mod mkfs;
+pub mod trees;
+
+pub use cli::run_manifest;
+pub use fixtures::{fixture_image, fixtures_dir, load_expected};
+pub use kmount::{assert_kernel_erofs, KernelMount};
+pub use manifest::{assert_manifests_eq, walk_manifest, Entry};
+pub use mkfs::mkfs;
