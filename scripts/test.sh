@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, formatting, lints, unit and integration tests
+# (the integration tests mount images with the kernel's EROFS driver, so run
+# as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: the integration tests mount filesystems; run as root" >&2
+  exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --quiet 2>&1 | tee /tmp/erofs-virtiofsd-test.log
