@@ -96,7 +96,7 @@ impl<'a> DirBlock<'a> {
     }
 
     fn dirent_at(data: &[u8], i: usize, nid: u64) -> Result<Dirent> {
-        let off = i.checked_mul(DIRENT_SIZE).unwrap_or(usize::MAX);
+        let off = i.saturating_mul(DIRENT_SIZE);
         let end = off.saturating_add(DIRENT_SIZE);
         let b = data.get(off..end).ok_or_else(|| {
             Error::corrupt(
@@ -165,21 +165,46 @@ impl<'a> DirBlock<'a> {
 
     /// Binary search for `name` in this block (names sorted by bytes).
     pub fn find(&self, name: &[u8], nid: u64) -> Result<Option<DirEntry<'a>>> {
-        let (mut lo, mut hi) = (0usize, self.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let e = self.entry(mid, nid)?;
-            match name.cmp(e.name) {
-                std::cmp::Ordering::Equal => return Ok(Some(e)),
-                std::cmp::Ordering::Greater => lo = mid + 1,
-                std::cmp::Ordering::Less => hi = mid,
+        let mut err = None;
+        let r = crate::erofs::dir::bsearch(self.count, |i| match self.entry(i, nid) {
+            Ok(e) => name.cmp(e.name),
+            Err(e) => {
+                err = Some(e);
+                std::cmp::Ordering::Equal
             }
+        });
+        if let Some(e) = err {
+            return Err(e);
         }
-        Ok(None)
+        match r {
+            Ok(i) => self.entry(i, nid).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 }
 
+/// Binary search over `0..n` where `cmp(i)` compares the target with item
+/// `i`. `Ok(i)`: found at `i`; `Err(i)`: the last item smaller than the
+/// target is `i - 1` (so `i` items are smaller).
+pub(crate) fn bsearch(
+    n: usize,
+    mut cmp: impl FnMut(usize) -> std::cmp::Ordering,
+) -> std::result::Result<usize, usize> {
+    let (mut lo, mut hi) = (0usize, n);
+    while lo < hi {
+        // lo < hi <= n, so the midpoint and mid + 1 cannot overflow.
+        let mid = lo.midpoint(hi);
+        match cmp(mid) {
+            std::cmp::Ordering::Equal => return Ok(mid),
+            std::cmp::Ordering::Greater => lo = mid.saturating_add(1),
+            std::cmp::Ordering::Less => hi = mid,
+        }
+    }
+    Err(lo)
+}
+
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

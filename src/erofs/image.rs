@@ -41,6 +41,9 @@ pub struct Device {
     src: Option<Arc<dyn Source>>,
 }
 
+/// The inline xattr area: name filter, shared ids, inline entries.
+type Ibody<'a> = (u32, Vec<u32>, Cow<'a, [u8]>);
+
 /// An opened EROFS image.
 #[derive(Debug)]
 pub struct Image {
@@ -96,7 +99,8 @@ impl Image {
         if n == 0 {
             return Ok(());
         }
-        self.device_id_mask = u16::try_from((n + 1).next_power_of_two() - 1).unwrap_or(u16::MAX);
+        let mask = n.saturating_add(1).next_power_of_two().saturating_sub(1);
+        self.device_id_mask = u16::try_from(mask).unwrap_or(u16::MAX);
         let mut pos = u64::from(self.sb.devt_slotoff) * 128;
         let mut given = opts.devices.into_iter();
         for _ in 0..n {
@@ -149,7 +153,7 @@ impl Image {
         buf: &mut [u8],
     ) -> Result<()> {
         let size = src.size();
-        let end = pos.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+        let end = pos.saturating_add(buf.len() as u64);
         if end > size {
             return Err(Error::Truncated {
                 what,
@@ -273,13 +277,12 @@ impl Image {
         let bs = self.sb.blkszbits;
         let id = device & self.device_id_mask;
         if id != 0 {
-            let dev = self
-                .devices
-                .get(usize::from(id) - 1)
-                .ok_or(Error::MissingDevice {
+            let dev = self.devices.get(usize::from(id).saturating_sub(1)).ok_or(
+                Error::MissingDevice {
                     id,
                     given: self.devices.len(),
-                })?;
+                },
+            )?;
             return match &dev.src {
                 Some(src) => self.read_from(src.as_ref(), "extra device", "file data", pa, buf),
                 None => {
@@ -304,8 +307,8 @@ impl Image {
             }
             let start = dev.uniaddr << bs;
             let end = start.saturating_add(dev.blocks << bs);
-            if pa >= start && pa < end {
-                return self.read_from(src.as_ref(), "extra device", "file data", pa - start, buf);
+            if let Some(rel) = pa.checked_sub(start).filter(|_| pa < end) {
+                return self.read_from(src.as_ref(), "extra device", "file data", rel, buf);
             }
         }
         self.read_primary("file data", pa, buf)
@@ -314,26 +317,29 @@ impl Image {
     /// Reads file data at `offset` into `buf`; returns bytes read (short
     /// only at end of file).
     pub fn read(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= inode.size || buf.is_empty() {
+        let Some(left) = inode.size.checked_sub(offset).filter(|l| *l > 0) else {
             return Ok(0);
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(inode.size - offset).unwrap_or(usize::MAX));
+        };
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let mut done = 0usize;
-        while done < want {
-            let pos = offset + done as u64;
+        // Each pass copies at least one byte, so this ends after `want`
+        // passes at most.
+        while let Some(rest) = want.checked_sub(done).filter(|r| *r > 0) {
+            let pos = offset.saturating_add(done as u64);
             let ext = self.map(inode, pos)?;
-            let skip = pos
+            let span = pos
                 .checked_sub(ext.la)
-                .filter(|s| *s < ext.len)
-                .ok_or_else(|| {
-                    Error::corrupt(Some(inode.nid), "block map", "extent does not cover offset")
-                })?;
-            let n = usize::try_from(ext.len - skip)
-                .unwrap_or(usize::MAX)
-                .min(want - done);
-            let out = &mut buf[done..done + n];
+                .and_then(|skip| Some((skip, ext.len.checked_sub(skip)?)))
+                .filter(|(_, avail)| *avail > 0);
+            let Some((skip, avail)) = span else {
+                return Err(Error::corrupt(
+                    Some(inode.nid),
+                    "block map",
+                    "extent does not cover offset",
+                ));
+            };
+            let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest);
+            let out = &mut buf[done..][..n];
             match ext.kind {
                 ExtentKind::Hole => out.fill(0),
                 ExtentKind::Mapped { device, pa } => {
@@ -343,13 +349,13 @@ impl Image {
                     self.read_device(inode, device, pa, out)?;
                 }
                 ExtentKind::Inline(p) => {
-                    let p = p.add(skip).ok_or_else(|| {
+                    let p = p.offset(skip).ok_or_else(|| {
                         Error::corrupt(Some(inode.nid), "inline data", "address overflow")
                     })?;
                     self.meta_into("inline data", p, out)?;
                 }
             }
-            done += n;
+            done = done.saturating_add(n);
         }
         Ok(done)
     }
@@ -387,7 +393,7 @@ impl Image {
             .checked_mul(bs)
             .filter(|s| *s < dir.size)
             .ok_or_else(|| Error::corrupt(Some(dir.nid), "directory", "block beyond size"))?;
-        let len = (dir.size - start).min(bs) as usize;
+        let len = dir.size.saturating_sub(start).min(bs) as usize;
         let v = self.read_vec(dir, start, len)?;
         if v.len() != len {
             return Err(Error::corrupt(Some(dir.nid), "directory", "short read"));
@@ -396,28 +402,42 @@ impl Image {
     }
 
     /// Looks `name` up in directory `dir`: binary search over blocks by their
-    /// first name, then inside the block.
+    /// first name, then inside the block (as the kernel's namei does).
     pub fn lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<(u64, FileType)>> {
         self.check_dir_size(dir)?;
         if name.is_empty() || name.len() > ondisk::NAME_LEN {
             return Ok(None);
         }
-        let nblocks = dir.size.div_ceil(self.sb.block_size());
-        let (mut lo, mut hi) = (0u64, nblocks);
-        let mut candidate = None;
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let data = self.dir_block(dir, mid)?;
-            let blk = DirBlock::parse(&data, dir.nid)?;
-            let first = blk.entry(0, dir.nid)?;
-            match name.cmp(first.name) {
-                std::cmp::Ordering::Equal => return Ok(Some((first.nid, first.file_type))),
-                std::cmp::Ordering::Greater => {
-                    candidate = Some(data);
-                    lo = mid + 1;
+        let nblocks = usize::try_from(dir.size.div_ceil(self.sb.block_size()))
+            .map_err(|_| Error::corrupt(Some(dir.nid), "directory size", "too many blocks"))?;
+        let mut failure = None;
+        let mut exact = None;
+        let mut candidate: Option<Vec<u8>> = None;
+        let _ = super::dir::bsearch(nblocks, |mid| {
+            let r = self.dir_block(dir, mid as u64).and_then(|data| {
+                let first = DirBlock::parse(&data, dir.nid)?.entry(0, dir.nid)?;
+                Ok((name.cmp(first.name), (first.nid, first.file_type), data))
+            });
+            match r {
+                Ok((ord, hit, data)) => {
+                    match ord {
+                        std::cmp::Ordering::Greater => candidate = Some(data),
+                        std::cmp::Ordering::Equal => exact = Some(hit),
+                        std::cmp::Ordering::Less => {}
+                    }
+                    ord
                 }
-                std::cmp::Ordering::Less => hi = mid,
+                Err(e) => {
+                    failure = Some(e);
+                    std::cmp::Ordering::Equal
+                }
             }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if exact.is_some() {
+            return Ok(exact);
         }
         let Some(data) = candidate else {
             return Ok(None);
@@ -436,19 +456,22 @@ impl Image {
         mut f: impl FnMut(DirEntry<'_>, u64) -> bool,
     ) -> Result<()> {
         self.check_dir_size(dir)?;
-        let bs = self.sb.block_size();
+        let bits = self.sb.blkszbits;
         let mut pos = offset;
+        // Each pass moves `pos` to the next block start, so this runs at most
+        // size / block size times (bounded by check_dir_size).
         while pos < dir.size {
-            let blk = pos / bs;
+            let blk = pos >> bits;
             let data = self.dir_block(dir, blk)?;
             let block = DirBlock::parse(&data, dir.nid)?;
-            let blk_start = blk * bs;
-            let first = usize::try_from((pos - blk_start) / 12).unwrap_or(usize::MAX);
-            let blk_end = blk_start + data.len() as u64;
+            let blk_start = blk << bits;
+            let first = usize::try_from(pos.saturating_sub(blk_start) / 12).unwrap_or(usize::MAX);
+            let blk_end = blk_start.saturating_add(data.len() as u64);
             for i in first..block.len() {
                 let e = block.entry(i, dir.nid)?;
-                let next = if i + 1 < block.len() {
-                    blk_start + (i as u64 + 1) * 12
+                let next_i = i.saturating_add(1);
+                let next = if next_i < block.len() {
+                    blk_start.saturating_add((next_i as u64).saturating_mul(12))
                 } else {
                     blk_end
                 };
@@ -536,9 +559,9 @@ impl Image {
                 ));
             }
             let mut body = vec![0u8; len];
-            read(pos + 2, &mut body)?;
+            read(pos.saturating_add(2), &mut body)?;
             out.push(LongPrefix::parse(&body)?);
-            pos += 2 + len as u64;
+            pos = pos.saturating_add(2).saturating_add(len as u64);
         }
         Ok(out)
     }
@@ -554,7 +577,7 @@ impl Image {
         Ok(out)
     }
 
-    fn ibody(&self, inode: &Inode) -> Result<Option<(u32, Vec<u32>, Cow<'_, [u8]>)>> {
+    fn ibody(&self, inode: &Inode) -> Result<Option<Ibody<'_>>> {
         let isz = inode.xattr_isize;
         if isz == 0 {
             return Ok(None);
@@ -568,13 +591,14 @@ impl Image {
         }
         let pos = inode
             .loc
-            .add(u64::from(inode.inode_isize))
+            .offset(u64::from(inode.inode_isize))
             .ok_or_else(|| Error::corrupt(Some(inode.nid), "xattr", "position overflows"))?;
         let body = self.meta("inline xattrs", pos, isz as usize)?;
         let hdr = XattrIbodyHeader::read_from_bytes(&body[..12])
             .map_err(|_| Error::corrupt(Some(inode.nid), "xattr header", "decode"))?;
         let shared_count = usize::from(hdr.h_shared_count);
-        let ids_end = 12 + 4 * shared_count;
+        // shared_count <= 255: no overflow.
+        let ids_end = shared_count.saturating_mul(4).saturating_add(12);
         let ids = body.get(12..ids_end).ok_or_else(|| {
             Error::corrupt(
                 Some(inode.nid),
@@ -632,9 +656,9 @@ impl Image {
                     format!("{size}-byte entry beyond the inline area"),
                 ));
             }
-            let nl = usize::from(e.e_name_len);
-            let name = &rest[4..4 + nl];
-            let value = &rest[4 + nl..4 + nl + usize::from(e.e_value_size.get())];
+            // size >= 4 + name + value was checked against rest above.
+            let (name, value) = rest[4..size].split_at(usize::from(e.e_name_len));
+            let value = &value[..usize::from(e.e_value_size.get())];
             if let Some((index, suffix)) = resolve(e.e_name_index, name)? {
                 if !f(Xattr {
                     index,
@@ -650,15 +674,18 @@ impl Image {
         let base = u64::from(self.sb.xattr_blkaddr) << self.sb.blkszbits;
         for id in ids {
             let pos = MetaPos {
-                pos: base + u64::from(id) * 4,
+                pos: base.saturating_add(u64::from(id).saturating_mul(4)),
                 in_metabox,
             };
             let hb = self.meta("shared xattr", pos, 4)?;
+            let body_pos = pos.offset(4).ok_or_else(|| {
+                Error::corrupt(Some(inode.nid), "shared xattr", "position overflows")
+            })?;
             let e = XattrEntry::read_from_bytes(&hb[..])
                 .map_err(|_| Error::corrupt(Some(inode.nid), "shared xattr", "decode"))?;
             let nl = usize::from(e.e_name_len);
             let vl = usize::from(e.e_value_size.get());
-            let body = self.meta("shared xattr", pos.add(4).unwrap_or(pos), nl + vl)?;
+            let body = self.meta("shared xattr", body_pos, nl.saturating_add(vl))?;
             if let Some((index, suffix)) = resolve(e.e_name_index, &body[..nl])? {
                 if !f(Xattr {
                     index,

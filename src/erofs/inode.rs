@@ -18,7 +18,7 @@ pub struct MetaPos {
 
 impl MetaPos {
     /// Position `n` bytes further on.
-    pub fn add(self, n: u64) -> Option<MetaPos> {
+    pub fn offset(self, n: u64) -> Option<MetaPos> {
         Some(MetaPos {
             pos: self.pos.checked_add(n)?,
             in_metabox: self.in_metabox,
@@ -189,7 +189,11 @@ impl Inode {
             0
         } else {
             // 12-byte header + (icount - 1) 4-byte slots; at most ~256 KiB.
-            12u32 + 4 * (u32::from(icount) - 1)
+            // icount <= 65535: at most 262148 bytes.
+            u32::from(icount)
+                .saturating_sub(1)
+                .saturating_mul(4)
+                .saturating_add(12)
         };
         let has_data = matches!(kind, InodeKind::File | InodeKind::Dir | InodeKind::Symlink);
         let mut startblk = None;
@@ -262,8 +266,8 @@ impl Inode {
     /// Position right after the inode and its inline xattrs.
     pub fn data_pos(&self) -> Option<MetaPos> {
         self.loc
-            .add(u64::from(self.inode_isize))?
-            .add(u64::from(self.xattr_isize))
+            .offset(u64::from(self.inode_isize))?
+            .offset(u64::from(self.xattr_isize))
     }
 
     /// Major device number.
@@ -291,6 +295,7 @@ impl Inode {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

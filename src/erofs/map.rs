@@ -48,8 +48,8 @@ impl ChunkGeometry {
     /// Geometry of a chunk-based inode.
     pub fn of(inode: &Inode, blkszbits: u8) -> Result<Self> {
         let format = inode.chunk_format();
-        let chunkbits =
-            u32::from(blkszbits) + u32::from(format & ondisk::CHUNK_FORMAT_BLKBITS_MASK);
+        let chunkbits = u32::from(blkszbits)
+            .saturating_add(u32::from(format & ondisk::CHUNK_FORMAT_BLKBITS_MASK));
         if chunkbits >= 63 {
             return Err(Error::corrupt(
                 Some(inode.nid),
@@ -83,7 +83,11 @@ impl ChunkGeometry {
             .filter(|la| *la < inode.size)
             .ok_or_else(|| Error::corrupt(Some(inode.nid), "chunk index", "chunk beyond size"))?;
         let bs = 1u64 << blkszbits;
-        let rest = (inode.size - la).div_ceil(bs).saturating_mul(bs);
+        let rest = inode
+            .size
+            .saturating_sub(la)
+            .div_ceil(bs)
+            .saturating_mul(bs);
         let len = (1u64 << self.chunkbits).min(rest);
         let (blk, device, mask) = if self.unit == 8 {
             let r = rec.get(..8).ok_or_else(bad)?;
@@ -144,7 +148,7 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
         });
     };
     let nblocks = size.div_ceil(bs);
-    let lastblk = nblocks - u64::from(inline);
+    let lastblk = nblocks.saturating_sub(u64::from(inline));
     let tail_start = lastblk << blkszbits;
     if la < tail_start {
         let pa = startblk
@@ -160,15 +164,15 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
             })?;
         return Ok(Extent {
             la,
-            len: tail_start - la,
+            len: tail_start.saturating_sub(la),
             kind: ExtentKind::Mapped { device: 0, pa },
         });
     }
     let base = inode
         .data_pos()
         .ok_or_else(|| Error::corrupt(Some(inode.nid), "inline data", "position overflows"))?;
-    let tail_len = size - tail_start;
-    if (base.pos & (bs - 1)) + tail_len > bs {
+    let tail_len = size.saturating_sub(tail_start);
+    if (base.pos & bs.saturating_sub(1)).saturating_add(tail_len) > bs {
         return Err(Error::corrupt(
             Some(inode.nid),
             "inline data",
@@ -178,12 +182,12 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
             ),
         ));
     }
-    let off = la - tail_start;
+    let off = la.saturating_sub(tail_start);
     Ok(Extent {
         la,
-        len: size - la,
+        len: size.saturating_sub(la),
         kind: ExtentKind::Inline(
-            base.add(off).ok_or_else(|| {
+            base.offset(off).ok_or_else(|| {
                 Error::corrupt(Some(inode.nid), "inline data", "position overflows")
             })?,
         ),

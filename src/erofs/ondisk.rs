@@ -306,6 +306,7 @@ pub struct LclusterIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};

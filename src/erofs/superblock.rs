@@ -66,8 +66,9 @@ impl Superblock {
     /// (`head` must hold at least 1024 + 128 bytes; more is used for the
     /// checksum and extension slots when present).
     pub fn parse(head: &[u8]) -> Result<Self> {
-        let off = ondisk::SUPER_OFFSET as usize;
-        let base_end = off + ondisk::SUPER_BASE_SIZE;
+        const OFF: usize = ondisk::SUPER_OFFSET as usize;
+        const BASE_END: usize = OFF + ondisk::SUPER_BASE_SIZE;
+        let (off, base_end) = (OFF, BASE_END);
         let base = head.get(off..base_end).ok_or(Error::Truncated {
             what: "superblock",
             offset: 0,
@@ -116,16 +117,19 @@ impl Superblock {
         if unknown != 0 {
             return Err(Error::UnknownIncompat { bits: unknown });
         }
-        let sb_size = ondisk::SUPER_BASE_SIZE + usize::from(raw.sb_extslots) * 16;
+        // At most 128 + 255 * 16 bytes.
+        let sb_size = usize::from(raw.sb_extslots)
+            .saturating_mul(16)
+            .saturating_add(ondisk::SUPER_BASE_SIZE);
         // The superblock must fit in what the kernel reads (one 4 KiB page).
-        if sb_size > 4096 - off {
+        if sb_size > 4096usize.saturating_sub(off) {
             return Err(Error::corrupt(
                 None,
                 "sb_extslots",
                 format!("{} slots make a {sb_size}-byte superblock", raw.sb_extslots),
             ));
         }
-        let ext_end = off + sb_size.min(std::mem::size_of::<RawSb>());
+        let ext_end = off.saturating_add(sb_size.min(std::mem::size_of::<RawSb>()));
         if ext_end > base_end {
             let ext = head.get(base_end..ext_end).ok_or(Error::Truncated {
                 what: "superblock extension slots",
@@ -134,7 +138,7 @@ impl Superblock {
                 size: head.len() as u64,
                 device: "image".into(),
             })?;
-            full[ondisk::SUPER_BASE_SIZE..ondisk::SUPER_BASE_SIZE + ext.len()].copy_from_slice(ext);
+            full[ondisk::SUPER_BASE_SIZE..][..ext.len()].copy_from_slice(ext);
         }
         let raw = RawSb::read_from_bytes(&full[..])
             .map_err(|_| Error::corrupt(None, "superblock", "size mismatch"))?;
@@ -204,13 +208,14 @@ impl Superblock {
     fn compute_checksum(head: &[u8], blkszbits: u8) -> Result<u32> {
         let off = ondisk::SUPER_OFFSET as usize;
         let blksz = 1usize << blkszbits;
-        let mut len = blksz;
-        if len > off {
-            len -= off;
-        }
-        len = len.saturating_sub(8);
-        let start = off + 8;
-        let end = start + len;
+        let len = if blksz > off {
+            blksz.saturating_sub(off)
+        } else {
+            blksz
+        };
+        let len = len.saturating_sub(8);
+        let start = off.saturating_add(8);
+        let end = start.saturating_add(len);
         let data = head.get(start..end).ok_or(Error::Truncated {
             what: "superblock checksum range",
             offset: start as u64,
@@ -272,6 +277,7 @@ impl Superblock {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -83,7 +83,7 @@ pub fn walk(
                     );
                     continue;
                 }
-                if depth + 1 > MAX_DEPTH {
+                if depth >= MAX_DEPTH {
                     problem(
                         &path,
                         Error::corrupt(
@@ -95,7 +95,7 @@ pub fn walk(
                     continue;
                 }
             }
-            stack.push((WalkEntry { path, inode }, depth + 1));
+            stack.push((WalkEntry { path, inode }, depth.saturating_add(1)));
         }
     }
     Ok(())

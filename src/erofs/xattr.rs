@@ -39,7 +39,7 @@ fn prefix_of(index: u8) -> Option<&'static [u8]> {
 /// Full xattr name for a prefix index and suffix; `None` if hidden.
 pub fn xattr_full_name(index: u8, suffix: &[u8]) -> Option<Vec<u8>> {
     let p = prefix_of(index)?;
-    let mut v = Vec::with_capacity(p.len() + suffix.len());
+    let mut v = Vec::with_capacity(p.len().saturating_add(suffix.len()));
     v.extend_from_slice(p);
     v.extend_from_slice(suffix);
     Some(v)
@@ -92,7 +92,11 @@ impl LongPrefix {
 
 /// Size of an entry (header + name + value) rounded up to 4 bytes.
 pub fn entry_size(name_len: u8, value_size: u16) -> u32 {
-    (4 + u32::from(name_len) + u32::from(value_size) + 3) & !3
+    // At most 4 + 255 + 65535 + 3: no overflow in u32.
+    u32::from(name_len)
+        .saturating_add(u32::from(value_size))
+        .saturating_add(7)
+        & !3
 }
 
 /// Resolves an entry's raw index and name against the long prefixes.
@@ -101,7 +105,7 @@ pub fn entry_size(name_len: u8, value_size: u16) -> u32 {
 pub fn resolve_name(raw_index: u8, name: &[u8], prefixes: &[LongPrefix]) -> Option<(u8, Vec<u8>)> {
     if raw_index & 0x80 != 0 {
         let pf = prefixes.get(usize::from(raw_index & 0x7f))?;
-        let mut s = Vec::with_capacity(pf.infix.len() + name.len());
+        let mut s = Vec::with_capacity(pf.infix.len().saturating_add(name.len()));
         s.extend_from_slice(&pf.infix);
         s.extend_from_slice(name);
         Some((pf.base_index, s))
@@ -118,12 +122,14 @@ pub fn filter_bit(index: u8, suffix: &[u8]) -> u32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
     #[test]
     fn test_split_name_routes_like_vfs() {
-        let cases: &[(&[u8], Option<(u8, &[u8])>)] = &[
+        type Case<'a> = (&'a [u8], Option<(u8, &'a [u8])>);
+        let cases: &[Case] = &[
             (b"user.a", Some((1, b"a"))),
             (b"trusted.overlay.x", Some((4, b"overlay.x"))),
             (b"security.capability", Some((6, b"capability"))),
