@@ -331,6 +331,7 @@ mod tests {
         assert_eq!(offset_of!(SuperBlock, epoch), 24);
         assert_eq!(offset_of!(SuperBlock, meta_blkaddr), 40);
         assert_eq!(offset_of!(SuperBlock, feature_incompat), 80);
+        assert_eq!(offset_of!(SuperBlock, dirblkbits), 90);
         assert_eq!(offset_of!(SuperBlock, packed_nid), 96);
         assert_eq!(offset_of!(SuperBlock, build_time), 108);
         assert_eq!(offset_of!(SuperBlock, rootnid_8b), 112);

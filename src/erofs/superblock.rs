@@ -303,7 +303,7 @@ mod tests {
             ("bad magic", |h| h[1024] = 0, "not an EROFS image"),
             ("tiny block", |h| h[1036] = 8, "block size"),
             ("huge block", |h| h[1036] = 30, "block size"),
-            ("dirblkbits", |h| h[1024 + 78] = 1, "dirblkbits"),
+            ("dirblkbits", |h| h[1024 + 90] = 1, "dirblkbits"),
             (
                 "unknown incompat",
                 |h| h[1024 + 80..1024 + 84].copy_from_slice(&0x8000u32.to_le_bytes()),

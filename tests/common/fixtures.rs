@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::manifest::{parse_jsonl, raw_path_of, Entry};
+use super::manifest::{escape_bytes, parse_jsonl, raw_path_of, Entry};
 
 /// Environment variable that overrides the fixtures directory.
 pub const FIXTURES_ENV: &str = "EROFS_FIXTURES";
@@ -84,8 +84,7 @@ pub fn all_fixture_images() -> Vec<FixtureImage> {
 /// The `build.jsonl` records by image name.
 pub fn build_records() -> BTreeMap<String, Value> {
     let path = fixtures_dir().join("build.jsonl");
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -131,9 +130,10 @@ pub fn is_compressed(image_name: &str) -> bool {
 
 /// The manifest of a tree, `manifests/TREE.jsonl`.
 pub fn load_tree_manifest(tree: &str) -> Vec<Entry> {
-    let path = fixtures_dir().join("manifests").join(format!("{tree}.jsonl"));
-    let text =
-        fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let path = fixtures_dir()
+        .join("manifests")
+        .join(format!("{tree}.jsonl"));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     parse_jsonl(&text, &path.display().to_string())
 }
 
@@ -188,13 +188,17 @@ pub fn apply_delta(entries: Vec<Entry>, delta_text: &str, origin: &str) -> Vec<E
         if obj.get("removed").and_then(Value::as_bool) == Some(true) {
             assert!(
                 by_path.remove(&raw).is_some(),
-                "{at}: removed entry does not exist"
+                "{at}: removed entry {:?} does not exist",
+                escape_bytes(&raw)
             );
             continue;
         }
-        let entry = by_path
-            .get_mut(&raw)
-            .unwrap_or_else(|| panic!("{at}: delta for a path the tree does not have"));
+        let entry = by_path.get_mut(&raw).unwrap_or_else(|| {
+            panic!(
+                "{at}: delta for {:?}, which the tree does not have",
+                escape_bytes(&raw)
+            )
+        });
         let mut touched = false;
         if let Some(set) = obj.get("set") {
             let set = set

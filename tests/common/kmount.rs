@@ -241,7 +241,10 @@ fn check_kernel_erofs() -> Result<(), String> {
     }
     let has_erofs = || {
         fs::read_to_string("/proc/filesystems")
-            .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.split_whitespace().last() == Some("erofs"))
+            })
             .unwrap_or(false)
     };
     if has_erofs() {
@@ -254,7 +257,11 @@ fn check_kernel_erofs() -> Result<(), String> {
     Err(format!(
         "the kernel has no erofs filesystem (/proc/filesystems); modprobe erofs: {}",
         match modprobe {
-            Ok(o) => format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => format!(
+                "{}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
             Err(e) => e.to_string(),
         }
     ))

@@ -247,8 +247,7 @@ fn entry_from_fs(fs_path: &Path, raw_path: Vec<u8>, meta: &fs::Metadata) -> Entr
 
 /// Hex SHA-256 of a regular file's content.
 pub fn sha256_file(path: &Path) -> String {
-    let mut file =
-        fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -265,8 +264,7 @@ pub fn sha256_file(path: &Path) -> String {
 
 /// All xattrs `llistxattr` returns, as {name: hex value}.
 fn read_xattrs(path: &Path) -> Map<String, Value> {
-    let names =
-        xattr::list(path).unwrap_or_else(|e| panic!("llistxattr {}: {e}", path.display()));
+    let names = xattr::list(path).unwrap_or_else(|e| panic!("llistxattr {}: {e}", path.display()));
     let mut map = Map::new();
     for name in names {
         let value = xattr::get(path, &name)
@@ -365,8 +363,12 @@ pub fn diff_manifests(expected: &[Entry], actual: &[Entry]) -> Option<String> {
     }
     let total = missing + extra + differing;
     if total > details.len() {
-        write!(report, "\nfirst {} of {total} differing paths:", details.len())
-            .expect("writing to a String cannot fail");
+        write!(
+            report,
+            "\nfirst {} of {total} differing paths:",
+            details.len()
+        )
+        .expect("writing to a String cannot fail");
     }
     for d in details {
         report.push_str("\n  ");

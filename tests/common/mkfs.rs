@@ -53,9 +53,9 @@ pub fn mkfs_version() -> &'static str {
         // Without arguments it prints its usage and, last, "mkfs.erofs X.Y".
         let out = match Command::new("mkfs.erofs").output() {
             Ok(out) => out,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "mkfs.erofs not found in PATH: apt-get install erofs-utils"
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("mkfs.erofs not found in PATH: apt-get install erofs-utils")
+            }
             Err(e) => panic!("cannot run mkfs.erofs: {e}"),
         };
         let text = format!(

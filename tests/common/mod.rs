@@ -13,8 +13,8 @@
 //! - [`cli`]: run our own binary's `image manifest` command.
 //!
 //! Every integration test crate compiles this module on its own and uses only
-//! part of it, hence the `dead_code` allowance.
-#![allow(dead_code)]
+//! part of it, hence the `dead_code` and `unused_imports` allowances.
+#![allow(dead_code, unused_imports)]
 
 pub mod cli;
 pub mod fixtures;
