@@ -3,8 +3,9 @@
 //! Images are mounted file-backed (`mount(2)` with the image file as source,
 //! Linux 6.12+), so no loop devices are needed and extra devices
 //! (`-o device=PATH`) may be plain files too. If the kernel refuses a
-//! file-backed mount (`ENOTBLK`: built without file-backed support), the
-//! guard falls back to util-linux `mount`, which sets up a loop device.
+//! file-backed mount (`ENOTBLK`: built without file-backed support, or the
+//! file is on tmpfs, which cannot back one), the guard falls back to
+//! util-linux `mount` and `losetup` (loop devices, detached on drop).
 //!
 //! The tests that use this are meant to run as root (CI does): they fail
 //! loudly via [`assert_kernel_erofs`] instead of skipping.
@@ -61,6 +62,8 @@ impl MountOptions {
 pub struct KernelMount {
     dir: PathBuf,
     image: PathBuf,
+    /// Loop devices set up for the extra devices (loop fallback only).
+    loops: Vec<String>,
 }
 
 impl KernelMount {
@@ -82,9 +85,10 @@ impl KernelMount {
             .map_err(|e| format!("creating a mount point: {e}"))?
             .keep();
         match mount_erofs(image, &dir, opts) {
-            Ok(()) => Ok(KernelMount {
+            Ok(loops) => Ok(KernelMount {
                 dir,
                 image: image.to_path_buf(),
+                loops,
             }),
             Err(e) => {
                 let _ = fs::remove_dir(&dir);
@@ -122,6 +126,7 @@ impl Drop for KernelMount {
                 if let Err(e) = fs::remove_dir(&self.dir) {
                     eprintln!("warning: removing {}: {e}", self.dir.display());
                 }
+                detach_loops(&self.loops);
             }
             // Never remove a directory that may still be a mount point.
             Err(e) => eprintln!(
@@ -137,14 +142,15 @@ fn cstring(p: &Path) -> Result<CString, String> {
         .map_err(|_| format!("path contains a NUL byte: {}", p.display()))
 }
 
-/// mount(2) of `image` on `dir`, read-only; util-linux `mount` (loop device)
-/// when the kernel cannot mount a file directly.
-fn mount_erofs(image: &Path, dir: &Path, opts: &MountOptions) -> Result<(), String> {
+/// mount(2) of `image` on `dir`, read-only. When the kernel cannot mount the
+/// file directly, falls back to util-linux `mount` (loop device), with loop
+/// devices for the extra devices too; returns those so they can be detached.
+fn mount_erofs(image: &Path, dir: &Path, opts: &MountOptions) -> Result<Vec<String>, String> {
     let data = opts.data()?;
     let source = cstring(image)?;
     let target = cstring(dir)?;
     let fstype = CString::new("erofs").expect("no NUL in a literal");
-    let data_c = CString::new(data.clone()).map_err(|_| "mount options contain NUL".to_string())?;
+    let data_c = CString::new(data).map_err(|_| "mount options contain NUL".to_string())?;
     // SAFETY: every pointer is a valid NUL-terminated string that outlives the
     // call; the kernel only reads them.
     let rc = unsafe {
@@ -157,14 +163,35 @@ fn mount_erofs(image: &Path, dir: &Path, opts: &MountOptions) -> Result<(), Stri
         )
     };
     if rc == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::ENOTBLK) {
         return Err(format!("mount(2): {err}"));
     }
-    // No file-backed mounts in this kernel: let util-linux set up a loop.
+    // ENOTBLK: no file-backed mount (kernel without
+    // CONFIG_EROFS_FS_BACKED_BY_FILE, or a file on a filesystem that cannot
+    // back one, such as tmpfs). Use loop devices.
+    let why = format!(
+        "file-backed mount(2) refused ({err}: kernel without file-backed EROFS, \
+         or the image or a device is on tmpfs); loop fallback"
+    );
+    let mut loops = Vec::new();
+    for d in &opts.devices {
+        match losetup(d) {
+            Ok(l) => loops.push(l),
+            Err(e) => {
+                detach_loops(&loops);
+                return Err(format!("{why}: {e}"));
+            }
+        }
+    }
+    let loop_opts = MountOptions {
+        devices: loops.iter().map(PathBuf::from).collect(),
+        fsoffset: opts.fsoffset,
+    };
     let mut o = String::from("ro");
+    let data = loop_opts.data()?;
     if !data.is_empty() {
         o.push(',');
         o.push_str(&data);
@@ -173,16 +200,52 @@ fn mount_erofs(image: &Path, dir: &Path, opts: &MountOptions) -> Result<(), Stri
         .args(["-t", "erofs", "-o", &o])
         .arg(image)
         .arg(dir)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Ok(loops),
+        Ok(out) => {
+            detach_loops(&loops);
+            Err(format!(
+                "{why}: mount -o {o}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Err(e) => {
+            detach_loops(&loops);
+            Err(format!("{why}: running mount(8): {e}"))
+        }
+    }
+}
+
+/// `losetup --find --show --read-only FILE`: the new loop device.
+fn losetup(file: &Path) -> Result<String, String> {
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(file)
         .output()
-        .map_err(|e| format!("mount(2): {err}; running mount(8): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "mount(2): {err}; mount(8) -o {o}: {}: {}",
+        .map_err(|e| format!("running losetup: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "losetup {}: {}: {}",
+            file.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn detach_loops(loops: &[String]) {
+    for l in loops {
+        match Command::new("losetup").arg("-d").arg(l).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "warning: losetup -d {l}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => eprintln!("warning: losetup -d {l}: {e}"),
+        }
     }
 }
 

@@ -6,12 +6,14 @@
 //! image; [`mkfs`] rejects `-E` options it does not know for that reason):
 //! - `-E` extended options: `legacy-compress`, `force-inode-compact`,
 //!   `force-inode-extended`, `nosbcrc`, `noinline_data`, `ztailpacking`.
-//!   `force-inode-compact` is only a preference: inodes that need the extended
-//!   form (uid/gid > 65535, mtime != build time) stay extended.
+//!   `force-inode-compact` fails ("cannot be in compact form") on any inode
+//!   with uid/gid > 65535 (combine it with `--all-root` or `--force-uid=`/
+//!   `--force-gid=`); per-file mtimes are then dropped (all = build time).
 //! - `-T#`: fixed build time AND mtime of every file (even with
 //!   `--preserve-mtime`); without `-T`, per-file mtimes (and nanoseconds) are
-//!   kept and most inodes become extended. `SOURCE_DATE_EPOCH` clamps newer
-//!   mtimes to it instead.
+//!   kept and most inodes become extended (compact only where mtime equals the
+//!   build time). `--ignore-mtime`: compact inodes where the ids allow, mtime
+//!   = build time. `SOURCE_DATE_EPOCH` clamps newer mtimes to it instead.
 //! - `-U UUID`, `--all-root`, `--force-uid=#`, `--force-gid=#`,
 //!   `--ignore-mtime`, `--preserve-mtime`, `-x#` (xattr tolerance: < 0
 //!   disables xattrs; default 2 = share xattrs used by 2+ inodes),
@@ -20,6 +22,11 @@
 //!   `--file-contexts`, `--max-extent-bytes=#`, `--quiet`, `-d#`.
 //! - Compression: `-zlz4`, `-zlz4hc[,LEVEL]` only (no lzma/deflate/zstd),
 //!   `-C#` physical cluster size, `--compress-hints=FILE`.
+//! - Limits found with the edge tree: names of 255 bytes fail ("Could not
+//!   format the device: No such file or directory"; 254 works); images with
+//!   `--chunksize` fail with EIO when written to tmpfs (see
+//!   [`super::trees::image_dir`]). 255-byte xattr names, 60000-byte values,
+//!   100+ xattrs per inode, negative and 64-bit mtimes all work.
 //! - NOT supported: `-b` (the block size is always 4096 = page size),
 //!   `--mkfs-time`, `--xattr-prefix`, `-m`/metabox, `--tar`, `--aufs`,
 //!   `--ovlfs-strip`, `--sort`, `--gzip`. Images with other block sizes or
@@ -65,7 +72,7 @@ pub fn mkfs_version() -> &'static str {
         );
         text.lines()
             .filter_map(|l| l.trim().strip_prefix("mkfs.erofs "))
-            .last()
+            .next_back()
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|| "unknown".to_string())
     })
