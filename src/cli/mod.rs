@@ -57,8 +57,14 @@ impl ImageSource {
             );
             devices.push(s);
         }
-        Image::open(src, ImageOptions { devices })
-            .with_context(|| format!("{}", self.image.display()))
+        Image::open(
+            src,
+            ImageOptions {
+                devices,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("{}", self.image.display()))
     }
 }
 

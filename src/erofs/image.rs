@@ -1,17 +1,19 @@
 //! An opened image: the superblock, devices and the operations a filesystem
 //! needs (inodes, data, directories, symlinks, xattrs).
 
-use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use zerocopy::FromBytes;
 
+use super::decompress::{self, Configs};
 use super::dir::{DirBlock, DirEntry, FileType};
 use super::inode::{Inode, InodeKind, MetaPos};
 use super::map::{map_flat, ChunkGeometry, Extent, ExtentKind};
+use super::metacache::{MetaBytes, MetaCache};
 use super::ondisk::{self, DeviceSlot, XattrEntry, XattrIbodyHeader};
 use super::superblock::Superblock;
 use super::xattr::{self, LongPrefix, Xattr};
+use super::zcache::ZCache;
 use super::{Error, Result};
 use crate::source::{read_exact_at, Source};
 
@@ -27,7 +29,17 @@ pub struct ImageOptions {
     /// image has a device table, the data is looked up inside the primary
     /// source at each device's unified address ("flat" mode).
     pub devices: Vec<Arc<dyn Source>>,
+    /// Bytes of metadata blocks to keep cached (default 32 MiB; 0 = none).
+    pub meta_cache_bytes: Option<u64>,
+    /// Bytes of decoded compressed extents to keep cached (default 256 MiB).
+    pub decode_cache_bytes: Option<u64>,
 }
+
+/// Default decoded-extent cache budget.
+pub const DEFAULT_DECODE_CACHE: u64 = 256 << 20;
+
+/// Default metadata block cache budget.
+pub const DEFAULT_META_CACHE: u64 = 32 << 20;
 
 /// An extra device from the device table.
 #[derive(Debug, Clone)]
@@ -42,7 +54,7 @@ pub struct Device {
 }
 
 /// The inline xattr area: name filter, shared ids, inline entries.
-type Ibody<'a> = (u32, Vec<u32>, Cow<'a, [u8]>);
+type Ibody<'a> = (u32, Vec<u32>, MetaBytes<'a>, usize);
 
 /// An opened EROFS image.
 #[derive(Debug)]
@@ -53,6 +65,10 @@ pub struct Image {
     device_id_mask: u16,
     metabox: Option<Inode>,
     prefixes: OnceLock<std::result::Result<Vec<LongPrefix>, String>>,
+    meta_cache: MetaCache,
+    zcache: ZCache,
+    zconfigs: Configs,
+    packed: OnceLock<std::result::Result<Inode, String>>,
     total_bytes: u64,
 }
 
@@ -68,6 +84,11 @@ impl Image {
             source: e,
         })?;
         let sb = Superblock::parse(&head)?;
+        let meta_cache = MetaCache::new(
+            opts.meta_cache_bytes.unwrap_or(DEFAULT_META_CACHE),
+            sb.block_size(),
+        );
+        let zcache = ZCache::new(opts.decode_cache_bytes.unwrap_or(DEFAULT_DECODE_CACHE));
         let mut img = Image {
             src,
             sb,
@@ -75,14 +96,67 @@ impl Image {
             device_id_mask: 0,
             metabox: None,
             prefixes: OnceLock::new(),
+            meta_cache,
+            zcache,
+            zconfigs: Configs::default(),
+            packed: OnceLock::new(),
             total_bytes: size,
         };
+        img.load_zconfigs()?;
         img.load_devices(opts)?;
         if let Some(nid) = img.sb.metabox_nid {
             let mb = img.inode(nid)?;
             img.metabox = Some(mb);
         }
         Ok(img)
+    }
+
+    /// Parses the compression configurations that follow the superblock.
+    fn load_zconfigs(&mut self) -> Result<()> {
+        if !self.sb.has_incompat(ondisk::INCOMPAT_COMPR_CFGS) {
+            self.zconfigs = Configs::legacy(self.sb.u1);
+            return Ok(());
+        }
+        let start = ondisk::SUPER_OFFSET.saturating_add(self.sb.sb_size as u64);
+        let len = self
+            .src
+            .size()
+            .saturating_sub(start)
+            .min(decompress::MAX_CFGS_BYTES as u64) as usize;
+        let mut buf = vec![0u8; len];
+        self.read_primary("compression configs", start, &mut buf)?;
+        let (cfgs, _) = decompress::parse_cfgs(self.sb.u1, &buf, self.sb.blkszbits)?;
+        self.zconfigs = cfgs;
+        Ok(())
+    }
+
+    /// The decoded-extent cache.
+    pub(super) fn zcache(&self) -> &ZCache {
+        &self.zcache
+    }
+
+    /// Decoder configuration of this image.
+    pub(super) fn zconfigs(&self) -> &Configs {
+        &self.zconfigs
+    }
+
+    /// The packed inode (fragments, and long xattr prefixes of older images).
+    pub(super) fn packed_inode(&self) -> Result<Inode> {
+        let r = self.packed.get_or_init(|| {
+            let nid = self.sb.packed_nid;
+            if nid == 0 || !self.sb.has_incompat(ondisk::INCOMPAT_FRAGMENTS) {
+                return Err("fragment data but the image has no packed inode".to_string());
+            }
+            self.inode(nid).map_err(|e| e.to_string())
+        });
+        r.clone()
+            .map_err(|e| Error::corrupt(None, "packed inode", e))
+    }
+
+    /// Reads bytes at physical address `pa` of the primary address space
+    /// (extra devices mapped by unified address).
+    pub(super) fn read_physical(&self, inode: &Inode, pa: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_device(inode, 0, pa, buf)
     }
 
     fn load_devices(&mut self, opts: ImageOptions) -> Result<()> {
@@ -176,15 +250,47 @@ impl Image {
 
     /// Reads `len` bytes of metadata at `pos`, borrowing when the source is
     /// memory.
-    pub fn meta(&self, what: &'static str, pos: MetaPos, len: usize) -> Result<Cow<'_, [u8]>> {
+    pub fn meta(&self, what: &'static str, pos: MetaPos, len: usize) -> Result<MetaBytes<'_>> {
         if !pos.in_metabox {
             if let Some(s) = self.src.slice(pos.pos, len) {
-                return Ok(Cow::Borrowed(s));
+                return Ok(MetaBytes::Borrowed(s));
+            }
+            let bits = self.sb.blkszbits;
+            let blk = pos.pos >> bits;
+            let off = self.sb.blkoff(pos.pos) as usize;
+            if off.saturating_add(len) as u64 <= self.sb.block_size() {
+                let block = self.meta_block(what, blk)?;
+                if off.saturating_add(len) > block.len() {
+                    return Err(Error::Truncated {
+                        what,
+                        offset: pos.pos,
+                        end: pos.pos.saturating_add(len as u64),
+                        size: self.src.size(),
+                        device: "image".into(),
+                    });
+                }
+                return Ok(MetaBytes::Cached(block, off, len));
             }
         }
         let mut v = vec![0u8; len];
         self.meta_into(what, pos, &mut v)?;
-        Ok(Cow::Owned(v))
+        Ok(MetaBytes::Owned(v))
+    }
+
+    /// Metadata block `blk` of the primary device (shorter at the end of a
+    /// truncated image), through the block cache.
+    fn meta_block(&self, what: &'static str, blk: u64) -> Result<Arc<[u8]>> {
+        if let Some(b) = self.meta_cache.get(blk) {
+            return Ok(b);
+        }
+        let start = blk << self.sb.blkszbits;
+        let size = self.src.size();
+        let len = size.saturating_sub(start).min(self.sb.block_size()) as usize;
+        let mut v = vec![0u8; len];
+        self.read_primary(what, start, &mut v)?;
+        let b: Arc<[u8]> = Arc::from(v);
+        self.meta_cache.insert(blk, b.clone());
+        Ok(b)
     }
 
     /// Reads metadata at `pos` into `buf`.
@@ -266,10 +372,10 @@ impl Image {
     }
 
     fn compressed_error(&self, inode: &Inode) -> Error {
-        Error::unsupported(
-            Some(inode.nid),
-            "compressed data layout (decoding arrives with compression support)",
-        )
+        Error::WrongKind {
+            nid: inode.nid,
+            what: "compressed inodes are mapped by ZMap, not the flat block map",
+        }
     }
 
     /// Reads physical bytes of an extent from the right device.
@@ -321,6 +427,10 @@ impl Image {
             return Ok(0);
         };
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if inode.is_compressed() {
+            self.read_compressed(inode, offset, &mut buf[..want])?;
+            return Ok(want);
+        }
         let mut done = 0usize;
         // Each pass copies at least one byte, so this ends after `want`
         // passes at most.
@@ -611,18 +721,11 @@ impl Image {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let filter = hdr.h_name_filter.get();
-        let body = match body {
-            Cow::Borrowed(b) => Cow::Borrowed(&b[ids_end..]),
-            Cow::Owned(mut v) => {
-                v.drain(..ids_end);
-                Cow::Owned(v)
-            }
-        };
-        Ok(Some((filter, ids, body)))
+        Ok(Some((filter, ids, body, ids_end)))
     }
 
     fn for_each_xattr(&self, inode: &Inode, mut f: impl FnMut(Xattr) -> bool) -> Result<()> {
-        let Some((_, ids, inline)) = self.ibody(inode)? else {
+        let Some((_, ids, body, ids_end)) = self.ibody(inode)? else {
             return Ok(());
         };
         let mut prefixes: Option<&[LongPrefix]> = None;
@@ -640,7 +743,7 @@ impl Image {
             };
             Ok(xattr::resolve_name(idx, name, p))
         };
-        let mut rest: &[u8] = &inline;
+        let mut rest: &[u8] = body.get(ids_end..).unwrap_or(&[]);
         while !rest.is_empty() {
             let e = rest
                 .get(..4)
@@ -716,7 +819,7 @@ impl Image {
         if suffix.len() > ondisk::NAME_LEN {
             return Ok(None);
         }
-        let Some((filter, _, _)) = self.ibody(inode)? else {
+        let Some((filter, _, _, _)) = self.ibody(inode)? else {
             return Ok(None);
         };
         if self.sb.has_compat(ondisk::COMPAT_XATTR_FILTER)

@@ -9,21 +9,27 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::arithmetic_side_effects)]
 
+pub mod decompress;
 mod dir;
 mod error;
 mod image;
 mod inode;
 mod map;
+mod metacache;
 pub mod ondisk;
 mod superblock;
 mod walk;
 mod xattr;
+mod zcache;
+mod zdata;
+pub mod zmap;
 
 pub use dir::{DirBlock, DirEntry, FileType};
 pub use error::{Error, Result};
 pub use image::{Image, ImageOptions};
 pub use inode::{Inode, InodeKind, MetaPos};
 pub use map::{Extent, ExtentKind};
+pub use metacache::MetaBytes;
 pub use superblock::Superblock;
 pub use walk::{walk, WalkEntry, MAX_DEPTH};
 pub use xattr::{xattr_full_name, Xattr};

@@ -233,6 +233,11 @@ impl Superblock {
         1u64 << self.blkszbits
     }
 
+    /// Offset of byte `pos` inside its block.
+    pub fn blkoff(&self, pos: u64) -> u64 {
+        pos & self.block_size().wrapping_sub(1)
+    }
+
     /// Whether an incompatible feature bit is set.
     pub fn has_incompat(&self, bit: u32) -> bool {
         self.feature_incompat & bit != 0

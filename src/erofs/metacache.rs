@@ -1,0 +1,120 @@
+//! A bounded cache of metadata blocks of the primary device, so repeated
+//! inode, directory and index reads cost a hash lookup instead of a
+//! `pread` and an allocation.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+
+const SHARDS: usize = 16;
+
+/// Bytes of metadata: borrowed from a memory source, a slice of a cached
+/// block, or an owned copy.
+#[derive(Debug)]
+pub enum MetaBytes<'a> {
+    /// Borrowed straight from the source's memory.
+    Borrowed(&'a [u8]),
+    /// A range of a cached block.
+    Cached(Arc<[u8]>, usize, usize),
+    /// An owned copy.
+    Owned(Vec<u8>),
+}
+
+impl Deref for MetaBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            MetaBytes::Borrowed(b) => b,
+            MetaBytes::Cached(a, start, len) => {
+                a.get(*start..).and_then(|s| s.get(..*len)).unwrap_or(&[])
+            }
+            MetaBytes::Owned(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<u64, (Arc<[u8]>, u64)>,
+    tick: u64,
+}
+
+/// Cached blocks, sharded by block number to keep lock contention low.
+#[derive(Debug)]
+pub struct MetaCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+}
+
+impl MetaCache {
+    /// A cache of about `budget` bytes of `block_size`-byte blocks.
+    pub fn new(budget: u64, block_size: u64) -> Self {
+        let blocks = budget.checked_div(block_size).unwrap_or(0);
+        let per_shard = usize::try_from(blocks.div_ceil(SHARDS as u64)).unwrap_or(usize::MAX);
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard,
+        }
+    }
+
+    fn shard(&self, blk: u64) -> Option<&Mutex<Shard>> {
+        self.shards
+            .get(blk.checked_rem(SHARDS as u64).unwrap_or(0) as usize)
+    }
+
+    /// The cached block `blk`, if present.
+    pub fn get(&self, blk: u64) -> Option<Arc<[u8]>> {
+        let mut s = self.shard(blk)?.lock().ok()?;
+        s.tick = s.tick.wrapping_add(1);
+        let t = s.tick;
+        let e = s.map.get_mut(&blk)?;
+        e.1 = t;
+        Some(e.0.clone())
+    }
+
+    /// Remembers block `blk`.
+    pub fn insert(&self, blk: u64, data: Arc<[u8]>) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let Some(Ok(mut s)) = self.shard(blk).map(|m| m.lock()) else {
+            return;
+        };
+        s.tick = s.tick.wrapping_add(1);
+        let t = s.tick;
+        s.map.insert(blk, (data, t));
+        if s.map.len() > self.per_shard {
+            // Drop the older half in one go (amortised O(1) per insert).
+            let mut ticks: Vec<u64> = s.map.values().map(|e| e.1).collect();
+            let mid = ticks.len() / 2;
+            let (_, cut, _) = ticks.select_nth_unstable(mid);
+            let cut = *cut;
+            s.map.retain(|_, e| e.1 > cut);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_metacache_hit_and_bounded() {
+        let c = MetaCache::new(16 * 4 * 4096, 4096);
+        for b in 0..1000u64 {
+            c.insert(b, Arc::from(vec![b as u8; 8]));
+        }
+        let held: usize = c.shards.iter().map(|s| s.lock().unwrap().map.len()).sum();
+        assert!(held <= 16 * 4, "{held} blocks held");
+        assert_eq!(c.get(999).unwrap()[0], 999u64 as u8);
+    }
+
+    #[test]
+    fn test_metabytes_views() {
+        let a: Arc<[u8]> = Arc::from(vec![1u8, 2, 3, 4]);
+        assert_eq!(&*MetaBytes::Cached(a, 1, 2), &[2, 3]);
+        assert_eq!(&*MetaBytes::Owned(vec![9]), &[9]);
+    }
+}

@@ -1,0 +1,231 @@
+//! A bounded cache of decoded compressed extents.
+//!
+//! Sequential reads through one pcluster decode it once; concurrent readers
+//! of the same pcluster wait for the first decoder instead of decoding it
+//! again. Entries are evicted least-recently-used once the decoded bytes
+//! exceed the budget.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::{Error, Result};
+
+/// Identifies one decoded extent: where its pcluster is and how much of it
+/// is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// Physical position of the pcluster (device 0 address space, or a
+    /// metadata position for inline tails).
+    pub pa: u64,
+    /// The pcluster is inline metadata (`pa` is a metadata position).
+    pub inline: bool,
+    /// The pcluster lives in the metabox address space.
+    pub in_metabox: bool,
+    /// Decoded length.
+    pub llen: u64,
+    /// Offset of the extent inside its first block (interlaced data
+    /// depends on it).
+    pub la_in_block: u32,
+}
+
+type Slot = Arc<OnceLock<std::result::Result<Arc<[u8]>, String>>>;
+
+#[derive(Debug)]
+struct Entry {
+    slot: Slot,
+    last_use: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<Key, Entry>,
+    tick: u64,
+    bytes: u64,
+}
+
+/// The decoded-extent cache.
+#[derive(Debug)]
+pub struct ZCache {
+    inner: Mutex<Inner>,
+    budget: u64,
+}
+
+impl ZCache {
+    /// A cache holding at most `budget` decoded bytes (0 disables caching
+    /// beyond the decode in flight).
+    pub fn new(budget: u64) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            budget,
+        }
+    }
+
+    /// Decoded bytes currently held.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().map(|i| i.bytes).unwrap_or(0)
+    }
+
+    /// Returns the decoded extent for `key`, decoding it with `decode` if no
+    /// other reader has (or is doing so).
+    pub fn get_or_decode(
+        &self,
+        key: Key,
+        decode: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Arc<[u8]>> {
+        let slot = {
+            let mut g = self.lock()?;
+            g.tick = g.tick.wrapping_add(1);
+            let tick = g.tick;
+            let e = g.map.entry(key).or_insert_with(|| Entry {
+                slot: Arc::new(OnceLock::new()),
+                last_use: tick,
+                bytes: 0,
+            });
+            e.last_use = tick;
+            e.slot.clone()
+        };
+        let mut fresh = false;
+        let r = slot.get_or_init(|| {
+            fresh = true;
+            decode().map(Arc::from).map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(data) => {
+                let data = data.clone();
+                if fresh {
+                    self.account(key, &slot, data.len() as u64)?;
+                }
+                Ok(data)
+            }
+            Err(msg) => {
+                let msg = msg.clone();
+                // Do not keep failures: a later read retries.
+                if let Ok(mut g) = self.inner.lock() {
+                    if g.map.get(&key).is_some_and(|e| Arc::ptr_eq(&e.slot, &slot)) {
+                        g.map.remove(&key);
+                    }
+                }
+                Err(Error::corrupt(None, "compressed data", msg))
+            }
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::corrupt(None, "decode cache", "lock poisoned by a panic"))
+    }
+
+    fn account(&self, key: Key, slot: &Slot, len: u64) -> Result<()> {
+        let mut g = self.lock()?;
+        let Some(e) = g.map.get_mut(&key) else {
+            return Ok(());
+        };
+        if !Arc::ptr_eq(&e.slot, slot) {
+            return Ok(());
+        }
+        e.bytes = len;
+        g.bytes = g.bytes.saturating_add(len);
+        // Evict least recently used decoded entries until within budget;
+        // entries still being decoded (no bytes yet) stay.
+        while g.bytes > self.budget {
+            let victim = g
+                .map
+                .iter()
+                .filter(|(_, e)| e.bytes > 0)
+                .min_by_key(|(_, e)| e.last_use)
+                .map(|(k, _)| *k);
+            let Some(k) = victim else { break };
+            if let Some(e) = g.map.remove(&k) {
+                g.bytes = g.bytes.saturating_sub(e.bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn key(pa: u64) -> Key {
+        Key {
+            pa,
+            inline: false,
+            in_metabox: false,
+            llen: 10,
+            la_in_block: 0,
+        }
+    }
+
+    #[test]
+    fn test_zcache_decodes_once_when_hit() {
+        let c = ZCache::new(1 << 20);
+        let n = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let d = c
+                .get_or_decode(key(1), || {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    Ok(vec![7; 10])
+                })
+                .unwrap();
+            assert_eq!(&d[..], &[7; 10]);
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn test_zcache_concurrent_readers_decode_once() {
+        let c = Arc::new(ZCache::new(1 << 20));
+        let n = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, n, b) = (c.clone(), n.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    c.get_or_decode(key(5), || {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        Ok(vec![1; 10])
+                    })
+                    .unwrap()
+                    .len()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 10);
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn test_zcache_evicts_lru_over_budget() {
+        let c = ZCache::new(25);
+        for pa in 0..5 {
+            c.get_or_decode(key(pa), || Ok(vec![0; 10])).unwrap();
+        }
+        assert!(c.bytes() <= 25);
+        // The most recent entry is still cached.
+        let n = AtomicUsize::new(0);
+        c.get_or_decode(key(4), || {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![0; 10])
+        })
+        .unwrap();
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn test_zcache_failure_is_not_kept() {
+        let c = ZCache::new(100);
+        assert!(c
+            .get_or_decode(key(9), || Err(Error::corrupt(None, "x", "bad")))
+            .is_err());
+        assert!(c.get_or_decode(key(9), || Ok(vec![1])).is_ok());
+    }
+}
