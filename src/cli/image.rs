@@ -338,7 +338,7 @@ fn xattrs(img: &Image, path: &std::path::Path, out: &mut impl Write) -> anyhow::
 fn check_inode(img: &Image, ino: &Inode) -> anyhow::Result<()> {
     match ino.kind {
         InodeKind::File => {
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; ino.size.min(1 << 20) as usize];
             let mut off = 0u64;
             while off < ino.size {
                 let n = img.read(ino, off, &mut buf)?;
