@@ -16,11 +16,13 @@
 //! part of it, hence the `dead_code` and `unused_imports` allowances.
 #![allow(dead_code, unused_imports)]
 
+pub mod bigtree;
 pub mod cli;
 pub mod fixtures;
 pub mod kmount;
 pub mod manifest;
 pub mod mkfs;
+pub mod rangeread;
 pub mod trees;
 
 pub use cli::run_manifest;
