@@ -407,8 +407,11 @@ fn manifest_cmd(img: &Image, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     out.flush()?;
+    // Not `eprintln!`, which panics when stderr cannot be written; the exit
+    // code still reports the problems.
+    let mut err = std::io::stderr().lock();
     for p in &problems {
-        eprintln!("erofs-virtiofsd: {p}");
+        let _ = writeln!(err, "erofs-virtiofsd: {p}");
     }
     Ok(ExitCode::FAILURE)
 }

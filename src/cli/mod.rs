@@ -4,6 +4,7 @@ mod image;
 pub mod json;
 mod manifest;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -83,7 +84,9 @@ pub fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            eprintln!("erofs-virtiofsd: error: {e:#}");
+            // Not `eprintln!`: it panics (exit 101) when stderr cannot be
+            // written (closed pipe, full disk); the exit code still tells.
+            let _ = writeln!(std::io::stderr(), "erofs-virtiofsd: error: {e:#}");
             ExitCode::FAILURE
         }
     }
