@@ -676,3 +676,52 @@ fn test_offset_embedded_image_manifest_matches_plain_image() {
         assert_one_error_line(name, &r, &["not an EROFS image"]);
     }
 }
+
+/// A regular file turned into an extended flat inode with a null start
+/// block (one hole) and a 2^62-byte size: `check` must finish (holes are
+/// not read) and `manifest` must refuse to hash it, both promptly.
+#[test]
+fn test_huge_sparse_file_check_finishes_manifest_refuses() {
+    let src = image("edge_plain-b4096");
+    let img = open(&src, &[]);
+    let victim = paths(&img)
+        .into_iter()
+        .find(|e| e.inode.kind == InodeKind::File && e.inode.extended && !e.inode.loc.in_metabox)
+        .expect("an extended regular file");
+    let mut bytes = std::fs::read(&src).expect("read fixture");
+    let at = victim.inode.loc.pos as usize;
+    // i_format: extended, FLAT_PLAIN; i_nb = 0xffff and i_u = 0xffffffff:
+    // a null 48-bit start block; i_size = 2^62.
+    bytes[at..at + 2].copy_from_slice(&1u16.to_le_bytes());
+    bytes[at + 6..at + 8].copy_from_slice(&u16::MAX.to_le_bytes());
+    bytes[at + 8..at + 16].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    bytes[at + 16..at + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sparse.erofs");
+    std::fs::write(&path, &bytes).expect("write image");
+
+    let r = run(
+        &["image".into(), "check".into(), path.clone().into()],
+        dir.path(),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "{}: {}",
+        r.cmd,
+        String::from_utf8_lossy(&r.stdout)
+    );
+
+    let r = run(
+        &["image".into(), "manifest".into(), path.into()],
+        dir.path(),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.cmd);
+    let name = path_str(&victim);
+    assert!(
+        r.stderr.contains(&name) && r.stderr.contains("--max-file-size"),
+        "{}: stderr {:?}",
+        r.cmd,
+        r.stderr
+    );
+}

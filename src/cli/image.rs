@@ -61,6 +61,10 @@ pub enum ImageCommand {
     Manifest {
         #[command(flatten)]
         src: ImageSource,
+        /// Refuse to hash regular files larger than this many bytes (a
+        /// corrupt size could otherwise mean hashing exabytes of holes).
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
+        max_file_size: u64,
     },
 }
 
@@ -76,7 +80,9 @@ impl ImageCommand {
             ImageCommand::Cat { src, path } => cat(&src.open()?, &path, &mut out)?,
             ImageCommand::Xattr { src, path } => xattrs(&src.open()?, &path, &mut out)?,
             ImageCommand::Check { src } => check(&src.open()?, &mut out)?,
-            ImageCommand::Manifest { src } => manifest_cmd(&src.open()?, &mut out)?,
+            ImageCommand::Manifest { src, max_file_size } => {
+                manifest_cmd(&src.open()?, max_file_size, &mut out)?
+            }
         };
         out.flush()?;
         Ok(code)
@@ -334,18 +340,29 @@ fn xattrs(img: &Image, path: &std::path::Path, out: &mut impl Write) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads everything an inode holds; returns the first problem.
+/// Reads everything an inode holds (holes are skipped, not read); returns
+/// the first problem.
 fn check_inode(img: &Image, ino: &Inode) -> anyhow::Result<()> {
     match ino.kind {
         InodeKind::File => {
             let mut buf = vec![0u8; ino.size.min(1 << 20) as usize];
-            let mut off = 0u64;
-            while off < ino.size {
-                let n = img.read(ino, off, &mut buf)?;
-                if n == 0 {
-                    bail!("short read at byte {off}");
+            let mut pos = 0u64;
+            while pos < ino.size {
+                let (start, len, hole) = img
+                    .extent_at(ino, pos)
+                    .with_context(|| format!("mapping byte {pos}"))?;
+                let end = start.saturating_add(len).min(ino.size);
+                while !hole && pos < end {
+                    let want = (end - pos).min(buf.len() as u64) as usize;
+                    let n = img
+                        .read(ino, pos, &mut buf[..want])
+                        .with_context(|| format!("reading byte {pos}"))?;
+                    if n == 0 {
+                        bail!("short read at byte {pos}");
+                    }
+                    pos += n as u64;
                 }
-                off += n as u64;
+                pos = pos.max(end);
             }
         }
         InodeKind::Symlink => {
@@ -361,21 +378,23 @@ fn check_inode(img: &Image, ino: &Inode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Walks the image checking each path as it is found (nothing is kept but
+/// the problems).
 fn check(img: &Image, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let mut count = 0u64;
-    let mut entries = Vec::new();
+    let mut inode_problems = Vec::new();
     erofs::walk(
         img,
-        |e| entries.push(e.clone()),
+        |e| {
+            count += 1;
+            if let Err(err) = check_inode(img, &e.inode) {
+                inode_problems.push(format!("{}: {err:#}", show(&e.path)));
+            }
+        },
         |p, e| problems.push(format!("{}: {e}", show(p))),
     )?;
-    for e in &entries {
-        count += 1;
-        if let Err(err) = check_inode(img, &e.inode) {
-            problems.push(format!("{}: {err:#}", show(&e.path)));
-        }
-    }
+    problems.append(&mut inode_problems);
     for p in &problems {
         writeln!(out, "{p}")?;
     }
@@ -388,7 +407,7 @@ fn check(img: &Image, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn manifest_cmd(img: &Image, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+fn manifest_cmd(img: &Image, max_file_size: u64, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     erofs::walk(
@@ -398,7 +417,7 @@ fn manifest_cmd(img: &Image, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     )?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     for e in &entries {
-        match manifest::line(img, &e.path, &e.inode) {
+        match manifest::line(img, &e.path, &e.inode, max_file_size) {
             Ok(l) => writeln!(out, "{l}")?,
             Err(err) => problems.push(format!("{}: {err:#}", show(&e.path))),
         }

@@ -53,7 +53,7 @@ pub fn xattr_pairs(img: &Image, inode: &Inode) -> anyhow::Result<Vec<(String, St
 }
 
 /// One manifest line for `path`.
-pub fn line(img: &Image, path: &[u8], inode: &Inode) -> anyhow::Result<String> {
+pub fn line(img: &Image, path: &[u8], inode: &Inode, max_file_size: u64) -> anyhow::Result<String> {
     let mut o = Object::new();
     let (p, valid) = backslash_replace(path);
     o.str("path", &p);
@@ -74,6 +74,12 @@ pub fn line(img: &Image, path: &[u8], inode: &Inode) -> anyhow::Result<String> {
                 .int("rdev_minor", inode.rdev_minor());
         }
         InodeKind::File => {
+            if inode.size > max_file_size {
+                anyhow::bail!(
+                    "file of {} bytes is larger than --max-file-size {max_file_size}; not hashed",
+                    inode.size
+                );
+            }
             o.str("sha256", &sha256(img, inode)?);
         }
         InodeKind::Symlink => {

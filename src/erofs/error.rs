@@ -81,6 +81,9 @@ pub enum Error {
         /// How many extra devices were given.
         given: usize,
     },
+    /// An error found earlier and remembered (its text as first reported).
+    #[error("{0}")]
+    Earlier(String),
     /// Wrong inode kind for the operation.
     #[error("nid {nid}: {what}")]
     WrongKind {

@@ -14,6 +14,7 @@ use super::ondisk::{self, DeviceSlot, XattrEntry, XattrIbodyHeader};
 use super::superblock::Superblock;
 use super::xattr::{self, LongPrefix, Xattr};
 use super::zcache::ZCache;
+use super::zmap::{ZKind, ZMap};
 use super::{Error, Result};
 use crate::source::{read_exact_at, Source};
 
@@ -150,7 +151,7 @@ impl Image {
             self.inode(nid).map_err(|e| e.to_string())
         });
         r.clone()
-            .map_err(|e| Error::corrupt(None, "packed inode", e))
+            .map_err(|e| Error::Earlier(format!("packed inode: {e}")))
     }
 
     /// Reads bytes at physical address `pa` of the primary address space
@@ -259,7 +260,18 @@ impl Image {
             let blk = pos.pos >> bits;
             let off = self.sb.blkoff(pos.pos) as usize;
             if off.saturating_add(len) as u64 <= self.sb.block_size() {
-                let block = self.meta_block(what, blk)?;
+                let block = self.meta_block(what, blk).map_err(|e| match e {
+                    Error::Truncated {
+                        what, size, device, ..
+                    } => Error::Truncated {
+                        what,
+                        offset: pos.pos,
+                        end: pos.pos.saturating_add(len as u64),
+                        size,
+                        device,
+                    },
+                    other => other,
+                })?;
                 if off.saturating_add(len) > block.len() {
                     return Err(Error::Truncated {
                         what,
@@ -285,6 +297,15 @@ impl Image {
         }
         let start = blk << self.sb.blkszbits;
         let size = self.src.size();
+        if start >= size {
+            return Err(Error::Truncated {
+                what,
+                offset: start,
+                end: start.saturating_add(self.sb.block_size()),
+                size,
+                device: "image".into(),
+            });
+        }
         let len = size.saturating_sub(start).min(self.sb.block_size()) as usize;
         let mut v = vec![0u8; len];
         self.read_primary(what, start, &mut v)?;
@@ -470,6 +491,56 @@ impl Image {
         Ok(done)
     }
 
+    /// The extent of `inode` holding byte `off` (`off < size`), as
+    /// (start, length, is_hole).
+    pub fn extent_at(&self, inode: &Inode, off: u64) -> Result<(u64, u64, bool)> {
+        let (start, len, hole) = if inode.is_compressed() {
+            let e = ZMap::new(self, inode)?.map(off)?;
+            (e.la, e.llen, matches!(e.kind, ZKind::Hole))
+        } else {
+            let e = self.map(inode, off)?;
+            (e.la, e.len, matches!(e.kind, ExtentKind::Hole))
+        };
+        if len == 0 || off < start || off.saturating_sub(start) >= len {
+            return Err(Error::corrupt(
+                Some(inode.nid),
+                "block map",
+                format!("extent {start}+{len} does not cover {off}"),
+            ));
+        }
+        Ok((start, len, hole))
+    }
+
+    /// `SEEK_DATA`: the first byte at or after `off` that is not in a hole,
+    /// or `None` when only holes remain before the end of the file.
+    pub fn seek_data(&self, inode: &Inode, off: u64) -> Result<Option<u64>> {
+        let mut pos = off;
+        // Each pass moves past one extent; every extent read comes from a
+        // distinct index position, so corrupt maps end in an error.
+        while pos < inode.size {
+            let (start, len, hole) = self.extent_at(inode, pos)?;
+            if !hole {
+                return Ok(Some(pos));
+            }
+            pos = start.saturating_add(len);
+        }
+        Ok(None)
+    }
+
+    /// `SEEK_HOLE`: the first byte at or after `off` in a hole, or the file
+    /// size (the implicit hole at the end).
+    pub fn seek_hole(&self, inode: &Inode, off: u64) -> Result<u64> {
+        let mut pos = off;
+        while pos < inode.size {
+            let (start, len, hole) = self.extent_at(inode, pos)?;
+            if hole {
+                return Ok(pos);
+            }
+            pos = start.saturating_add(len);
+        }
+        Ok(inode.size.max(off))
+    }
+
     /// Reads the whole content of a small inode (directory block, symlink).
     fn read_vec(&self, inode: &Inode, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut v = vec![0u8; len];
@@ -616,7 +687,7 @@ impl Image {
             .get_or_init(|| self.load_prefixes().map_err(|e| e.to_string()));
         match r {
             Ok(v) => Ok(v),
-            Err(e) => Err(Error::corrupt(None, "xattr prefixes", e.clone())),
+            Err(e) => Err(Error::Earlier(format!("long xattr prefixes: {e}"))),
         }
     }
 

@@ -107,7 +107,7 @@ impl ZCache {
                         g.map.remove(&key);
                     }
                 }
-                Err(Error::corrupt(None, "compressed data", msg))
+                Err(Error::Earlier(msg))
             }
         }
     }
