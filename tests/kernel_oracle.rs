@@ -24,7 +24,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::fixtures::{all_fixture_images, apply_delta, fixture_image, is_compressed};
+use common::fixtures::{all_fixture_images, apply_delta, fixture_image};
 use common::kmount::MountOptions;
 use common::manifest::{diff_manifests, escape_bytes, parse_jsonl, to_jsonl};
 use common::mkfs::FIXED_UUID;
@@ -324,14 +324,11 @@ fn test_manifest_matches_kernel_at_offset() {
 }
 
 // ---------------------------------------------------------------------------
-// (c) Our manifest against the fixtures' expected manifests.
+// (c) Our manifest against the fixtures' expected manifests (every fixture,
+// compressed ones included).
 
 fn check_fixture(name: &str) {
     let fx = fixture_image(name);
-    assert!(
-        !is_compressed(name),
-        "{name} is compressed; this list is for uncompressed fixtures"
-    );
     let ours = run_manifest(&fx.image, &fx.devices(), None);
     assert_manifests_eq(
         &format!("fixture {name}: expected manifest vs our manifest"),
@@ -352,10 +349,54 @@ macro_rules! fixture_tests {
 }
 
 fixture_tests! {
+    test_manifest_matches_fixture_big_chunk64k_blobdev: "big_chunk64k-blobdev";
+    test_manifest_matches_fixture_big_lz4hc_C1m: "big_lz4hc-C1m";
+    test_manifest_matches_fixture_big_zstd_dedupe_fragments: "big_zstd-dedupe-fragments";
+    test_manifest_matches_fixture_edge_chunk4k_b512_blobdev: "edge_chunk4k-b512-blobdev";
+    test_manifest_matches_fixture_edge_deflate9: "edge_deflate9";
+    test_manifest_matches_fixture_edge_libdeflate12: "edge_libdeflate12";
+    test_manifest_matches_fixture_edge_lz4: "edge_lz4";
+    test_manifest_matches_fixture_edge_lz4_b1024: "edge_lz4-b1024";
+    test_manifest_matches_fixture_edge_lz4_compact_allroot: "edge_lz4-compact-allroot";
+    test_manifest_matches_fixture_edge_lz4_dotomitted: "edge_lz4-dotomitted";
+    test_manifest_matches_fixture_edge_lz4_extended: "edge_lz4-extended";
+    test_manifest_matches_fixture_edge_lz4_zD: "edge_lz4-zD";
+    test_manifest_matches_fixture_edge_lz4hc_C64k: "edge_lz4hc-C64k";
+    test_manifest_matches_fixture_edge_lz4hc_dedupe_fphidden: "edge_lz4hc-dedupe-fphidden";
+    test_manifest_matches_fixture_edge_lz4hc_fingerprint: "edge_lz4hc-fingerprint";
+    test_manifest_matches_fixture_edge_lz4hc_fragments: "edge_lz4hc-fragments";
+    test_manifest_matches_fixture_edge_lz4hc_metabox: "edge_lz4hc-metabox";
+    test_manifest_matches_fixture_edge_lz4hc_xattrprefix: "edge_lz4hc-xattrprefix";
+    test_manifest_matches_fixture_edge_lz4hc_ztailpacking: "edge_lz4hc-ztailpacking";
+    test_manifest_matches_fixture_edge_lz4hc12: "edge_lz4hc12";
+    test_manifest_matches_fixture_edge_lzma_MZ: "edge_lzma-MZ";
+    test_manifest_matches_fixture_edge_lzma_allfragments: "edge_lzma-allfragments";
+    test_manifest_matches_fixture_edge_lzma109_C1m: "edge_lzma109-C1m";
+    test_manifest_matches_fixture_edge_multialg_hints: "edge_multialg-hints";
+    test_manifest_matches_fixture_edge_plain_48bit: "edge_plain-48bit";
     test_manifest_matches_fixture_edge_plain_b4096: "edge_plain-b4096";
     test_manifest_matches_fixture_edge_plain_b512: "edge_plain-b512";
     test_manifest_matches_fixture_edge_plain_b512_noinline: "edge_plain-b512-noinline";
-    test_manifest_matches_fixture_edge_plain_48bit: "edge_plain-48bit";
-    test_manifest_matches_fixture_edge_chunk4k_b512_blobdev: "edge_chunk4k-b512-blobdev";
-    test_manifest_matches_fixture_big_chunk64k_blobdev: "big_chunk64k-blobdev";
+    test_manifest_matches_fixture_edge_zstd_48bit: "edge_zstd-48bit";
+    test_manifest_matches_fixture_edge_zstd_b2048_ztailpack: "edge_zstd-b2048-ztailpack";
+    test_manifest_matches_fixture_edge_zstd_fragdedupe: "edge_zstd-fragdedupe";
+    test_manifest_matches_fixture_edge_zstd19: "edge_zstd19";
+    test_manifest_matches_fixture_usr_zstd15_ztailpack: "usr_zstd15-ztailpack";
+}
+
+/// Every fixture image has a test above (a new fixture must get one).
+#[test]
+fn test_every_fixture_has_a_manifest_test() {
+    let src = include_str!("kernel_oracle.rs");
+    let dir = common::fixtures::fixtures_dir().join("images");
+    for entry in std::fs::read_dir(&dir).expect("fixture images") {
+        let name = entry.expect("dir entry").file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".erofs") {
+            assert!(
+                src.contains(&format!("\"{stem}\";")),
+                "fixture {stem} has no test_manifest_matches_fixture_* test"
+            );
+        }
+    }
 }
