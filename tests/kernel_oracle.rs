@@ -350,7 +350,7 @@ macro_rules! fixture_tests {
 
 fixture_tests! {
     test_manifest_matches_fixture_big_chunk64k_blobdev: "big_chunk64k-blobdev";
-    test_manifest_matches_fixture_big_lz4hc_C1m: "big_lz4hc-C1m";
+    test_manifest_matches_fixture_big_lz4hc_c1m: "big_lz4hc-C1m";
     test_manifest_matches_fixture_big_zstd_dedupe_fragments: "big_zstd-dedupe-fragments";
     test_manifest_matches_fixture_edge_chunk4k_b512_blobdev: "edge_chunk4k-b512-blobdev";
     test_manifest_matches_fixture_edge_deflate9: "edge_deflate9";
@@ -360,8 +360,8 @@ fixture_tests! {
     test_manifest_matches_fixture_edge_lz4_compact_allroot: "edge_lz4-compact-allroot";
     test_manifest_matches_fixture_edge_lz4_dotomitted: "edge_lz4-dotomitted";
     test_manifest_matches_fixture_edge_lz4_extended: "edge_lz4-extended";
-    test_manifest_matches_fixture_edge_lz4_zD: "edge_lz4-zD";
-    test_manifest_matches_fixture_edge_lz4hc_C64k: "edge_lz4hc-C64k";
+    test_manifest_matches_fixture_edge_lz4_zd: "edge_lz4-zD";
+    test_manifest_matches_fixture_edge_lz4hc_c64k: "edge_lz4hc-C64k";
     test_manifest_matches_fixture_edge_lz4hc_dedupe_fphidden: "edge_lz4hc-dedupe-fphidden";
     test_manifest_matches_fixture_edge_lz4hc_fingerprint: "edge_lz4hc-fingerprint";
     test_manifest_matches_fixture_edge_lz4hc_fragments: "edge_lz4hc-fragments";
@@ -369,9 +369,9 @@ fixture_tests! {
     test_manifest_matches_fixture_edge_lz4hc_xattrprefix: "edge_lz4hc-xattrprefix";
     test_manifest_matches_fixture_edge_lz4hc_ztailpacking: "edge_lz4hc-ztailpacking";
     test_manifest_matches_fixture_edge_lz4hc12: "edge_lz4hc12";
-    test_manifest_matches_fixture_edge_lzma_MZ: "edge_lzma-MZ";
+    test_manifest_matches_fixture_edge_lzma_mz: "edge_lzma-MZ";
     test_manifest_matches_fixture_edge_lzma_allfragments: "edge_lzma-allfragments";
-    test_manifest_matches_fixture_edge_lzma109_C1m: "edge_lzma109-C1m";
+    test_manifest_matches_fixture_edge_lzma109_c1m: "edge_lzma109-C1m";
     test_manifest_matches_fixture_edge_multialg_hints: "edge_multialg-hints";
     test_manifest_matches_fixture_edge_plain_48bit: "edge_plain-48bit";
     test_manifest_matches_fixture_edge_plain_b4096: "edge_plain-b4096";
