@@ -43,6 +43,25 @@ pub struct ImageSource {
     /// Byte offset of the image inside IMAGE (any alignment).
     #[arg(long, default_value_t = 0)]
     pub offset: u64,
+    /// Bytes of decoded compressed data to keep cached (default: 1/16 of
+    /// RAM, between 64 MiB and 1 GiB).
+    #[arg(long, value_name = "BYTES")]
+    pub decode_cache: Option<u64>,
+}
+
+/// The default decoded-data cache: 1/16 of physical memory, clamped to
+/// 64 MiB..1 GiB (64 MiB when memory size is unknown).
+pub fn default_decode_cache() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb.saturating_mul(1024))
+        .unwrap_or(0);
+    (total / 16).clamp(64 << 20, 1 << 30)
 }
 
 impl ImageSource {
@@ -62,6 +81,7 @@ impl ImageSource {
             src,
             ImageOptions {
                 devices,
+                decode_cache_bytes: Some(self.decode_cache.unwrap_or_else(default_decode_cache)),
                 ..Default::default()
             },
         )
