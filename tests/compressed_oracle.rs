@@ -441,3 +441,66 @@ fn test_concurrent_usr_zstd15_ztailpack() {
 fn test_concurrent_big_zstd_dedupe_fragments_no_cache() {
     check_concurrent("big_zstd-dedupe-fragments", Some(0));
 }
+
+// ---------------------------------------------------------------------------
+// (4) Whole-extent reads: the first whole read of an extent decodes straight
+// into the caller's buffer, the second admits it to the decoded-extent
+// cache, the third is served from the cache. All three equal the kernel.
+
+fn check_whole_extents(name: &str, max_files: usize) {
+    use std::os::unix::fs::FileExt;
+    assert_kernel_erofs();
+    let fx = fixture_image(name);
+    let oracle = RangeOracle::new(name, &fx.image, &fx.devices(), ImageOptions::default());
+    let img = &oracle.img;
+    let mut checked = 0u64;
+    // Largest files first: they have the most extents.
+    let mut order: Vec<usize> = (0..oracle.files.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(oracle.files[i].size));
+    for &i in order.iter().take(max_files) {
+        let f = &oracle.files[i];
+        let inode = common::rangeread::resolve(img, &f.path).unwrap();
+        let ends = common::rangeread::extent_ends(img, &inode).unwrap();
+        let mut want = vec![0u8; f.size as usize];
+        f.kfile.read_exact_at(&mut want, 0).unwrap();
+        for pass in 0..3 {
+            let mut start = 0u64;
+            for &end in &ends {
+                let mut got = vec![0u8; (end - start) as usize];
+                let n = img
+                    .read(&inode, start, &mut got)
+                    .unwrap_or_else(|e| panic!("{name} pass {pass}: read at {start}: {e}"));
+                assert_eq!(n, got.len(), "{name}: short read at {start}");
+                assert!(
+                    got[..] == want[start as usize..end as usize],
+                    "{name} pass {pass}: extent {start}..{end} of {} differs from the kernel",
+                    common::manifest::escape_bytes(&f.path)
+                );
+                checked += 1;
+                start = end;
+            }
+        }
+    }
+    assert!(checked > 0, "{name}: no extent read");
+    eprintln!("{name}: {checked} whole-extent reads equal the kernel");
+}
+
+#[test]
+fn test_whole_extents_big_lz4hc_c1m() {
+    check_whole_extents("big_lz4hc-C1m", 4);
+}
+
+#[test]
+fn test_whole_extents_big_zstd_dedupe_fragments() {
+    check_whole_extents("big_zstd-dedupe-fragments", 4);
+}
+
+#[test]
+fn test_whole_extents_edge_lz4hc_ztailpacking() {
+    check_whole_extents("edge_lz4hc-ztailpacking", 40);
+}
+
+#[test]
+fn test_whole_extents_edge_lzma_mz() {
+    check_whole_extents("edge_lzma-MZ", 40);
+}

@@ -5,7 +5,7 @@
 //! again. Entries are evicted least-recently-used once the decoded bytes
 //! exceed the budget.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{Error, Result};
@@ -28,7 +28,13 @@ pub struct Key {
     pub la_in_block: u32,
 }
 
-type Slot = Arc<OnceLock<std::result::Result<Arc<[u8]>, String>>>;
+/// A decoded extent, shared by the cache and its readers.
+pub type Decoded = Arc<Vec<u8>>;
+
+/// Bound on remembered once-read extents (cleared when reached).
+const MAX_SEEN: usize = 1 << 16;
+
+type Slot = Arc<OnceLock<std::result::Result<Decoded, String>>>;
 
 #[derive(Debug)]
 struct Entry {
@@ -40,8 +46,24 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Inner {
     map: HashMap<Key, Entry>,
+    /// Extents read whole once and not cached (admission on second use).
+    seen: HashSet<Key>,
     tick: u64,
     bytes: u64,
+}
+
+/// What [`ZCache::lookup`] found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Decoded and cached.
+    Ready(Decoded),
+    /// Another reader is decoding it now.
+    Pending,
+    /// Not cached; `again`: a whole-extent reader asked for it before.
+    Absent {
+        /// Asked for before (see [`ZCache::lookup`]).
+        again: bool,
+    },
 }
 
 /// The decoded-extent cache.
@@ -73,7 +95,7 @@ impl ZCache {
         &self,
         key: Key,
         decode: impl FnOnce() -> Result<Vec<u8>>,
-    ) -> Result<Arc<[u8]>> {
+    ) -> Result<Decoded> {
         let slot = {
             let mut g = self.lock()?;
             g.tick = g.tick.wrapping_add(1);
@@ -89,7 +111,7 @@ impl ZCache {
         let mut fresh = false;
         let r = slot.get_or_init(|| {
             fresh = true;
-            decode().map(Arc::from).map_err(|e| e.to_string())
+            decode().map(Arc::new).map_err(|e| e.to_string())
         });
         match r {
             Ok(data) => {
@@ -109,6 +131,41 @@ impl ZCache {
                 }
                 Err(Error::Earlier(msg))
             }
+        }
+    }
+
+    /// What the cache holds for `key`; never starts a decode. With
+    /// `whole` (the reader wants the entire extent), an absent key is
+    /// remembered, and [`Lookup::Absent`] says whether it was already
+    /// asked for: extents read whole once (a stream) are not worth keeping,
+    /// extents read whole again are.
+    pub fn lookup(&self, key: Key, whole: bool) -> Lookup {
+        let slot = {
+            let Ok(mut g) = self.inner.lock() else {
+                return Lookup::Absent { again: false };
+            };
+            g.tick = g.tick.wrapping_add(1);
+            let tick = g.tick;
+            let Some(e) = g.map.get_mut(&key) else {
+                if !whole || self.budget == 0 {
+                    return Lookup::Absent { again: false };
+                }
+                if g.seen.remove(&key) {
+                    return Lookup::Absent { again: true };
+                }
+                if g.seen.len() >= MAX_SEEN {
+                    g.seen.clear();
+                }
+                g.seen.insert(key);
+                return Lookup::Absent { again: false };
+            };
+            e.last_use = tick;
+            e.slot.clone()
+        };
+        match slot.get() {
+            Some(Ok(data)) => Lookup::Ready(data.clone()),
+            Some(Err(_)) => Lookup::Absent { again: false },
+            None => Lookup::Pending,
         }
     }
 

@@ -1,15 +1,21 @@
 //! Reading compressed inodes: map each range to its pcluster, decode it
 //! (through the decoded-extent cache) and copy the requested bytes.
 
-use std::sync::Arc;
-
 use super::decompress::{self, Algorithm};
 use super::image::Image;
 use super::inode::{Inode, MetaPos};
 use super::ondisk;
-use super::zcache::Key;
+use super::zcache::{Decoded, Key, Lookup};
 use super::zmap::{ZExtent, ZKind, ZMap, ALG_INTERLACED, ALG_SHIFTED};
 use super::{Error, Result};
+
+thread_local! {
+    /// Per-thread buffer for compressed input.
+    static INPUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Input buffers up to this size are kept for the thread's next decode.
+const MAX_KEPT_INPUT: usize = 4 << 20;
 
 impl Image {
     /// Reads `buf.len()` bytes (already clipped to the file size) of a
@@ -32,7 +38,25 @@ impl Image {
                     self.read_fragment(inode, off.saturating_add(skip), out)?
                 }
                 ZKind::Encoded { .. } => {
-                    let data = self.decoded_extent(inode, &ext)?;
+                    let key = self.extent_key(inode, &ext);
+                    let whole = skip == 0 && n as u64 == ext.llen;
+                    let cached = match self.zcache().lookup(key, whole) {
+                        Lookup::Ready(d) => Some(d),
+                        Lookup::Pending | Lookup::Absent { again: true } => None,
+                        Lookup::Absent { again: false } if whole => {
+                            // The request covers the whole extent, read
+                            // whole for the first time (a stream): decode
+                            // straight into the reply, keep no copy.
+                            self.decode_extent(inode, &ext, out)?;
+                            done = done.saturating_add(n);
+                            continue;
+                        }
+                        Lookup::Absent { .. } => None,
+                    };
+                    let data = match cached {
+                        Some(d) => d,
+                        None => self.decoded_extent(inode, &ext)?,
+                    };
                     let start = usize::try_from(skip).unwrap_or(usize::MAX);
                     let src = data.get(start..).and_then(|s| s.get(..n)).ok_or_else(|| {
                         Error::corrupt(
@@ -75,8 +99,34 @@ impl Image {
         Ok(())
     }
 
+    /// The cache key of extent `ext`.
+    fn extent_key(&self, inode: &Inode, ext: &ZExtent) -> Key {
+        let (pa, inline) = match ext.kind {
+            ZKind::Encoded { pa, inline, .. } => (pa, inline),
+            _ => (u64::MAX, false),
+        };
+        Key {
+            pa,
+            inline,
+            in_metabox: inline && inode.loc.in_metabox,
+            llen: ext.llen,
+            la_in_block: self.superblock().blkoff(ext.la) as u32,
+        }
+    }
+
     /// The decoded bytes of extent `ext`, from the cache or freshly decoded.
-    fn decoded_extent(&self, inode: &Inode, ext: &ZExtent) -> Result<Arc<[u8]>> {
+    fn decoded_extent(&self, inode: &Inode, ext: &ZExtent) -> Result<Decoded> {
+        let key = self.extent_key(inode, ext);
+        self.zcache().get_or_decode(key, || {
+            let llen = usize::try_from(ext.llen).unwrap_or(usize::MAX);
+            let mut out = vec![0u8; llen];
+            self.decode_extent(inode, ext, &mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// Decodes extent `ext` into `out` (exactly its decoded length).
+    fn decode_extent(&self, inode: &Inode, ext: &ZExtent, out: &mut [u8]) -> Result<()> {
         let ZKind::Encoded {
             pa,
             inline,
@@ -91,47 +141,70 @@ impl Image {
                 "not an encoded extent",
             ));
         };
-        let key = Key {
+        let plen = usize::try_from(plen).unwrap_or(usize::MAX);
+        // The compressed input goes through a per-thread buffer, reused
+        // across decodes (taken out while in use, so no borrow is held).
+        let mut input = INPUT.with(|b| b.take());
+        if input.len() < plen {
+            input.resize(plen, 0);
+        }
+        let r = self.decode_from(
+            inode,
+            ext,
             pa,
             inline,
-            in_metabox: inline && inode.loc.in_metabox,
-            llen: ext.llen,
-            la_in_block: self.superblock().blkoff(ext.la) as u32,
-        };
-        self.zcache().get_or_decode(key, || {
-            let plen = usize::try_from(plen).unwrap_or(usize::MAX);
-            let mut input = vec![0u8; plen];
-            if inline {
-                let p = MetaPos {
-                    pos: pa,
-                    in_metabox: inode.loc.in_metabox,
-                };
-                self.meta_into("inline pcluster", p, &mut input)?;
-            } else {
-                self.read_physical(inode, pa, &mut input)?;
-            }
-            let llen = usize::try_from(ext.llen).unwrap_or(usize::MAX);
-            let mut out = vec![0u8; llen];
-            self.decode(
-                inode,
-                alg,
-                &input,
-                &mut out,
-                partial,
-                self.superblock().blkoff(ext.la),
-            )
-            .map_err(|e| match e {
-                Error::Corrupt { detail, field, .. } => Error::corrupt(
-                    Some(inode.nid),
-                    field,
-                    format!(
-                        "{detail} (pcluster at {pa}, {plen} bytes, extent {}+{})",
-                        ext.la, ext.llen
-                    ),
+            alg,
+            partial,
+            &mut input[..plen],
+            out,
+        );
+        if input.capacity() <= MAX_KEPT_INPUT {
+            INPUT.with(|b| b.replace(input));
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_from(
+        &self,
+        inode: &Inode,
+        ext: &ZExtent,
+        pa: u64,
+        inline: bool,
+        alg: u8,
+        partial: bool,
+        input: &mut [u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        if inline {
+            let p = MetaPos {
+                pos: pa,
+                in_metabox: inode.loc.in_metabox,
+            };
+            self.meta_into("inline pcluster", p, input)?;
+        } else {
+            self.read_physical(inode, pa, input)?;
+        }
+        self.decode(
+            inode,
+            alg,
+            input,
+            out,
+            partial,
+            self.superblock().blkoff(ext.la),
+        )
+        .map_err(|e| match e {
+            Error::Corrupt { detail, field, .. } => Error::corrupt(
+                Some(inode.nid),
+                field,
+                format!(
+                    "{detail} (pcluster at {pa}, {} bytes, extent {}+{})",
+                    input.len(),
+                    ext.la,
+                    ext.llen
                 ),
-                other => other,
-            })?;
-            Ok(out)
+            ),
+            other => other,
         })
     }
 

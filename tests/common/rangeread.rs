@@ -46,7 +46,7 @@ pub struct FileInfo {
     /// Size the kernel reports.
     pub size: u64,
     /// The file on the kernel mount (shared by all threads; pread only).
-    kfile: File,
+    pub kfile: File,
     /// Ends of the file's extents as our map reports them (computed on
     /// first use; empty if mapping failed: the reads then report the error).
     boundaries: OnceLock<Vec<u64>>,
