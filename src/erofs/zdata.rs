@@ -14,6 +14,12 @@ thread_local! {
     static INPUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Compressed input read at once for a run of whole extents.
+const MAX_RUN_INPUT: u64 = 1 << 20;
+
+/// Extents decoded from one run read.
+const MAX_RUN_EXTENTS: usize = 512;
+
 /// Input buffers up to this size are kept for the thread's next decode.
 const MAX_KEPT_INPUT: usize = 4 << 20;
 
@@ -46,9 +52,10 @@ impl Image {
                         Lookup::Absent { again: false } if whole => {
                             // The request covers the whole extent, read
                             // whole for the first time (a stream): decode
-                            // straight into the reply, keep no copy.
-                            self.decode_extent(inode, &ext, out)?;
-                            done = done.saturating_add(n);
+                            // it and the whole extents after it straight
+                            // into the reply, keep no copy.
+                            let made = self.decode_run(inode, &zmap, ext, &mut buf[done..])?;
+                            done = done.saturating_add(made.max(1));
                             continue;
                         }
                         Lookup::Absent { .. } => None,
@@ -185,6 +192,21 @@ impl Image {
         } else {
             self.read_physical(inode, pa, input)?;
         }
+        self.decode_input(inode, ext, pa, alg, partial, input, out)
+    }
+
+    /// Decodes `input`, the pcluster of extent `ext` (at `pa`), into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_input(
+        &self,
+        inode: &Inode,
+        ext: &ZExtent,
+        pa: u64,
+        alg: u8,
+        partial: bool,
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
         self.decode(
             inode,
             alg,
@@ -206,6 +228,124 @@ impl Image {
             ),
             other => other,
         })
+    }
+
+    /// Decodes `first` (a whole extent at the start of `buf`, not cached)
+    /// and the following whole extents whose pclusters are physically
+    /// contiguous with it, with one read of their compressed input (a run of
+    /// small pclusters costs one read instead of one each). Returns the
+    /// decoded bytes written to `buf`.
+    fn decode_run(
+        &self,
+        inode: &Inode,
+        zmap: &ZMap<'_>,
+        first: ZExtent,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let first_len = usize::try_from(first.llen).unwrap_or(usize::MAX);
+        let (pa, inline, plen) = match first.kind {
+            ZKind::Encoded {
+                pa, inline, plen, ..
+            } => (pa, inline, plen),
+            _ => (0, true, 0),
+        };
+        if first_len > buf.len() {
+            return Err(Error::corrupt(
+                Some(inode.nid),
+                "compressed map",
+                "extent beyond the read",
+            ));
+        }
+        if inline || plen >= MAX_RUN_INPUT {
+            self.decode_extent(inode, &first, &mut buf[..first_len])?;
+            return Ok(first_len);
+        }
+        let mut run = vec![first];
+        let mut in_len = plen;
+        let mut out_len = first.llen;
+        while in_len < MAX_RUN_INPUT && run.len() < MAX_RUN_EXTENTS && out_len < buf.len() as u64 {
+            let la = first.la.saturating_add(out_len);
+            // A map error ends the run; the caller's next map reports it.
+            let Ok(e) = zmap.map(la) else { break };
+            let ZKind::Encoded {
+                pa: p,
+                inline: false,
+                plen: l,
+                ..
+            } = e.kind
+            else {
+                break;
+            };
+            if e.la != la
+                || Some(p) != pa.checked_add(in_len)
+                || out_len.saturating_add(e.llen) > buf.len() as u64
+                || in_len.saturating_add(l) > MAX_RUN_INPUT
+            {
+                break;
+            }
+            if !matches!(
+                self.zcache().lookup(self.extent_key(inode, &e), true),
+                Lookup::Absent { again: false }
+            ) {
+                break;
+            }
+            run.push(e);
+            in_len = in_len.saturating_add(l);
+            out_len = out_len.saturating_add(e.llen);
+        }
+        if run.len() == 1 {
+            self.decode_extent(inode, &first, &mut buf[..first_len])?;
+            return Ok(first_len);
+        }
+        let in_len = usize::try_from(in_len).unwrap_or(usize::MAX);
+        let mut input = INPUT.with(|b| b.take());
+        if input.len() < in_len {
+            input.resize(in_len, 0);
+        }
+        let r = self.decode_run_input(inode, &run, pa, &mut input[..in_len], buf);
+        if input.capacity() <= MAX_KEPT_INPUT {
+            INPUT.with(|b| b.replace(input));
+        }
+        r
+    }
+
+    fn decode_run_input(
+        &self,
+        inode: &Inode,
+        run: &[ZExtent],
+        pa: u64,
+        input: &mut [u8],
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        self.read_physical(inode, pa, input)?;
+        let (mut i, mut o) = (0usize, 0usize);
+        for e in run {
+            let ZKind::Encoded {
+                pa: p,
+                plen,
+                alg,
+                partial,
+                ..
+            } = e.kind
+            else {
+                break;
+            };
+            let plen = usize::try_from(plen).unwrap_or(usize::MAX);
+            let llen = usize::try_from(e.llen).unwrap_or(usize::MAX);
+            let src = input.get(i..).and_then(|s| s.get(..plen));
+            let dst = buf.get_mut(o..).and_then(|s| s.get_mut(..llen));
+            let (Some(src), Some(dst)) = (src, dst) else {
+                return Err(Error::corrupt(
+                    Some(inode.nid),
+                    "compressed map",
+                    "run beyond its buffer",
+                ));
+            };
+            self.decode_input(inode, e, p, alg, partial, src, dst)?;
+            i = i.saturating_add(plen);
+            o = o.saturating_add(llen);
+        }
+        Ok(o)
     }
 
     fn decode(
