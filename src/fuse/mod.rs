@@ -20,6 +20,10 @@ mod dispatch;
 mod nodes;
 pub mod request;
 mod sink;
+#[cfg(test)]
+mod tests;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testutil;
 
 pub use dispatch::{
     CachePolicy, Server, ServerOptions, DEFAULT_MAX_HANDLES, DEFAULT_MAX_READ, LONG_TIMEOUT_SECS,
