@@ -401,9 +401,15 @@ impl Server {
             flags2: (flags >> 32) as u32,
             ..Default::default()
         };
-        send(sink, h.unique, &out)?;
+        // Initialized before the reply goes out: the kernel sends the
+        // requests it held back as soon as it has the reply, and another
+        // thread may read one before this one returns.
         self.minor.store(out.minor, Ordering::Release);
-        Ok(())
+        let r = send(sink, h.unique, &out);
+        if r.is_err() {
+            self.minor.store(0, Ordering::Release);
+        }
+        r
     }
 
     fn destroy(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
