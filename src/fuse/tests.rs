@@ -31,7 +31,8 @@ impl Fx {
             cache,
             ..ServerOptions::default()
         });
-        let (h, _) = fx.raw(&init_request(1, KERNEL_FLAGS & !abi::NO_OPEN_SUPPORT));
+        let no_zero_open = KERNEL_FLAGS & !(abi::NO_OPEN_SUPPORT | abi::NO_OPENDIR_SUPPORT);
+        let (h, _) = fx.raw(&init_request(1, no_zero_open));
         assert_eq!(h.error, 0);
         fx
     }
@@ -311,7 +312,10 @@ fn test_read_matches_image() {
             },
             unique: 1,
         };
-        fx.raw(&init_request(1, KERNEL_FLAGS & !NO_OPEN_SUPPORT));
+        fx.raw(&init_request(
+            1,
+            KERNEL_FLAGS & !(NO_OPEN_SUPPORT | NO_OPENDIR_SUPPORT),
+        ));
         let e = fx.lookup(1, "big").unwrap();
         let fh = fx.open(e.nodeid, false).unwrap().fh;
         let inode = img.inode(e.attr.ino).unwrap();
@@ -397,6 +401,20 @@ fn test_zero_message_open_when_kernel_supports_it() {
     assert_eq!(fx.open(1, true), Err(libc::ENOSYS));
     assert_eq!(fx.read(e.nodeid, 0, 0, 100).unwrap(), b"hello world\n");
     assert_eq!(fx.call(FLUSH, e.nodeid, &[&[0u8; 24]]), Err(libc::ENOSYS));
+    // A kernel with zero-message opens for files only (7.23..7.28) still
+    // gets real directory handles.
+    let mut fx = Fx::new(ServerOptions::default());
+    fx.raw(&init_request(1, KERNEL_FLAGS & !NO_OPENDIR_SUPPORT));
+    let e = fx.lookup(1, "hello").unwrap();
+    assert_eq!(fx.open(e.nodeid, false), Err(libc::ENOSYS));
+    let dir = fx.open(1, true).unwrap();
+    assert_ne!(dir.fh, 0);
+    let r = ReadIn {
+        fh: 0,
+        size: 4096,
+        ..Default::default()
+    };
+    assert_eq!(fx.call(READDIR, 1, &[r.as_bytes()]), Err(libc::EBADF));
 }
 
 #[test]
