@@ -7,4 +7,5 @@
 
 pub mod cli;
 pub mod erofs;
+pub mod fuse;
 pub mod source;

@@ -3,6 +3,7 @@
 mod image;
 pub mod json;
 mod manifest;
+mod mount;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ enum Command {
     /// Inspect an EROFS image without mounting it.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Mount an image through /dev/fuse (read-only; needs root).
+    Mount(mount::MountArgs),
 }
 
 /// Where the image comes from: shared by every command that opens one.
@@ -94,6 +97,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Image(c) => c.run(),
+        Command::Mount(m) => m.run(),
     };
     match r {
         Ok(code) => code,

@@ -11,6 +11,7 @@
 //! - [`trees`]: deterministic source trees for `mkfs.erofs` (edge cases, plain).
 //! - [`mkfs`]: run Debian's `mkfs.erofs` 1.5.
 //! - [`cli`]: run our own binary's `image manifest` command.
+//! - [`fusemount`]: mount an image through our own FUSE daemon (RAII guard).
 //!
 //! Every integration test crate compiles this module on its own and uses only
 //! part of it, hence the `dead_code` and `unused_imports` allowances.
@@ -19,6 +20,7 @@
 pub mod bigtree;
 pub mod cli;
 pub mod fixtures;
+pub mod fusemount;
 pub mod kmount;
 pub mod manifest;
 pub mod mkfs;

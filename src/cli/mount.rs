@@ -1,0 +1,109 @@
+//! `erofs-virtiofsd mount IMAGE MOUNTPOINT`: serve an image through
+//! /dev/fuse.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use super::ImageSource;
+use crate::fuse::devfuse::{self, MountConfig};
+use crate::fuse::{CachePolicy, Server, ServerOptions, DEFAULT_MAX_READ};
+
+/// `--cache` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    /// No caching: zero timeouts, direct I/O.
+    Never,
+    /// Short (1 s) timeouts.
+    Auto,
+    /// Long timeouts, page and directory cache kept (the image is immutable).
+    Always,
+}
+
+impl From<CacheArg> for CachePolicy {
+    fn from(c: CacheArg) -> Self {
+        match c {
+            CacheArg::Never => CachePolicy::Never,
+            CacheArg::Auto => CachePolicy::Auto,
+            CacheArg::Always => CachePolicy::Always,
+        }
+    }
+}
+
+/// Arguments of `mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    src: ImageSource,
+    /// Directory to mount on.
+    mountpoint: PathBuf,
+    /// Worker threads reading /dev/fuse.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Stay in the foreground (default: detach once the mount is up).
+    #[arg(long)]
+    foreground: bool,
+    /// How long the kernel may cache names, attributes and data.
+    #[arg(long, value_enum, default_value_t = CacheArg::Always)]
+    cache: CacheArg,
+}
+
+impl MountArgs {
+    /// Opens and checks the image, mounts, serves until unmounted (or
+    /// SIGINT/SIGTERM/SIGHUP, which unmount).
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        // The image is opened and checked before anything is mounted.
+        let img = Arc::new(self.src.open()?);
+        let opts = ServerOptions {
+            cache: self.cache.into(),
+            ..ServerOptions::default()
+        };
+        let server = Arc::new(
+            Server::new(img, opts).with_context(|| format!("{}", self.src.image.display()))?,
+        );
+        let mountpoint = devfuse::preflight(&self.mountpoint)?;
+        // Signals are handled by one thread (below); block them first so a
+        // signal between mount and serve cannot kill us with the mount up.
+        devfuse::block_signals().context("blocking signals")?;
+        let mount = devfuse::mount(&MountConfig {
+            mountpoint: mountpoint.clone(),
+            fsname: "erofs-virtiofsd".into(),
+            subtype: "erofs-virtiofsd".into(),
+            max_read: DEFAULT_MAX_READ,
+        })?;
+        if !self.foreground {
+            if let Err(e) = devfuse::daemonize() {
+                let _ = devfuse::unmount(&mountpoint);
+                return Err(e).context("detaching from the terminal");
+            }
+        }
+        spawn_signal_thread(mountpoint.clone())?;
+        mount.serve(&server, self.threads)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and unmounts;
+/// the workers then see ENODEV and the process exits.
+fn spawn_signal_thread(mountpoint: PathBuf) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let Ok(sig) = devfuse::wait_signal() else {
+                continue;
+            };
+            if let Err(e) = devfuse::unmount(&mountpoint) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "erofs-virtiofsd: unmounting {} on signal {sig}: {e}",
+                    mountpoint.display()
+                );
+            }
+        })
+        .context("spawning the signal thread")?;
+    Ok(())
+}
