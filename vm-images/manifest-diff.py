@@ -2,11 +2,12 @@
 """Compares two manifests (JSON lines, ../shared/fixtures/README.md) path by
 path and field by field.
 
-    manifest-diff.py [--ignore FIELD]... [--max N] EXPECTED ACTUAL
+    manifest-diff.py [--ignore FIELD]... [--max N] [--delta DELTA] EXPECTED ACTUAL
 
 Prints missing/unexpected paths and differing fields (the first --max paths,
 default 30), then a count per field. Exits 0 when equal (ignoring the
---ignore fields), 1 otherwise. Python 3 standard library only.
+--ignore fields), 1 otherwise. --delta applies a fixture delta file
+(NAME.delta.jsonl: set/unset, removed, added) to EXPECTED first. Python 3 standard library only.
 """
 
 import argparse
@@ -22,11 +23,33 @@ def load(path):
             if not line.strip():
                 continue
             e = json.loads(line)
-            raw = bytes.fromhex(e["path_hex"]) if "path_hex" in e else e["path"].encode()
+            raw = raw_of(e)
             if raw in entries:
                 sys.exit(f"{path}:{n}: duplicate path {e['path']!r}")
             entries[raw] = e
     return entries
+
+
+def raw_of(e):
+    return bytes.fromhex(e["path_hex"]) if "path_hex" in e else e["path"].encode()
+
+
+def apply_delta(entries, path):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            raw = raw_of(d)
+            if d.get("removed"):
+                entries.pop(raw, None)
+            elif "added" in d:
+                entries[raw] = d["added"]
+            else:
+                e = entries[raw]
+                e.update(d.get("set", {}))
+                for k in d.get("unset", []):
+                    e.pop(k, None)
 
 
 def short(v, limit=80):
@@ -40,8 +63,11 @@ def main():
     ap.add_argument("actual")
     ap.add_argument("--ignore", action="append", default=[], metavar="FIELD")
     ap.add_argument("--max", type=int, default=30)
+    ap.add_argument("--delta", metavar="DELTA", help="fixture delta to apply to EXPECTED")
     args = ap.parse_args()
     exp, act = load(args.expected), load(args.actual)
+    if args.delta:
+        apply_delta(exp, args.delta)
     ignore = set(args.ignore)
     per_field = collections.Counter()
     shown = 0
