@@ -7,7 +7,8 @@
 #
 # OUTDIR (default vm-images/out, git-ignored) receives everything:
 #   vmlinuz          the kernel (from linux-image-*-cloud-amd64, apt-get download)
-#   initrd.img       busybox-static, virtio-fs modules, /init, evfs-walk, getfattr
+#   initrd.img       busybox-static, virtio-fs modules, /init, evfs-walk,
+#                    evfs-bench, getfattr
 #   initrd-fio.img   the same plus Debian's fio and its shared libraries
 #                    (--with-fio or EVFS_WITH_FIO=1; about 80 MiB of libraries)
 #   kernel-version   the kernel release (e.g. 6.1.0-56-cloud-amd64)
@@ -108,7 +109,7 @@ stamp_of() {
     echo "kernel $kver fio $1"
     dpkg-query -W busybox-static attr
     [ "$1" = 1 ] && dpkg-query -W fio
-    sha256sum "$0" "$here/guest/init" "$here/guest/evfs-walk"
+    sha256sum "$0" "$here"/guest/*
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -200,6 +201,7 @@ build_initramfs() {
   # The guest scripts and tools.
   install -m 0755 "$here/guest/init" "$stage/init"
   install -m 0755 "$here/guest/evfs-walk" "$stage/bin/evfs-walk"
+  install -m 0755 "$here/guest/evfs-bench" "$stage/bin/evfs-bench"
   copy_with_libs "$stage" /usr/bin/getfattr
   [ "$fio" = 1 ] && copy_with_libs "$stage" /usr/bin/fio
   echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"

@@ -12,6 +12,7 @@
 #   -s, --socket PATH       vhost-user socket of the main share    [$EVFS_SOCK]
 #   -t, --tag TAG           its virtio-fs tag (default myfs)       [$EVFS_TAG]
 #   -o, --mount-opts OPTS   guest mount options for it (e.g. dax=always)
+#   -d, --dir DIR           where the guest mounts it (default /mnt)
 #   -f, --fs SOCK,TAG,DIR[,OPTS]  one more share, mounted at DIR (repeatable)
 #   -c, --cmd CMD           walk | script | b64 | shell | none (default walk)
 #       --script PATH       cmd=script: the script's path in the guest
@@ -34,6 +35,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 sock=${EVFS_SOCK:-}
 tag=${EVFS_TAG:-myfs}
 mount_opts=""
+mount_dir=""
 cmd=walk
 cmd_set=0
 script=""
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
     -s | --socket) need "$@"; sock=$2; shift ;;
     -t | --tag) need "$@"; tag=$2; shift ;;
     -o | --mount-opts) need "$@"; mount_opts=$2; shift ;;
+    -d | --dir) need "$@"; mount_dir=$2; shift ;;
     -f | --fs) need "$@"; extra_fs+=("$2"); shift ;;
     -c | --cmd) need "$@"; cmd=$2; cmd_set=1; shift ;;
     --script) need "$@"; script=$2; shift ;;
@@ -95,6 +98,7 @@ done
 cmdline="console=ttyS0 panic=-1 quiet loglevel=1 evfs.tag=$tag"
 [ -n "$sock" ] || cmdline+=" evfs.nomount=1"
 [ -n "$mount_opts" ] && cmdline+=" evfs.opts=$mount_opts"
+[ -n "$mount_dir" ] && cmdline+=" evfs.dir=$mount_dir"
 if [ -n "$script_file" ]; then
   [ "$cmd_set" = 1 ] && [ "$cmd" != b64 ] && { echo "run.sh: --script-file goes with cmd=b64" >&2; exit 2; }
   cmd=b64
