@@ -208,10 +208,11 @@ build_initramfs() {
   echo "root:x:0:" >"$stage/etc/group"
   [ -e "$stage/dev/console" ] || mknod -m 600 "$stage/dev/console" c 5 1
 
-  # newc cpio, sorted for reproducibility, compressed with what the kernel
+  # newc cpio, sorted and with fixed mtimes for reproducibility, compressed with what the kernel
   # can unpack: lz4 legacy format (fastest to boot) else gzip.
   local compress
   if grep -q '^CONFIG_RD_LZ4=y' "$kconfig"; then compress=(lz4 -l -9 -q -c); else compress=(gzip -9 -n -c); fi
+  find "$stage" -exec touch -h -d @0 {} +
   (cd "$stage" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
     cpio --null -o -H newc -R 0:0 --reproducible --quiet) | "${compress[@]}" >"$img.tmp"
   mv "$img.tmp" "$img"
