@@ -69,6 +69,12 @@ esac
 case $OURS in /*) ;; *) OURS=$repo/$OURS ;; esac
 mkdir -p "$W/src" "$W/img" "$W/mnt" "$W/log"
 log=$W/log
+# One run at a time per scratch directory (they share images and mounts).
+exec 9>"$W/.lock"
+if ! flock -n 9; then
+  echo "bench-fuse.sh: another run holds $W/.lock" >&2
+  exit 1
+fi
 
 notes=()
 commands=()
@@ -195,22 +201,23 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ inputs
 
-gen_version=1
+gen_version=2
 stamp=$W/src/.stamp
 want="gen=$gen_version big_mib=$BIG_MIB small_files=$SMALL_FILES"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bench: generating inputs ($want) in $W/src" >&2
   rm -rf "$W/src/big" "$W/src/small" "$W/img"
   mkdir -p "$W/img"
-  # Deterministic: seeded PRNG, fixed times. big.bin mixes 1 MiB chunks of
-  # random bytes (incompressible), text, repetitive records and zeros;
-  # small/ holds SMALL_FILES text files of 0..32 KiB in 500-file directories.
+  # Deterministic: seeded PRNG, fixed times. big.bin mixes 1 MiB chunks:
+  # 30% random bytes (incompressible), 35% text (lz4 in 4 KiB clusters: ~60%),
+  # 25% JSON log lines (~30%), 10% zeros; small/ holds SMALL_FILES text files
+  # of 0..32 KiB in 500-file directories.
   "$PY" - "$W/src" "$BIG_MIB" "$SMALL_FILES" <<'PY'
 import os, random, sys
 root, big_mib, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(20240607)
 vocab = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
-         for _ in range(4000)]
+         for _ in range(300)]
 words = rng.choices(vocab, k=1_500_000)
 pool = b" ".join(w + (b"\n" if i % 13 == 0 else b"") for i, w in enumerate(words))
 MiB = 1 << 20
@@ -218,16 +225,18 @@ os.makedirs(f"{root}/big")
 with open(f"{root}/big/big.bin", "wb") as f:
     for i in range(big_mib):
         kind = rng.random()
-        if kind < 0.35:
+        if kind < 0.30:
             f.write(rng.randbytes(MiB))
-        elif kind < 0.75:
+        elif kind < 0.65:
             off = rng.randrange(len(pool) - MiB)
             f.write(pool[off:off + MiB])
-        elif kind < 0.92:
+        elif kind < 0.90:
             rec = bytearray()
-            n = 0
+            n = rng.randrange(1 << 20)
             while len(rec) < MiB:
-                rec += b"%08d,%016x,%s;" % (n, n * 2654435761 % (1 << 64), vocab[n % 97])
+                rec += (b'{"seq":%d,"ts":%d,"user":"%s","op":"%s","status":%d,"bytes":%d}\n'
+                        % (n, 1700000000000 + n * 37, vocab[n % 97], vocab[n * 7 % 13],
+                           404 if n % 11 == 0 else 200, n * 131 % 65536))
                 n += 1
             f.write(bytes(rec[:MiB]))
         else:
@@ -244,10 +253,11 @@ for i in range(nfiles):
     with open(f"{d}/f{i:06d}.txt", "wb") as f:
         f.write(pool[off:off + size])
 t = 1700000000
-for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-    for n in filenames:
-        os.utime(os.path.join(dirpath, n), (t, t))
-    os.utime(dirpath, (t, t))
+for top in (f"{root}/big", f"{root}/small"):
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        for n in filenames:
+            os.utime(os.path.join(dirpath, n), (t, t))
+        os.utime(dirpath, (t, t))
 PY
   echo "$want" >"$stamp"
 fi
@@ -314,6 +324,8 @@ build fx40m-zstd.sqfs fx40m-zstd mksquashfs -comp zstd -Xcompression-level 15
 build usr-zstd.sqfs usr mksquashfs -comp zstd -Xcompression-level 15
 note "SquashFS images: default 128 KiB blocks (1 MiB for the fx40m-lz4hc row, as its EROFS image uses -C1m), tail fragments on; 'plain' = -noI -noD -noF -noX (nothing compressed); lz4hc = -comp lz4 -Xhc; zstd = -comp zstd level 15. mkfs.erofs 1.5 compresses in 4 KiB physical clusters by default."
 note "zstd rows use the fixtures (Debian's mkfs.erofs 1.5 cannot write zstd): big_zstd-dedupe-fragments (40 MiB file; fragments+dedupe, which erofsfuse 1.5 refuses: incompat feature 0x20) and usr_zstd15-ztailpack (erofsfuse 1.5 mounts it but cannot decode zstd, so it only gets the find row)."
+
+t_inputs=$EPOCHREALTIME
 
 # ---------------------------------------------------------------- measures
 
@@ -383,9 +395,11 @@ measure() {
   return "$rc"
 }
 
+# median / minimum of the numbers on stdin (one line of space-separated).
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
   if (NR == 0) exit 1
   if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+minimum() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {printf "%.3f", $1}'; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {
   if (a == "" || b == "" || a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b == 0) print "–"; else printf "%.2f", a / b }'; }
@@ -446,8 +460,8 @@ row() {
       m="n/a"
       note "$name: $b: ${skip[$b]}"
     else
-      m=$(median <<<"${times[$b]}")
-      med[$b]=$m
+      med[$b]=$(median <<<"${times[$b]}")
+      m="${med[$b]} ($(minimum <<<"${times[$b]}"))"
       [ -n "${med[$b.bad]:-}" ] && m="$m !"
     fi
     cells+=("$m")
@@ -492,7 +506,7 @@ t_end=$EPOCHREALTIME
 echo
 echo "## FUSE benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'), kernel $(uname -r), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo
-echo "Median seconds of $RUNS runs per backend (fresh mount per run; image hot in the page cache except 'seq cold'). Ratios > 1 favour the second: erofsfuse/ours is our speed-up over erofsfuse; ours/kernel is our slow-down against the kernel."
+echo "Seconds, median (min) of $RUNS runs per backend, after one untimed checking run (VERIFY=1); a fresh mount per run; the image hot in the page cache except in 'seq cold' rows. Ratios are of the medians, A/B > 1 means A is slower: erofsfuse/ours is our speed-up over erofsfuse, ours/kernel our slow-down against the kernel. '–': not run; 'n/a': the backend cannot read that image (see notes); '!': content differs from the kernel's."
 echo
 echo "| row | ours | kernel | erofsfuse 1.5 | squashfuse | erofsfuse/ours | ours/kernel | erofsfuse/kernel | squashfuse/kernel |"
 echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
@@ -519,5 +533,5 @@ cat <<EOF
 - check (VERIFY=1, untimed, once per backend and row): md5 of FILE; of \`find . \\( -type d -printf '%P d %m\\n' \\) -o -printf '%P %y %s %m %l\\n' | sort\`; of every file's bytes in name order
 EOF
 echo
-awk -v a="$t_start" -v b="$t_end" -v k="RUNS=$RUNS BIG_MIB=$BIG_MIB SMALL_FILES=$SMALL_FILES FIO_IOS=$FIO_IOS COLD=$COLD VERIFY=$VERIFY" \
-  'BEGIN {printf "Run time: %.0f s (%s)\n", b - a, k}'
+awk -v a="$t_start" -v i="$t_inputs" -v b="$t_end" -v k="RUNS=$RUNS BIG_MIB=$BIG_MIB SMALL_FILES=$SMALL_FILES FIO_IOS=$FIO_IOS COLD=$COLD VERIFY=$VERIFY" \
+  'BEGIN {printf "Run time: %.0f s, of which %.0f s making inputs and images (%s)\n", b - a, i - a, k}'
