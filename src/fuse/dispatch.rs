@@ -375,13 +375,16 @@ impl Server {
             | PARALLEL_DIROPS
             | MAX_PAGES
             | DO_READDIRPLUS
-            | READDIRPLUS_AUTO
             | ASYNC_DIO
             | POSIX_ACL
             | INIT_EXT;
+        // Always READDIRPLUS with cached attributes: the kernel's "auto" mode
+        // sends plain READDIR after a directory's first request and then a
+        // LOOKUP per entry for `ls -l` / `find -ls`. Attributes never change,
+        // so entries read with plus are never wasted.
         match self.opts.cache {
-            CachePolicy::Never => want |= DIRECT_IO_ALLOW_MMAP,
-            CachePolicy::Auto => want |= CACHE_SYMLINKS,
+            CachePolicy::Never => want |= DIRECT_IO_ALLOW_MMAP | READDIRPLUS_AUTO,
+            CachePolicy::Auto => want |= CACHE_SYMLINKS | READDIRPLUS_AUTO,
             CachePolicy::Always => want |= CACHE_SYMLINKS | NO_OPEN_SUPPORT | NO_OPENDIR_SUPPORT,
         }
         let flags = want & kernel;

@@ -117,7 +117,6 @@ fn test_init_negotiates_big_reads_readdirplus_and_flags2() {
     for f in [
         MAX_PAGES,
         DO_READDIRPLUS,
-        READDIRPLUS_AUTO,
         ASYNC_READ,
         PARALLEL_DIROPS,
         INIT_EXT,
@@ -125,9 +124,10 @@ fn test_init_negotiates_big_reads_readdirplus_and_flags2() {
     ] {
         assert_ne!(flags & f, 0, "flag {f:#x}");
     }
-    // Support bits are not echoed, nothing unasked is set, no DAX.
+    // Support bits are not echoed, nothing unasked is set, no DAX; with
+    // cached attributes (the default) every READDIR is a READDIRPLUS.
     assert_eq!(
-        flags & (NO_OPEN_SUPPORT | WRITEBACK_CACHE | HAS_INODE_DAX),
+        flags & (NO_OPEN_SUPPORT | WRITEBACK_CACHE | HAS_INODE_DAX | READDIRPLUS_AUTO),
         0
     );
     assert_eq!(out.map_alignment, 0);
@@ -631,5 +631,25 @@ fn test_fuzz_harness_runs_seeds_and_noise() {
         for (i, s) in seeds.iter().enumerate() {
             std::fs::write(std::path::Path::new(&dir).join(format!("seed-{i}")), s).unwrap();
         }
+    }
+}
+
+#[test]
+fn test_init_readdirplus_auto_only_without_long_caching() {
+    for (cache, auto) in [
+        (CachePolicy::Always, false),
+        (CachePolicy::Auto, true),
+        (CachePolicy::Never, true),
+    ] {
+        let mut fx = Fx::new(ServerOptions {
+            cache,
+            ..ServerOptions::default()
+        });
+        let (h, body) = fx.raw(&init_request(5, KERNEL_FLAGS));
+        assert_eq!(h.error, 0);
+        let out = InitOut::read_from_bytes(&body).unwrap();
+        let flags = u64::from(out.flags) | (u64::from(out.flags2) << 32);
+        assert_ne!(flags & DO_READDIRPLUS, 0, "{cache:?}");
+        assert_eq!(flags & READDIRPLUS_AUTO != 0, auto, "{cache:?}");
     }
 }
