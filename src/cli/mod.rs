@@ -3,6 +3,7 @@
 mod image;
 pub mod json;
 mod manifest;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,10 +19,16 @@ use crate::source;
 /// Serve read-only EROFS images to virtual machines over vhost-user
 /// virtio-fs, and inspect them.
 #[derive(Debug, Parser)]
+///
+/// Without a subcommand it serves IMAGE over vhost-user:
+/// `erofs-virtiofsd --socket-path SOCK --image IMAGE`.
 #[command(name = "erofs-virtiofsd", version, about)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: serve::ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +36,9 @@ enum Command {
     /// Inspect an EROFS image without mounting it.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Serve an image to a VMM over vhost-user (also the default without a
+    /// subcommand).
+    Serve(serve::ServeArgs),
 }
 
 /// Where the image comes from: shared by every command that opens one.
@@ -93,7 +103,14 @@ impl ImageSource {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Image(c) => c.run(),
+        Some(Command::Image(c)) => c.run(),
+        Some(Command::Serve(s)) => s.run(),
+        None if cli.serve.is_empty() => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+        None => cli.serve.run(),
     };
     match r {
         Ok(code) => code,
