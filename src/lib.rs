@@ -8,5 +8,6 @@
 
 pub mod cli;
 pub mod erofs;
+pub mod fuse;
 pub mod source;
 pub mod vhost;

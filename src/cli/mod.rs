@@ -3,6 +3,7 @@
 mod image;
 pub mod json;
 mod manifest;
+mod mount;
 mod serve;
 
 use std::io::Write;
@@ -18,10 +19,10 @@ use crate::source;
 
 /// Serve read-only EROFS images to virtual machines over vhost-user
 /// virtio-fs, and inspect them.
-#[derive(Debug, Parser)]
 ///
 /// Without a subcommand it serves IMAGE over vhost-user:
 /// `erofs-virtiofsd --socket-path SOCK --image IMAGE`.
+#[derive(Debug, Parser)]
 #[command(name = "erofs-virtiofsd", version, about)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -36,6 +37,8 @@ enum Command {
     /// Inspect an EROFS image without mounting it.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Mount an image through /dev/fuse (read-only; needs root).
+    Mount(mount::MountArgs),
     /// Serve an image to a VMM over vhost-user (also the default without a
     /// subcommand).
     Serve(serve::ServeArgs),
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Some(Command::Image(c)) => c.run(),
+        Some(Command::Mount(m)) => m.run(),
         Some(Command::Serve(s)) => s.run(),
         None if cli.serve.is_empty() => {
             use clap::CommandFactory;

@@ -1,0 +1,362 @@
+//! The /dev/fuse transport: mount with mount(2), serve with worker threads
+//! (each on its own clone of the device fd), unmount.
+//!
+//! Owns the device fds and the per-thread buffers. Trusts the kernel to
+//! frame messages (one request per read(2)); their contents still go
+//! through the dispatcher's checks.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::abi::{self, OutHeader};
+use super::sink::{out_header, Errno, Fill, ReplySink};
+use super::Server;
+
+/// Why mounting or serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevFuseError {
+    /// Mounting needs CAP_SYS_ADMIN.
+    #[error("mounting needs root (CAP_SYS_ADMIN); running as uid {euid}")]
+    NotRoot {
+        /// Effective uid.
+        euid: u32,
+    },
+    /// /dev/fuse could not be opened.
+    #[error("cannot open /dev/fuse (is the fuse module loaded? try `modprobe fuse`): {0}")]
+    NoDevice(#[source] io::Error),
+    /// The mount point is unusable.
+    #[error("bad mount point {path}: {why}")]
+    BadMountpoint {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// mount(2) failed.
+    #[error("mount(2) of fuse on {path} failed: {source}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A worker thread failed.
+    #[error("serving /dev/fuse: {0}")]
+    Serve(#[source] io::Error),
+}
+
+/// Mount settings.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// The directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Filesystem name shown as the mount source.
+    pub fsname: String,
+    /// Subtype: the type shows as `fuse.SUBTYPE`.
+    pub subtype: String,
+    /// Largest READ the kernel may send (`max_read=`).
+    pub max_read: u32,
+}
+
+/// A live FUSE mount: the device fd the kernel talks to.
+#[derive(Debug)]
+pub struct FuseMount {
+    fd: OwnedFd,
+    mountpoint: PathBuf,
+    max_read: u32,
+}
+
+fn cstring(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Opens /dev/fuse read-write, close-on-exec.
+fn open_dev() -> io::Result<OwnedFd> {
+    let path = c"/dev/fuse";
+    // SAFETY: `path` is a valid NUL-terminated string; open has no other
+    // preconditions.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open(2) and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Checks what mounting needs before anything is mounted: root, /dev/fuse
+/// and a directory to mount on (returned absolute).
+pub fn preflight(mountpoint: &Path) -> Result<PathBuf, DevFuseError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(DevFuseError::NotRoot { euid });
+    }
+    let bad = |why: String| DevFuseError::BadMountpoint {
+        path: mountpoint.to_path_buf(),
+        why,
+    };
+    let abs = std::fs::canonicalize(mountpoint).map_err(|e| bad(e.to_string()))?;
+    let md = std::fs::metadata(&abs).map_err(|e| bad(e.to_string()))?;
+    if !md.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    drop(open_dev().map_err(DevFuseError::NoDevice)?);
+    Ok(abs)
+}
+
+/// Mounts a read-only FUSE filesystem on `cfg.mountpoint` (absolute) and
+/// returns the device fd to serve it from. The kernel sends INIT at once;
+/// anything touching the mount waits until it is answered.
+pub fn mount(cfg: &MountConfig) -> Result<FuseMount, DevFuseError> {
+    let fd = open_dev().map_err(DevFuseError::NoDevice)?;
+    let mount_err = |source: io::Error| DevFuseError::Mount {
+        path: cfg.mountpoint.clone(),
+        source,
+    };
+    // SAFETY: getuid/getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions,allow_other,max_read={}",
+        fd.as_raw_fd(),
+        libc::S_IFDIR,
+        cfg.max_read
+    );
+    let bad_str = |_| mount_err(io::Error::new(io::ErrorKind::InvalidInput, "NUL in option"));
+    let source = CString::new(cfg.fsname.as_bytes()).map_err(bad_str)?;
+    let fstype = CString::new(format!("fuse.{}", cfg.subtype)).map_err(bad_str)?;
+    let data = CString::new(data).map_err(bad_str)?;
+    let target = cstring(&cfg.mountpoint).map_err(mount_err)?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives
+    // the call; the kernel only reads them.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(mount_err(io::Error::last_os_error()));
+    }
+    Ok(FuseMount {
+        fd,
+        mountpoint: cfg.mountpoint.clone(),
+        max_read: cfg.max_read,
+    })
+}
+
+/// Unmounts `mountpoint`; when it is busy, detaches it lazily (the kernel
+/// keeps serving open files until they are closed).
+pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    let target = cstring(mountpoint)?;
+    // SAFETY: `target` is a valid NUL-terminated path for the whole call.
+    let rc = unsafe { libc::umount2(target.as_ptr(), 0) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EBUSY) {
+        return Err(err);
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl FuseMount {
+    /// The mount point.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// A new fd attached to the same connection (FUSE_DEV_IOC_CLONE), so a
+    /// worker gets its own request queue.
+    fn clone_fd(&self) -> io::Result<OwnedFd> {
+        let new = open_dev()?;
+        let src = u32::try_from(self.fd.as_raw_fd()).map_err(io::Error::other)?;
+        // SAFETY: `new` is an open /dev/fuse fd; the ioctl reads one u32
+        // from the pointer, which is valid for the call.
+        let rc = unsafe {
+            libc::ioctl(
+                new.as_raw_fd(),
+                abi::DEV_IOC_CLONE as libc::c_ulong,
+                &src as *const u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(new)
+    }
+
+    /// Serves requests with `threads` workers until the filesystem is
+    /// unmounted (the device then reads ENODEV). Workers past the first
+    /// use cloned fds; if cloning fails they share the main one.
+    pub fn serve(&self, server: &Arc<Server>, threads: usize) -> Result<(), DevFuseError> {
+        let threads = threads.max(1);
+        let mut fds: Vec<Option<OwnedFd>> = Vec::with_capacity(threads);
+        for _ in 1..threads {
+            fds.push(self.clone_fd().ok());
+        }
+        let bufsize = usize::try_from(self.max_read)
+            .unwrap_or(usize::MAX)
+            .saturating_add(2 * 4096)
+            .max(abi::MIN_READ_BUFFER);
+        let main_fd = self.fd.as_raw_fd();
+        let result = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for (i, fd) in fds.iter().enumerate() {
+                let raw = fd.as_ref().map_or(main_fd, AsRawFd::as_raw_fd);
+                let server = Arc::clone(server);
+                let h = std::thread::Builder::new()
+                    .name(format!("fuse-worker-{}", i.saturating_add(1)))
+                    .spawn_scoped(s, move || worker(raw, &server, bufsize));
+                match h {
+                    Ok(h) => handles.push(h),
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut result = worker(main_fd, server, bufsize);
+            for h in handles {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("worker thread panicked")));
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            result
+        });
+        result.map_err(DevFuseError::Serve)
+    }
+}
+
+/// One page of an aligned buffer.
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+/// Replies written to a /dev/fuse fd with writev(2); file data goes into a
+/// page-aligned per-thread buffer.
+struct DevSink {
+    fd: RawFd,
+    data: Vec<Page>,
+}
+
+impl DevSink {
+    fn new(fd: RawFd, max_payload: usize) -> Self {
+        let pages = max_payload.div_ceil(4096).max(1);
+        Self {
+            fd,
+            data: vec![Page([0; 4096]); pages],
+        }
+    }
+
+    fn writev(&self, parts: &[&[u8]]) -> io::Result<()> {
+        const MAX_IOV: usize = 8;
+        if parts.len() > MAX_IOV {
+            return Err(io::Error::other("too many reply parts"));
+        }
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        for (v, p) in iov.iter_mut().zip(parts) {
+            v.iov_base = p.as_ptr().cast_mut().cast();
+            v.iov_len = p.len();
+        }
+        let cnt = libc::c_int::try_from(parts.len()).unwrap_or(0);
+        loop {
+            // SAFETY: the first `cnt` iovecs point at live slices borrowed
+            // for this call; writev only reads them.
+            let rc = unsafe { libc::writev(self.fd, iov.as_ptr(), cnt) };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The request was interrupted or aborted: nobody waits for
+                // this reply any more.
+                Some(libc::ENOENT) => return Ok(()),
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+impl ReplySink for DevSink {
+    fn send(&mut self, header: &OutHeader, body: &[&[u8]]) -> io::Result<()> {
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len().saturating_add(1));
+        parts.push(header.as_bytes());
+        parts.extend_from_slice(body);
+        self.writev(&parts)
+    }
+
+    fn send_with(&mut self, unique: u64, len: usize, fill: &mut Fill<'_>) -> io::Result<()> {
+        let bytes = self.data.as_mut_bytes();
+        let len = len.min(bytes.len());
+        let buf = &mut bytes[..len];
+        match fill(buf, 0) {
+            Ok(n) => {
+                let n = n.min(len);
+                let hdr = out_header(unique, 0, n);
+                let data = &self.data.as_bytes()[..n];
+                self.writev(&[hdr.as_bytes(), data])
+            }
+            Err(Errno(e)) => self.writev(&[out_header(unique, e, 0).as_bytes()]),
+        }
+    }
+}
+
+/// Reads requests from `fd` and answers them until the device reports
+/// ENODEV (unmounted).
+fn worker(fd: RawFd, server: &Server, bufsize: usize) -> io::Result<()> {
+    let mut req = vec![0u8; bufsize];
+    let mut sink = DevSink::new(fd, bufsize);
+    loop {
+        // SAFETY: `req` is a live, writable buffer of `req.len()` bytes.
+        let n = unsafe { libc::read(fd, req.as_mut_ptr().cast(), req.len()) };
+        let n = match usize::try_from(n) {
+            Ok(n) => n,
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
+                    Some(libc::ENODEV) => return Ok(()),
+                    _ => return Err(e),
+                }
+            }
+        };
+        let msg = req.get(..n).unwrap_or(&[]);
+        if let Err(e) = server.handle(msg, &mut sink) {
+            if e.raw_os_error() == Some(libc::ENODEV) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+    }
+}
+
+/// Opens `path` as a plain file (for the CLI's /dev/null redirection).
+pub fn open_null() -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+}
