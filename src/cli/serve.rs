@@ -11,7 +11,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use super::mount::CacheArg;
 use super::ImageSource;
+use crate::fuse::ServerOptions;
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
 /// Options of serve mode (the default without a subcommand).
@@ -52,8 +54,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     decode_cache: Option<u64>,
     /// How long the guest may cache names, attributes and data.
-    #[arg(long, value_enum, default_value_t = Cache::Always)]
-    cache: Cache,
+    #[arg(long, value_enum, default_value_t = CacheArg::Always)]
+    cache: CacheArg,
     /// Number of request queues (besides the high-priority queue).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=62))]
     queues: u16,
@@ -75,17 +77,6 @@ enum LogLevel {
     Info,
     Debug,
     Trace,
-}
-
-/// `--cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Cache {
-    /// Nothing cached: every access reaches the daemon.
-    Never,
-    /// Short (1 s) timeouts.
-    Auto,
-    /// Cached for long (the image never changes).
-    Always,
 }
 
 impl ServeArgs {
@@ -126,12 +117,9 @@ impl ServeArgs {
             decode_cache: self.decode_cache,
         };
         let img = Arc::new(src.open()?);
-        let server_opts = vhost::fuse::ServerOptions {
-            cache: match self.cache {
-                Cache::Never => vhost::fuse::CachePolicy::Never,
-                Cache::Auto => vhost::fuse::CachePolicy::Auto,
-                Cache::Always => vhost::fuse::CachePolicy::Always,
-            },
+        let server_opts = ServerOptions {
+            cache: self.cache.into(),
+            ..ServerOptions::default()
         };
         // Fail now, not at the first connection, if the root is unusable.
         vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;

@@ -25,14 +25,10 @@ pub mod error;
 mod pool;
 mod reply;
 mod session;
-pub(crate) mod standin;
 mod writer;
 
 pub use backend::{DeviceOptions, FsBackend, GuestMem, Session, MAX_REQUEST};
 pub use daemon::{serve, Listen, ServeOptions};
 pub use error::{ChainError, DaemonError, ReplyTooLong};
-pub(crate) use session::fuse_session;
+pub use session::fuse_session;
 pub use writer::GuestWriter;
-
-/// The FUSE layer the device serves.
-pub(crate) use standin as fuse;

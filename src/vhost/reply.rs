@@ -5,8 +5,8 @@ use std::io;
 
 use zerocopy::IntoBytes;
 
-use super::fuse::abi::OutHeader;
-use super::fuse::{out_header, Errno, ReplySink, OUT_HEADER_LEN};
+use crate::fuse::abi::OutHeader;
+use crate::fuse::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
 use super::writer::GuestWriter;
 
 impl ReplySink for GuestWriter<'_> {
@@ -33,12 +33,7 @@ impl ReplySink for GuestWriter<'_> {
         Ok(())
     }
 
-    fn send_with(
-        &mut self,
-        unique: u64,
-        len: usize,
-        fill: &mut dyn FnMut(&mut [u8], usize) -> Result<usize, Errno>,
-    ) -> io::Result<()> {
+    fn send_with(&mut self, unique: u64, len: usize, fill: &mut Fill<'_>) -> io::Result<()> {
         self.reset();
         let room = self.capacity().checked_sub(OUT_HEADER_LEN).ok_or_else(|| {
             io::Error::from(super::error::ReplyTooLong {

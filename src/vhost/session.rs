@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::backend::Session;
-use super::fuse::{Server, ServerOptions};
+use crate::fuse::{Server, ServerOptions};
 use super::writer::GuestWriter;
 use crate::erofs::Image;
 
