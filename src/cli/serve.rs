@@ -82,7 +82,10 @@ enum LogLevel {
 impl ServeArgs {
     /// Whether nothing at all was asked (then the help is shown).
     pub fn is_empty(&self) -> bool {
-        self.socket_path.is_none() && self.fd.is_none() && !self.print_capabilities
+        self.socket_path.is_none()
+            && self.fd.is_none()
+            && self.image.is_none()
+            && !self.print_capabilities
     }
 
     /// Runs the daemon (or prints the capabilities).

@@ -76,22 +76,32 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    /// Walks the chain. A fault in the readable part does not stop the
+    /// walk: the writable buffers after it are still collected, so that
+    /// the error reply reaches the guest. A fault in the writable part
+    /// stops it (the buffers before it are kept).
     fn run(&mut self, descs: impl Iterator<Item = Descriptor>) -> Result<(), ChainError> {
         let mut count = 0usize;
         let mut last_has_next = false;
+        let mut fault = None;
         for (index, d) in descs.enumerate() {
             count = index.saturating_add(1);
             last_has_next = d.has_next();
             if d.is_write_only() {
-                self.add_writable(index, &d)?;
+                if let Err(e) = self.add_writable(index, &d) {
+                    return Err(fault.unwrap_or(e));
+                }
             } else if self.seen_writable {
-                return Err(ChainError::ReadableAfterWritable {
+                return Err(fault.unwrap_or(ChainError::ReadableAfterWritable {
                     head: self.head,
                     index,
-                });
-            } else {
-                self.add_readable(index, &d)?;
+                }));
+            } else if fault.is_none() {
+                fault = self.add_readable(index, &d).err();
             }
+        }
+        if let Some(e) = fault {
+            return Err(e);
         }
         if last_has_next {
             return Err(ChainError::Broken {
@@ -272,14 +282,26 @@ mod tests {
                 vec![d(0x9000, 40, R | N), d(0x2000, 64, W)],
                 Some("OutsideGuestMemory"),
                 0,
-                0,
+                64,
             ),
             (
                 "readable below ram",
                 vec![d(0, 40, R | N), d(0x2000, 64, W)],
                 Some("OutsideGuestMemory"),
                 0,
-                0,
+                64,
+            ),
+            (
+                "writable after a bad one is dropped",
+                vec![
+                    d(0x1000, 40, R | N),
+                    d(0x2000, 16, W | N),
+                    d(0x9000, 16, W | N),
+                    d(0x2100, 16, W),
+                ],
+                Some("OutsideGuestMemory"),
+                40,
+                16,
             ),
             (
                 "writable straddles the end",
@@ -293,7 +315,7 @@ mod tests {
                 vec![d(u64::MAX - 4, 40, R | N), d(0x2000, 64, W)],
                 Some("OutsideGuestMemory"),
                 0,
-                0,
+                64,
             ),
             (
                 "cut short",
@@ -311,7 +333,7 @@ mod tests {
                 ],
                 Some("RequestTooLong"),
                 0x2000,
-                0,
+                64,
             ),
             (
                 "overlapping writable",

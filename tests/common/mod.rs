@@ -11,6 +11,11 @@
 //! - [`trees`]: deterministic source trees for `mkfs.erofs` (edge cases, plain).
 //! - [`mkfs`]: run Debian's `mkfs.erofs` 1.5.
 //! - [`cli`]: run our own binary's `image manifest` command.
+//! - [`daemon`]: run our binary in serve mode on a temporary socket.
+//! - [`frontend`]: a vhost-user frontend with memfd guest RAM and
+//!   hand-driven split virtqueues.
+//! - [`fuse_client`]: FUSE requests over that frontend, and a tree walk
+//!   into a manifest.
 //!
 //! Every integration test crate compiles this module on its own and uses only
 //! part of it, hence the `dead_code` and `unused_imports` allowances.
@@ -18,7 +23,10 @@
 
 pub mod bigtree;
 pub mod cli;
+pub mod daemon;
 pub mod fixtures;
+pub mod frontend;
+pub mod fuse_client;
 pub mod kmount;
 pub mod manifest;
 pub mod mkfs;
