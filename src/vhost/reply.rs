@@ -5,9 +5,9 @@ use std::io;
 
 use zerocopy::IntoBytes;
 
+use super::writer::GuestWriter;
 use crate::fuse::abi::OutHeader;
 use crate::fuse::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
-use super::writer::GuestWriter;
 
 impl ReplySink for GuestWriter<'_> {
     fn send(&mut self, header: &OutHeader, body: &[&[u8]]) -> io::Result<()> {

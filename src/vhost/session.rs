@@ -6,9 +6,9 @@ use std::io;
 use std::sync::Arc;
 
 use super::backend::Session;
-use crate::fuse::{Server, ServerOptions};
 use super::writer::GuestWriter;
 use crate::erofs::Image;
+use crate::fuse::{Server, ServerOptions};
 
 impl Session for Server {
     fn handle(&self, request: &[u8], reply: &mut GuestWriter<'_>) -> io::Result<()> {
