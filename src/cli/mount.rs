@@ -2,8 +2,7 @@
 //! /dev/fuse.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -69,7 +68,7 @@ impl MountArgs {
         let mountpoint = devfuse::preflight(&self.mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
         // signal between mount and serve cannot kill us with the mount up.
-        block_signals()?;
+        devfuse::block_signals().context("blocking signals")?;
         let mount = devfuse::mount(&MountConfig {
             mountpoint: mountpoint.clone(),
             fsname: "erofs-virtiofsd".into(),
@@ -77,9 +76,9 @@ impl MountArgs {
             max_read: DEFAULT_MAX_READ,
         })?;
         if !self.foreground {
-            if let Err(e) = daemonize() {
+            if let Err(e) = devfuse::daemonize() {
                 let _ = devfuse::unmount(&mountpoint);
-                return Err(e);
+                return Err(e).context("detaching from the terminal");
             }
         }
         spawn_signal_thread(mountpoint.clone())?;
@@ -88,43 +87,15 @@ impl MountArgs {
     }
 }
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it fully
-    // before sigaddset reads it, and both only touch `set`.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-fn block_signals() -> anyhow::Result<()> {
-    let set = signal_set();
-    // SAFETY: `set` is an initialised signal set; the old mask is not
-    // wanted (null).
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        anyhow::bail!("pthread_sigmask: {}", std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
-}
-
 /// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and unmounts;
 /// the workers then see ENODEV and the process exits.
 fn spawn_signal_thread(mountpoint: PathBuf) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
-            let set = signal_set();
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is initialised and `sig` is a valid out pointer.
-            let rc = unsafe { libc::sigwait(&set, &mut sig) };
-            if rc != 0 {
+            let Ok(sig) = devfuse::wait_signal() else {
                 continue;
-            }
+            };
             if let Err(e) = devfuse::unmount(&mountpoint) {
                 let _ = writeln!(
                     std::io::stderr(),
@@ -134,31 +105,5 @@ fn spawn_signal_thread(mountpoint: PathBuf) -> anyhow::Result<()> {
             }
         })
         .context("spawning the signal thread")?;
-    Ok(())
-}
-
-/// Forks; the parent exits 0 (the mount is up), the child goes on in a new
-/// session with stdio on /dev/null.
-fn daemonize() -> anyhow::Result<()> {
-    // SAFETY: no thread has been spawned yet, so the child is a complete
-    // copy of this single-threaded process.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        anyhow::bail!("fork: {}", std::io::Error::last_os_error());
-    }
-    if pid > 0 {
-        // SAFETY: _exit ends the parent without running destructors that
-        // could touch state the child now owns (the mount).
-        unsafe { libc::_exit(0) };
-    }
-    // SAFETY: setsid has no preconditions; failure (already a leader) is
-    // harmless.
-    unsafe { libc::setsid() };
-    let _ = std::env::set_current_dir(Path::new("/"));
-    let null = devfuse::open_null().context("opening /dev/null")?;
-    for fd in 0..3 {
-        // SAFETY: both fds are open; dup2 replaces stdio atomically.
-        unsafe { libc::dup2(null.as_raw_fd(), fd) };
-    }
     Ok(())
 }

@@ -302,10 +302,16 @@ impl DevSink {
 
 impl ReplySink for DevSink {
     fn send(&mut self, header: &OutHeader, body: &[&[u8]]) -> io::Result<()> {
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len().saturating_add(1));
-        parts.push(header.as_bytes());
-        parts.extend_from_slice(body);
-        self.writev(&parts)
+        let mut parts: [&[u8]; 4] = [header.as_bytes(), &[], &[], &[]];
+        if body.len() >= parts.len() {
+            // More parts than any reply has: gather them first.
+            let joined: Vec<u8> = body.concat();
+            return self.writev(&[header.as_bytes(), &joined]);
+        }
+        for (p, b) in parts.iter_mut().skip(1).zip(body) {
+            *p = b;
+        }
+        self.writev(&parts[..body.len().saturating_add(1)])
     }
 
     fn send_with(&mut self, unique: u64, len: usize, fill: &mut Fill<'_>) -> io::Result<()> {
@@ -353,10 +359,72 @@ fn worker(fd: RawFd, server: &Server, bufsize: usize) -> io::Result<()> {
     }
 }
 
-/// Opens `path` as a plain file (for the CLI's /dev/null redirection).
-pub fn open_null() -> io::Result<File> {
-    std::fs::OpenOptions::new()
+/// The signals that end the daemon: SIGINT, SIGTERM, SIGHUP.
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it fully
+    // before sigaddset reads it, and both only touch `set`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the stop signals in this thread and the threads it spawns later,
+/// so that only [`wait_signal`] sees them (call before mounting).
+pub fn block_signals() -> io::Result<()> {
+    let set = stop_signals();
+    // SAFETY: `set` is an initialised signal set; the old mask is not
+    // wanted (null).
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for one of the (blocked) stop signals; returns its number.
+pub fn wait_signal() -> io::Result<i32> {
+    let set = stop_signals();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(sig)
+}
+
+/// Detaches from the caller once the mount is up: forks, the parent exits
+/// 0 at once, the child goes on in a new session with stdio on /dev/null.
+/// Must be called before any thread is spawned.
+pub fn daemonize() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/null")
+        .open("/dev/null")?;
+    // SAFETY: the caller has spawned no thread yet, so the child is a
+    // complete copy of this single-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        // SAFETY: _exit ends the parent without running destructors that
+        // could touch state the child now owns (the mount).
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: setsid has no preconditions; failure (already a session
+    // leader) is harmless.
+    unsafe { libc::setsid() };
+    let _ = std::env::set_current_dir("/");
+    for fd in 0..3 {
+        // SAFETY: both fds are open; dup2 replaces stdio atomically.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+    drop::<File>(null);
+    Ok(())
 }

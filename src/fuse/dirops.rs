@@ -8,7 +8,7 @@ use zerocopy::IntoBytes;
 use super::abi::{self, *};
 use super::dispatch::{send, send_bytes, Fail, OpResult, Server};
 use super::sink::ReplySink;
-use crate::erofs::{FileType, Inode};
+use crate::erofs::Inode;
 
 /// Longest xattr name the VFS passes (XATTR_NAME_MAX).
 const XATTR_NAME_MAX: usize = 255;
@@ -180,10 +180,4 @@ fn sized_reply(sink: &mut dyn ReplySink, unique: u64, size: u32, value: &[u8]) -
         return Err(Fail::Errno(libc::ERANGE));
     }
     send_bytes(sink, unique, &[value])
-}
-
-/// The DT_* type of a file type (re-exported for tests).
-#[allow(dead_code)]
-pub(crate) fn dtype(ft: FileType) -> u32 {
-    ft.dtype()
 }

@@ -108,6 +108,8 @@ pub struct Server {
     minor: AtomicU32,
     /// The kernel supports zero-message opens and we use them.
     no_open: AtomicBool,
+    /// The same for directories.
+    no_opendir: AtomicBool,
     pub(crate) nodes: NodeTable,
     pub(crate) handles: HandleTable,
     errors_logged: AtomicU32,
@@ -134,6 +136,7 @@ impl Server {
             root,
             minor: AtomicU32::new(0),
             no_open: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             nodes: NodeTable::new(),
             errors_logged: AtomicU32::new(0),
         })
@@ -384,6 +387,8 @@ impl Server {
         let flags = want & kernel;
         self.no_open
             .store(flags & NO_OPEN_SUPPORT != 0, Ordering::Release);
+        self.no_opendir
+            .store(flags & NO_OPENDIR_SUPPORT != 0, Ordering::Release);
         let pages = (self.opts.max_read / 4096).clamp(1, u32::from(u16::MAX));
         let bg = self.opts.max_background.max(1);
         let out = InitOut {
@@ -401,9 +406,15 @@ impl Server {
             flags2: (flags >> 32) as u32,
             ..Default::default()
         };
-        send(sink, h.unique, &out)?;
+        // Initialized before the reply goes out: the kernel sends the
+        // requests it held back as soon as it has the reply, and another
+        // thread may read one before this one returns.
         self.minor.store(out.minor, Ordering::Release);
-        Ok(())
+        let r = send(sink, h.unique, &out);
+        if r.is_err() {
+            self.minor.store(0, Ordering::Release);
+        }
+        r
     }
 
     fn destroy(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
@@ -571,7 +582,7 @@ impl Server {
         if dir != inode.is_dir() {
             return Err(Fail::Errno(if dir { libc::ENOTDIR } else { libc::EISDIR }));
         }
-        if self.no_open.load(Ordering::Acquire) {
+        if self.zero_message_open(dir) {
             // Zero-message opens: the kernel then keeps the page cache and
             // directory cache by itself and sends no RELEASE.
             return Err(Fail::Errno(libc::ENOSYS));
@@ -612,10 +623,20 @@ impl Server {
         send_ok(sink, h.unique)
     }
 
+    /// Whether OPEN (or OPENDIR) is answered ENOSYS so that the kernel
+    /// opens without a message (it offered to).
+    fn zero_message_open(&self, dir: bool) -> bool {
+        if dir {
+            self.no_opendir.load(Ordering::Acquire)
+        } else {
+            self.no_open.load(Ordering::Acquire)
+        }
+    }
+
     /// The inode a READ/READDIR/LSEEK is about: the handle's when `fh` is
     /// set, else (zero-message opens) the node's.
     pub(crate) fn file(&self, h: &InHeader, fh: u64, dir: bool) -> Result<Arc<Inode>, Fail> {
-        if fh == 0 && self.no_open.load(Ordering::Acquire) {
+        if fh == 0 && self.zero_message_open(dir) {
             return self.node(h.nodeid);
         }
         match self.handles.get(fh) {

@@ -87,7 +87,8 @@ pub struct HeaderError {
 }
 
 /// Splits a request into its header and argument bytes (extensions cut
-/// off).
+/// off). `len` may be shorter than `buf` (a transport's buffer holding more
+/// than the message): the bytes after `len` are ignored.
 pub fn parse_header(buf: &[u8]) -> Result<(InHeader, &[u8]), HeaderError> {
     let unique = buf
         .get(8..16)

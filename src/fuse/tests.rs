@@ -31,7 +31,8 @@ impl Fx {
             cache,
             ..ServerOptions::default()
         });
-        let (h, _) = fx.raw(&init_request(1, KERNEL_FLAGS & !abi::NO_OPEN_SUPPORT));
+        let no_zero_open = KERNEL_FLAGS & !(abi::NO_OPEN_SUPPORT | abi::NO_OPENDIR_SUPPORT);
+        let (h, _) = fx.raw(&init_request(1, no_zero_open));
         assert_eq!(h.error, 0);
         fx
     }
@@ -311,7 +312,10 @@ fn test_read_matches_image() {
             },
             unique: 1,
         };
-        fx.raw(&init_request(1, KERNEL_FLAGS & !NO_OPEN_SUPPORT));
+        fx.raw(&init_request(
+            1,
+            KERNEL_FLAGS & !(NO_OPEN_SUPPORT | NO_OPENDIR_SUPPORT),
+        ));
         let e = fx.lookup(1, "big").unwrap();
         let fh = fx.open(e.nodeid, false).unwrap().fh;
         let inode = img.inode(e.attr.ino).unwrap();
@@ -397,6 +401,20 @@ fn test_zero_message_open_when_kernel_supports_it() {
     assert_eq!(fx.open(1, true), Err(libc::ENOSYS));
     assert_eq!(fx.read(e.nodeid, 0, 0, 100).unwrap(), b"hello world\n");
     assert_eq!(fx.call(FLUSH, e.nodeid, &[&[0u8; 24]]), Err(libc::ENOSYS));
+    // A kernel with zero-message opens for files only (7.23..7.28) still
+    // gets real directory handles.
+    let mut fx = Fx::new(ServerOptions::default());
+    fx.raw(&init_request(1, KERNEL_FLAGS & !NO_OPENDIR_SUPPORT));
+    let e = fx.lookup(1, "hello").unwrap();
+    assert_eq!(fx.open(e.nodeid, false), Err(libc::ENOSYS));
+    let dir = fx.open(1, true).unwrap();
+    assert_ne!(dir.fh, 0);
+    let r = ReadIn {
+        fh: 0,
+        size: 4096,
+        ..Default::default()
+    };
+    assert_eq!(fx.call(READDIR, 1, &[r.as_bytes()]), Err(libc::EBADF));
 }
 
 #[test]
@@ -577,4 +595,41 @@ fn test_statx_and_destroy() {
     assert_eq!(fx.call(GETATTR, 1, &[&[0u8; 16]]), Err(libc::EIO));
     // A new session may start (a rebooted guest).
     assert_eq!(fx.raw(&init_request(1, KERNEL_FLAGS)).0.error, 0);
+}
+
+#[test]
+fn test_fuzz_harness_runs_seeds_and_noise() {
+    let seeds = fuzz_seeds();
+    assert_eq!(seeds.len(), 3);
+    // Each seed is a working session: all but the deliberate errors
+    // (MKDIR, the FLUSH of zero-message opens) succeed.
+    let wants = [8, 10, 7];
+    for (s, want) in seeds.iter().zip(wants) {
+        assert_eq!(fuzz_dispatch(s), want);
+    }
+    // Seeds with every byte flipped in turn, and some pseudo-random noise.
+    for s in &seeds {
+        for i in 0..s.len() {
+            let mut m = s.clone();
+            m[i] ^= 0xff;
+            fuzz_dispatch(&m);
+        }
+    }
+    let mut x = 0x1234_5678_9abc_def0u64;
+    for _ in 0..200 {
+        let data: Vec<u8> = (0..600)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fuzz_dispatch(&data);
+    }
+    if let Some(dir) = std::env::var_os("EROFS_WRITE_FUZZ_SEEDS") {
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(std::path::Path::new(&dir).join(format!("seed-{i}")), s).unwrap();
+        }
+    }
 }

@@ -155,6 +155,12 @@ pub fn make_dev(major: u32, minor: u32) -> u64 {
 /// Paths are used whole, so `root` plus the deepest path must stay below
 /// `PATH_MAX` (4096); the fixtures' deepest path is 3415 bytes.
 pub fn walk_manifest(root: &Path) -> Vec<Entry> {
+    walk_manifest_skipping(root, &[])
+}
+
+/// [`walk_manifest`], leaving out the raw paths in `skip` (listed in their
+/// directory but never stat'ed or read: damaged files of a corrupt image).
+pub fn walk_manifest_skipping(root: &Path, skip: &[&[u8]]) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut stack: Vec<(PathBuf, Vec<u8>)> = vec![(root.to_path_buf(), b"/".to_vec())];
     while let Some((fs_path, raw_path)) = stack.pop() {
@@ -172,6 +178,9 @@ pub fn walk_manifest(root: &Path) -> Vec<Entry> {
                     child.push(b'/');
                 }
                 child.extend_from_slice(name.as_bytes());
+                if skip.contains(&child.as_slice()) {
+                    continue;
+                }
                 stack.push((fs_path.join(&name), child));
             }
         }

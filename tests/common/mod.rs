@@ -11,6 +11,7 @@
 //! - [`trees`]: deterministic source trees for `mkfs.erofs` (edge cases, plain).
 //! - [`mkfs`]: run Debian's `mkfs.erofs` 1.5.
 //! - [`cli`]: run our own binary's `image manifest` command.
+//! - [`fusemount`]: mount an image through our own FUSE daemon (RAII guard).
 //! - [`daemon`]: run our binary in serve mode on a temporary socket.
 //! - [`frontend`]: a vhost-user frontend with memfd guest RAM and
 //!   hand-driven split virtqueues.
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod fixtures;
 pub mod frontend;
 pub mod fuse_client;
+pub mod fusemount;
 pub mod kmount;
 pub mod manifest;
 pub mod mkfs;

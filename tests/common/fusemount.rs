@@ -1,0 +1,183 @@
+//! Mounting images through our own daemon (`erofs-virtiofsd mount
+//! --foreground`), as an RAII guard.
+//!
+//! The guard waits for the mount to appear in `/proc/self/mountinfo`
+//! (polling a condition, no fixed sleeps), keeps the daemon's stderr in a
+//! file for failure messages, and on drop unmounts (lazily if busy), waits
+//! for the daemon to exit and removes the mount point.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cli::BIN;
+
+/// How long the daemon may take to mount or to exit.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A FUSE mount served by a child `erofs-virtiofsd mount --foreground`.
+#[derive(Debug)]
+pub struct FuseMount {
+    dir: PathBuf,
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+/// Whether `dir` is a mount point now (per `/proc/self/mountinfo`).
+pub fn is_mounted(dir: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = dir.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp == want)
+}
+
+/// Polls `cond` every few milliseconds until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
+fn umount(dir: &Path, flags: libc::c_int) -> io::Result<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path for the whole call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl FuseMount {
+    /// Mounts `image` (extra `devices`, then `args` such as `--cache never`)
+    /// on a fresh directory; panics with the daemon's stderr if it fails.
+    #[track_caller]
+    pub fn new(image: &Path, devices: &[&Path], args: &[&str]) -> FuseMount {
+        FuseMount::try_new(image, devices, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`FuseMount::new`], returning the failure text.
+    pub fn try_new(image: &Path, devices: &[&Path], args: &[&str]) -> Result<FuseMount, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("erofs-fuse-")
+            .tempdir()
+            .map_err(|e| format!("creating a mount point: {e}"))?
+            .keep();
+        let stderr = dir.with_extension("stderr");
+        let err_file = fs::File::create(&stderr).map_err(|e| format!("{e}"))?;
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount").arg(image).arg(&dir).arg("--foreground");
+        for d in devices {
+            cmd.arg("--device").arg(d);
+        }
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err_file);
+        let child = cmd.spawn().map_err(|e| format!("spawning {cmd:?}: {e}"))?;
+        let mut m = FuseMount {
+            dir,
+            child: Some(child),
+            stderr,
+        };
+        let mut exited = None;
+        let up = wait_for(PATIENCE, || {
+            if is_mounted(&m.dir) {
+                return true;
+            }
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    exited = Some(st);
+                    return true;
+                }
+            }
+            false
+        });
+        if let Some(st) = exited.filter(|_| !is_mounted(&m.dir)) {
+            return Err(format!(
+                "{cmd:?} exited ({st}) without mounting: {}",
+                m.stderr_text()
+            ));
+        }
+        if !up {
+            return Err(format!("{cmd:?} did not mount within {PATIENCE:?}"));
+        }
+        Ok(m)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Whether the daemon is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Waits for the daemon to exit on its own (after an unmount or a
+    /// signal); `None` if it does not within the patience limit.
+    pub fn wait_exit(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_for(PATIENCE, || match child.try_wait() {
+            Ok(Some(st)) => {
+                status = Some(st);
+                true
+            }
+            _ => false,
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// Unmounts (like `umount`) and returns the daemon's exit status.
+    pub fn unmount(mut self) -> Option<ExitStatus> {
+        if let Err(e) = umount(&self.dir, 0) {
+            panic!("umount {}: {e}", self.dir.display());
+        }
+        self.wait_exit()
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) && umount(&self.dir, 0).is_err() {
+            let _ = umount(&self.dir, libc::MNT_DETACH);
+        }
+        if let Some(mut c) = self.child.take() {
+            let done = wait_for(PATIENCE, || matches!(c.try_wait(), Ok(Some(_))));
+            if !done {
+                eprintln!("warning: daemon {} did not exit; killing it", c.id());
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if !is_mounted(&self.dir) {
+            let _ = fs::remove_dir(&self.dir);
+            let _ = fs::remove_file(&self.stderr);
+        }
+    }
+}

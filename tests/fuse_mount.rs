@@ -1,0 +1,614 @@
+//! Our FUSE daemon (`erofs-virtiofsd mount`) against the kernel's EROFS
+//! driver and the fixtures' expected manifests.
+//!
+//! - `test_fuse_fixture_*`: every shared fixture image, mounted through
+//!   /dev/fuse by our daemon and walked (lstat, readdir, read, readlink,
+//!   listxattr/getxattr), must equal its expected manifest field for field.
+//! - `test_fuse_matches_kernel_mkfs15_*`: images of the edge tree made by
+//!   Debian's mkfs.erofs 1.5 (plain, compressed, chunked with a blob
+//!   device, at a byte offset) through both mounts: equal manifests, equal
+//!   st_ino/st_blocks/st_blksize, the same POSIX ACL decisions for other
+//!   users, and SEEK_DATA/SEEK_HOLE from the image's real holes.
+//! - `test_fuse_corrupt_*`: a damaged pcluster and a damaged inode give EIO
+//!   for those files only; the daemon stays up and the rest reads fine.
+//! - `test_fuse_lifecycle_*` / `test_fuse_mount_errors`: SIGTERM/SIGINT and
+//!   `umount` end the daemon cleanly, the background mode returns with the
+//!   mount usable, and bad setups fail with a clear message before mounting.
+//!
+//! Needs root and /dev/fuse (and the kernel EROFS driver), like
+//! `kernel_oracle.rs`; same environment variables.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use erofs_virtiofsd::erofs::zmap::{ZKind, ZMap};
+use erofs_virtiofsd::erofs::{walk, Image, ImageOptions, InodeKind};
+use erofs_virtiofsd::source::open_path;
+
+use common::cli::BIN;
+use common::fixtures::{all_fixture_images, fixture_image};
+use common::fusemount::{is_mounted, wait_for, FuseMount};
+use common::kmount::MountOptions;
+use common::manifest::walk_manifest_skipping;
+use common::mkfs::{mkfs_compressed, FIXED_UUID};
+use common::trees::{edge_tree, image_dir};
+use common::{
+    assert_kernel_erofs, assert_manifests_eq, load_expected, mkfs, walk_manifest, KernelMount,
+};
+
+// ---------------------------------------------------------------------------
+// (1) Every fixture through FUSE against its expected manifest.
+
+fn check_fixture(name: &str) {
+    assert_kernel_erofs();
+    let started = Instant::now();
+    let fx = fixture_image(name);
+    let mount = FuseMount::new(&fx.image, &fx.devices(), &[]);
+    let ours = walk_manifest(mount.path());
+    assert_manifests_eq(
+        &format!("fixture {name}: expected manifest vs our FUSE mount"),
+        &load_expected(name),
+        &ours,
+    );
+    let stderr = mount.stderr_text();
+    assert!(
+        mount.unmount().is_some_and(|s| s.success()),
+        "{name}: daemon exit"
+    );
+    assert!(stderr.is_empty(), "{name}: daemon stderr: {stderr}");
+    eprintln!("{name}: {} entries, {:.2?}", ours.len(), started.elapsed());
+}
+
+macro_rules! fuse_fixture_tests {
+    ($($test:ident: $name:literal;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check_fixture($name);
+            }
+        )*
+    };
+}
+
+fuse_fixture_tests! {
+    test_fuse_fixture_big_chunk64k_blobdev: "big_chunk64k-blobdev";
+    test_fuse_fixture_big_lz4hc_c1m: "big_lz4hc-C1m";
+    test_fuse_fixture_big_zstd_dedupe_fragments: "big_zstd-dedupe-fragments";
+    test_fuse_fixture_edge_chunk4k_b512_blobdev: "edge_chunk4k-b512-blobdev";
+    test_fuse_fixture_edge_deflate9: "edge_deflate9";
+    test_fuse_fixture_edge_libdeflate12: "edge_libdeflate12";
+    test_fuse_fixture_edge_lz4: "edge_lz4";
+    test_fuse_fixture_edge_lz4_b1024: "edge_lz4-b1024";
+    test_fuse_fixture_edge_lz4_compact_allroot: "edge_lz4-compact-allroot";
+    test_fuse_fixture_edge_lz4_dotomitted: "edge_lz4-dotomitted";
+    test_fuse_fixture_edge_lz4_extended: "edge_lz4-extended";
+    test_fuse_fixture_edge_lz4_zd: "edge_lz4-zD";
+    test_fuse_fixture_edge_lz4hc_c64k: "edge_lz4hc-C64k";
+    test_fuse_fixture_edge_lz4hc_dedupe_fphidden: "edge_lz4hc-dedupe-fphidden";
+    test_fuse_fixture_edge_lz4hc_fingerprint: "edge_lz4hc-fingerprint";
+    test_fuse_fixture_edge_lz4hc_fragments: "edge_lz4hc-fragments";
+    test_fuse_fixture_edge_lz4hc_metabox: "edge_lz4hc-metabox";
+    test_fuse_fixture_edge_lz4hc_xattrprefix: "edge_lz4hc-xattrprefix";
+    test_fuse_fixture_edge_lz4hc_ztailpacking: "edge_lz4hc-ztailpacking";
+    test_fuse_fixture_edge_lz4hc12: "edge_lz4hc12";
+    test_fuse_fixture_edge_lzma_mz: "edge_lzma-MZ";
+    test_fuse_fixture_edge_lzma_allfragments: "edge_lzma-allfragments";
+    test_fuse_fixture_edge_lzma109_c1m: "edge_lzma109-C1m";
+    test_fuse_fixture_edge_multialg_hints: "edge_multialg-hints";
+    test_fuse_fixture_edge_plain_48bit: "edge_plain-48bit";
+    test_fuse_fixture_edge_plain_b4096: "edge_plain-b4096";
+    test_fuse_fixture_edge_plain_b512: "edge_plain-b512";
+    test_fuse_fixture_edge_plain_b512_noinline: "edge_plain-b512-noinline";
+    test_fuse_fixture_edge_zstd_48bit: "edge_zstd-48bit";
+    test_fuse_fixture_edge_zstd_b2048_ztailpack: "edge_zstd-b2048-ztailpack";
+    test_fuse_fixture_edge_zstd_fragdedupe: "edge_zstd-fragdedupe";
+    test_fuse_fixture_edge_zstd19: "edge_zstd19";
+    test_fuse_fixture_usr_zstd15_ztailpack: "usr_zstd15-ztailpack";
+}
+
+/// Every fixture image has a test above (a new fixture must get one).
+#[test]
+fn test_fuse_every_fixture_has_a_test() {
+    let src = include_str!("fuse_mount.rs");
+    for fx in all_fixture_images() {
+        assert!(
+            src.contains(&format!("\"{}\";", fx.name)),
+            "fixture {} has no test_fuse_fixture_* test",
+            fx.name
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (2) mkfs 1.5 images of the edge tree: FUSE against the kernel.
+
+/// (st_ino, st_blocks, st_blksize) of every path under `root`.
+fn stat_extras(root: &Path) -> BTreeMap<Vec<u8>, (u64, u64, u64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), b"/".to_vec())];
+    while let Some((p, raw)) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        if md.is_dir() {
+            for d in fs::read_dir(&p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
+                let d = d.expect("dirent");
+                let mut child = raw.clone();
+                if child != b"/" {
+                    child.push(b'/');
+                }
+                child.extend_from_slice(d.file_name().as_bytes());
+                stack.push((d.path(), child));
+            }
+        }
+        out.insert(raw, (md.ino(), md.blocks(), md.blksize()));
+    }
+    out
+}
+
+/// Whether `uid:gid` may read `path` (a child process with those ids).
+fn may_read(path: &Path, uid: u32, gid: u32) -> bool {
+    Command::new("cat")
+        .arg(path)
+        .uid(uid)
+        .gid(gid)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running cat")
+        .success()
+}
+
+/// SEEK_DATA/SEEK_HOLE at `off` through a mount (`Err(errno)` on failure).
+fn seek(f: &fs::File, off: i64, whence: i32) -> Result<i64, i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `f` is an open file for the whole call.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(r)
+    }
+}
+
+/// SEEK_DATA/SEEK_HOLE on every file of /sparse through the FUSE mount must
+/// follow the image's real holes; returns how many offsets were in a hole.
+fn check_lseek(img: &Image, mount: &Path) -> usize {
+    let src_root = img.inode(img.root_nid()).expect("root");
+    let (sparse_nid, _) = img
+        .lookup(&src_root, b"sparse")
+        .expect("lookup")
+        .expect("/sparse");
+    let dir = img.inode(sparse_nid).expect("inode");
+    let mut names = Vec::new();
+    img.readdir(&dir, 0, |e, _| {
+        if e.name != b"." && e.name != b".." {
+            names.push((e.name.to_vec(), e.nid));
+        }
+        true
+    })
+    .expect("readdir");
+    let mut holes_seen = 0;
+    for (name, nid) in names {
+        let inode = img.inode(nid).expect("inode");
+        if inode.kind != InodeKind::File {
+            continue;
+        }
+        let f = fs::File::open(mount.join("sparse").join(OsStr::from_bytes(&name))).expect("open");
+        let size = inode.size;
+        let mut offs: Vec<u64> = (0..size).step_by(4096).collect();
+        offs.extend([size.saturating_sub(1), size, size + 100]);
+        for off in offs {
+            let want_data = match img.seek_data(&inode, off).expect("seek_data") {
+                _ if off >= size => Err(libc::ENXIO),
+                Some(p) => Ok(p as i64),
+                None => Err(libc::ENXIO),
+            };
+            let want_hole = if off >= size {
+                Err(libc::ENXIO)
+            } else {
+                Ok(img.seek_hole(&inode, off).expect("seek_hole") as i64)
+            };
+            if want_hole.is_ok_and(|h| (h as u64) < size) {
+                holes_seen += 1;
+            }
+            let what = format!("/sparse/{} at {off}", String::from_utf8_lossy(&name));
+            assert_eq!(
+                seek(&f, off as i64, libc::SEEK_DATA),
+                want_data,
+                "SEEK_DATA {what}"
+            );
+            assert_eq!(
+                seek(&f, off as i64, libc::SEEK_HOLE),
+                want_hole,
+                "SEEK_HOLE {what}"
+            );
+        }
+    }
+    holes_seen
+}
+
+/// mkfs 1.5 stores no holes; the fixtures (mkfs 1.9) do, in flat,
+/// chunk-based and compressed files.
+#[test]
+fn test_fuse_lseek_follows_real_holes() {
+    assert_kernel_erofs();
+    let mut holes = 0;
+    for name in [
+        "edge_chunk4k-b512-blobdev",
+        "edge_plain-b4096",
+        "edge_zstd19",
+    ] {
+        let fx = fixture_image(name);
+        let opts = ImageOptions {
+            devices: fx
+                .devices()
+                .iter()
+                .map(|d| open_path(d, 0).expect("open blob"))
+                .collect(),
+            ..ImageOptions::default()
+        };
+        let img = Image::open(open_path(&fx.image, 0).expect("open"), opts).expect("Image::open");
+        let fuse = FuseMount::new(&fx.image, &fx.devices(), &[]);
+        let n = check_lseek(&img, fuse.path());
+        eprintln!("{name}: {n} offsets in holes");
+        holes += n;
+    }
+    assert!(holes > 0, "no real holes in any /sparse");
+}
+
+/// Mounts `image` with the kernel (with `kopts`) and through FUSE (with
+/// `fuse_args`) and compares everything the two show.
+fn compare_with_kernel(what: &str, image: &Path, kopts: &MountOptions, fuse_args: &[&str]) {
+    let devices: Vec<&Path> = kopts.devices.iter().map(PathBuf::as_path).collect();
+    let kernel = KernelMount::mount(image, kopts).unwrap_or_else(|e| panic!("{e}"));
+    let fuse = FuseMount::new(image, &devices, fuse_args);
+    let kman = walk_manifest(kernel.path());
+    assert!(kman.len() > 5000, "{what}: only {} entries", kman.len());
+    let fman = walk_manifest(fuse.path());
+    assert_manifests_eq(&format!("{what}: kernel (expected) vs FUSE"), &kman, &fman);
+    let (ks, fs_) = (stat_extras(kernel.path()), stat_extras(fuse.path()));
+    for (path, k) in &ks {
+        assert_eq!(
+            Some(k),
+            fs_.get(path),
+            "{what}: (st_ino, st_blocks, st_blksize) of {}",
+            String::from_utf8_lossy(path)
+        );
+    }
+    // POSIX ACLs decide for other users as on the kernel mount.
+    for rel in ["xattrs/acl_file", "xattrs/acl_dir", "files/text_4096"] {
+        for (uid, gid) in [(1000, 1000), (1001, 1001), (1002, 1002), (2000, 2000)] {
+            let (kp, fp) = (kernel.path().join(rel), fuse.path().join(rel));
+            if !kp.exists() {
+                continue;
+            }
+            assert_eq!(
+                may_read(&fp, uid, gid),
+                may_read(&kp, uid, gid),
+                "{what}: read access to {rel} for {uid}:{gid}"
+            );
+        }
+    }
+}
+
+#[test]
+fn test_fuse_matches_kernel_mkfs15_plain_and_offset() {
+    assert_kernel_erofs();
+    let tree = edge_tree();
+    let scratch = image_dir("erofs-fuse-");
+    let plain = mkfs(
+        tree.path(),
+        &scratch.path().join("plain.erofs"),
+        &["-U", FIXED_UUID],
+    );
+    compare_with_kernel("mkfs 1.5 default", &plain, &MountOptions::default(), &[]);
+    const OFFSET: u64 = 65536;
+    let mut data = vec![0x5au8; OFFSET as usize];
+    data.extend(fs::read(&plain).expect("reading the image"));
+    let at = scratch.path().join("at-offset.img");
+    fs::write(&at, data).expect("writing the offset image");
+    let kopts = MountOptions {
+        devices: vec![],
+        fsoffset: Some(OFFSET),
+    };
+    compare_with_kernel(
+        "mkfs 1.5 at offset 65536, --cache never",
+        &at,
+        &kopts,
+        &["--offset", "65536", "--cache", "never"],
+    );
+}
+
+#[test]
+fn test_fuse_matches_kernel_mkfs15_chunked_blobdev_and_lz4hc() {
+    assert_kernel_erofs();
+    let tree = edge_tree();
+    let scratch = image_dir("erofs-fuse-");
+    let blob = scratch.path().join("chunk.blob");
+    let blob_arg = format!("--blobdev={}", blob.display());
+    let chunked = mkfs(
+        tree.path(),
+        &scratch.path().join("chunk.erofs"),
+        &["-U", FIXED_UUID, "--chunksize=4096", &blob_arg],
+    );
+    compare_with_kernel(
+        "mkfs 1.5 --chunksize=4096 --blobdev, --cache auto",
+        &chunked,
+        &MountOptions::with_devices(&[&blob]),
+        &["--cache", "auto", "--threads", "2"],
+    );
+    let z = mkfs_compressed(
+        tree.path(),
+        &scratch.path().join("lz4hc.erofs"),
+        "lz4hc",
+        &["-U", FIXED_UUID, "-Eztailpacking"],
+    );
+    compare_with_kernel(
+        "mkfs 1.5 -zlz4hc -Eztailpacking",
+        &z,
+        &MountOptions::default(),
+        &[],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (3) A corrupt image: EIO for the damaged files only.
+
+/// Files to damage in a compressed image.
+struct Victims {
+    /// A compressed, singly linked regular file whose first extent is its
+    /// own pcluster: (path, pcluster address, encoded length).
+    pcluster: (Vec<u8>, u64, u64),
+    /// Another singly linked regular file: (path, nid).
+    inode: (Vec<u8>, u64),
+}
+
+fn pick_victims(img: &Image) -> Victims {
+    let mut pcluster = None;
+    let mut inode_victim = None;
+    walk(
+        img,
+        |e| {
+            let i = &e.inode;
+            if i.kind != InodeKind::File || i.nlink != 1 || i.size < (64 << 10) {
+                return;
+            }
+            if pcluster.is_none() && i.is_compressed() {
+                if let Ok(ext) = ZMap::new(img, i).and_then(|z| z.map(0)) {
+                    if let ZKind::Encoded {
+                        pa,
+                        inline: false,
+                        plen,
+                        ..
+                    } = ext.kind
+                    {
+                        pcluster = Some((e.path.clone(), pa, plen));
+                        return;
+                    }
+                }
+            }
+            if inode_victim.is_none() {
+                inode_victim = Some((e.path.clone(), i.nid));
+            }
+        },
+        |p, e| panic!("{}: {e}", String::from_utf8_lossy(p)),
+    )
+    .expect("walk");
+    Victims {
+        pcluster: pcluster.expect("no compressed file with its own pcluster"),
+        inode: inode_victim.expect("no second file"),
+    }
+}
+
+#[test]
+fn test_fuse_corrupt_image_fails_only_damaged_files() {
+    assert_kernel_erofs();
+    let name = "edge_lz4";
+    let fx = fixture_image(name);
+    let scratch = image_dir("erofs-fuse-corrupt-");
+    let image = scratch.path().join("corrupt.erofs");
+    let mut bytes = fs::read(&fx.image).expect("read fixture");
+    let img = Image::open(
+        open_path(&fx.image, 0).expect("open"),
+        ImageOptions::default(),
+    )
+    .expect("Image::open");
+    let Victims {
+        pcluster: (zpath, pa, plen),
+        inode: (ipath, nid),
+    } = pick_victims(&img);
+    // An LZ4 stream of 0xff bytes never ends its literal run: undecodable.
+    let (pa, plen) = (pa as usize, plen as usize);
+    bytes[pa..pa + plen].fill(0xff);
+    // A file type that does not exist in the inode's mode.
+    let ipos = img.inode_pos(nid).expect("inode_pos").pos as usize;
+    bytes[ipos + 4..ipos + 6].copy_from_slice(&0o070644u16.to_le_bytes());
+    fs::write(&image, &bytes).expect("write corrupt image");
+    drop(img);
+
+    let mut mount = FuseMount::new(&image, &[], &["--cache", "never"]);
+    let on = |p: &[u8]| mount.path().join(OsStr::from_bytes(&p[1..]));
+    let (zfile, ifile) = (on(&zpath), on(&ipath));
+    for _ in 0..2 {
+        let err = fs::read(&zfile).expect_err("reading the damaged pcluster");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EIO),
+            "{}: {err}",
+            zfile.display()
+        );
+        assert!(fs::symlink_metadata(&zfile).is_ok(), "the inode is fine");
+        let err = fs::symlink_metadata(&ifile).expect_err("stat of the damaged inode");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EIO),
+            "{}: {err}",
+            ifile.display()
+        );
+    }
+    assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
+    let ours = walk_manifest_skipping(mount.path(), &[&zpath, &ipath]);
+    let expected: Vec<_> = load_expected(name)
+        .into_iter()
+        .filter(|e| e.raw_path != zpath && e.raw_path != ipath)
+        .collect();
+    assert_manifests_eq(
+        "corrupt image: expected manifest (damaged files left out) vs FUSE",
+        &expected,
+        &ours,
+    );
+    assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
+    let log = mount.stderr_text();
+    assert!(log.contains("corrupt"), "damage not logged: {log}");
+}
+
+// ---------------------------------------------------------------------------
+// (4) Lifecycle and errors.
+
+fn small_image() -> PathBuf {
+    fixture_image("edge_lz4").image
+}
+
+#[test]
+fn test_fuse_lifecycle_signals_unmount() {
+    assert_kernel_erofs();
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut m = FuseMount::new(&small_image(), &[], &[]);
+        let dir = m.path().to_path_buf();
+        // Busy: an open file does not keep the daemon from ending.
+        let f = fs::File::open(dir.join("files/text_4096")).expect("open");
+        let mut buf = [0u8; 16];
+        f.read_at(&mut buf, 0).expect("read");
+        // SAFETY: kill has no memory preconditions.
+        assert_eq!(unsafe { libc::kill(m.pid() as i32, sig) }, 0);
+        assert!(
+            wait_for(Duration::from_secs(10), || !is_mounted(&dir)),
+            "still mounted after signal {sig}"
+        );
+        drop(f);
+        let st = m.wait_exit().expect("the daemon did not exit");
+        assert!(st.success(), "signal {sig}: exit {st}: {}", m.stderr_text());
+    }
+    // A plain umount ends the daemon too.
+    let m = FuseMount::new(&small_image(), &[], &[]);
+    let st = m.unmount().expect("the daemon did not exit after umount");
+    assert!(st.success(), "exit after umount: {st}");
+}
+
+#[test]
+fn test_fuse_lifecycle_background_mode() {
+    assert_kernel_erofs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(small_image())
+        .arg(dir.path())
+        .output()
+        .expect("running mount");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Usable as soon as the command returned.
+    assert!(is_mounted(dir.path()));
+    let n = fs::read_dir(dir.path()).expect("readdir").count();
+    assert!(n > 5, "{n} entries");
+    let pids_of = |dir: &Path| -> Vec<u32> {
+        let want = dir.as_os_str().as_bytes();
+        fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| c.split(|&b| b == 0).any(|a| a == want))
+                    .unwrap_or(false)
+            })
+            .collect()
+    };
+    assert_eq!(pids_of(dir.path()).len(), 1, "one daemon serves the mount");
+    let c = std::ffi::CString::new(dir.path().as_os_str().as_bytes()).expect("path");
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    assert!(
+        wait_for(Duration::from_secs(10), || pids_of(dir.path()).is_empty()),
+        "the daemon did not exit after umount"
+    );
+}
+
+#[test]
+fn test_fuse_mount_errors() {
+    assert_kernel_erofs();
+    let scratch = image_dir("erofs-fuse-err-");
+    let garbage = scratch.path().join("garbage.img");
+    fs::write(&garbage, vec![0x42u8; 8192]).expect("write");
+    let afile = scratch.path().join("afile");
+    fs::write(&afile, b"x").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8").to_string();
+    let img = small_image();
+    let img = img.to_str().expect("utf-8").to_string();
+    let missing = format!("{d}/missing");
+    let cases: &[(&str, Vec<&str>, &str)] = &[
+        (
+            "bad image",
+            vec![garbage.to_str().unwrap(), &d],
+            "not an EROFS image",
+        ),
+        (
+            "missing image",
+            vec!["/nonexistent.erofs", &d],
+            "cannot open image",
+        ),
+        (
+            "missing mount point",
+            vec![&img, &missing],
+            "bad mount point",
+        ),
+        (
+            "mount point is a file",
+            vec![&img, afile.to_str().unwrap()],
+            "not a directory",
+        ),
+    ];
+    for (what, args, want) in cases {
+        let out = Command::new(BIN)
+            .arg("mount")
+            .args(args)
+            .arg("--foreground")
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains(want), "{what}: {err}");
+        assert!(!is_mounted(dir.path()), "{what}: mounted anyway");
+    }
+    // Not root.
+    let out = Command::new(BIN)
+        .args(["mount", &img, &d, "--foreground"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "not root: {err}");
+    assert!(err.contains("needs root"), "not root: {err}");
+    // No /dev/fuse: an empty /dev in a private mount namespace.
+    let script = format!("mount -t tmpfs none /dev && exec {BIN} mount {img} {d} --foreground");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("run unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "no /dev/fuse: {err}");
+    assert!(err.contains("/dev/fuse"), "no /dev/fuse: {err}");
+    assert!(!is_mounted(dir.path()));
+}
