@@ -436,6 +436,37 @@ fn test_malformed_chains_without_event_idx_with_worker_pool() {
 }
 
 #[test]
+fn test_corrupt_avail_index_does_not_spin_and_reconnect_recovers() {
+    let img = fixture_image("edge_plain-b4096");
+    for pool in ["0", "2"] {
+        let d = start(&img, &["--thread-pool-size", pool]);
+        let mut c = connect(&d);
+        c.init();
+        // The guest claims 1000 new chains on a 256-entry queue.
+        c.fe.set_avail_idx(REQUEST_QUEUE, 1001);
+        c.fe.kick(REQUEST_QUEUE);
+        let before = d.cpu_ticks();
+        std::thread::sleep(Duration::from_millis(500));
+        let spent = d.cpu_ticks() - before;
+        assert!(
+            spent < 20,
+            "pool {pool}: daemon used {spent} ticks in 0.5 s"
+        );
+        assert!(c.fe.poll_used(REQUEST_QUEUE).is_none());
+        // The high-priority queue is unaffected; a new frontend is served.
+        assert_eq!(
+            c.fe.send_no_reply(HIPRIO, &request(2, 3, ROOT_ID, &[&1u64.to_le_bytes()])),
+            0
+        );
+        drop(c);
+        let mut c = connect(&d);
+        c.init();
+        c.getattr(ROOT_ID).expect("served after reconnecting");
+        assert!(!d.log().contains("panicked"));
+    }
+}
+
+#[test]
 fn test_reply_and_request_split_across_many_buffers_and_indirect() {
     let img = fixture_image("edge_plain-b4096");
     let d = start(&img, &[]);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use log::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -61,8 +61,9 @@ pub struct DeviceOptions {
     pub thread_pool_size: usize,
 }
 
-/// Counts requests handed to the pool per queue, so that stopping a queue
-/// can wait for them.
+/// Counts, per queue, the batches being taken off the ring and the
+/// requests handed to the pool, so that stopping a queue (GET_VRING_BASE)
+/// can wait until every chain the device took is back on the used ring.
 #[derive(Debug, Default)]
 struct InFlight {
     count: Mutex<usize>,
@@ -83,10 +84,48 @@ impl InFlight {
         }
     }
 
+    /// Counts one unit of work until the guard is dropped.
+    fn busy(&self) -> Busy<'_> {
+        self.add();
+        Busy(self)
+    }
+
     fn wait_idle(&self) {
         let mut c = self.count.lock().unwrap_or_else(PoisonError::into_inner);
         while *c > 0 {
             c = self.idle.wait(c).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// One unit of [`InFlight`] work, ended on drop.
+struct Busy<'a>(&'a InFlight);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
+/// A chain handed to the pool, counted in [`InFlight`] until dropped.
+struct QueuedChain {
+    core: Arc<Core>,
+    queue: usize,
+}
+
+impl QueuedChain {
+    fn new(core: Arc<Core>, queue: usize) -> Self {
+        if let Some(f) = core.inflight.get(queue) {
+            f.add();
+        }
+        Self { core, queue }
+    }
+}
+
+impl Drop for QueuedChain {
+    fn drop(&mut self) {
+        if let Some(f) = self.core.inflight.get(self.queue) {
+            f.done();
         }
     }
 }
@@ -160,25 +199,53 @@ impl FsBackend {
 
     /// Serves every available chain of `vring` (queue `queue`).
     fn process_queue(&self, queue: usize, vring: &VringRwLock) {
+        let Some(inflight) = self.core.inflight.get(queue) else {
+            return;
+        };
+        // Held while chains are taken off the ring, so that a concurrent
+        // GET_VRING_BASE also waits for a chain popped but not yet queued.
+        let _busy = inflight.busy();
         let event_idx = self.core.event_idx.load(Ordering::Acquire);
+        // Rounds in a row that found nothing: re-enabling notifications
+        // may report new chains that arrived meanwhile (worth one more
+        // round), or chains that cannot be taken (queue stopped, ring
+        // unreadable), which must not make this thread spin.
+        let mut empty_rounds = 0u32;
         loop {
             if event_idx {
                 if let Err(e) = vring.disable_notification() {
                     warn!("queue {queue}: cannot disable notifications: {e}");
                 }
             }
+            let mut taken = 0usize;
             loop {
-                let mem = self.mem.memory();
-                let Some(chain) = vring.get_mut().get_queue_mut().pop_descriptor_chain(mem) else {
-                    break;
+                let chain = match vring.get_mut().get_queue_mut().iter(self.mem.memory()) {
+                    Ok(mut avail) => avail.next(),
+                    Err(e) => {
+                        // Not ready (stopped) or a corrupt avail index:
+                        // nothing to do until the next kick.
+                        debug!("queue {queue}: {e}");
+                        None
+                    }
                 };
+                let Some(chain) = chain else { break };
+                taken = taken.saturating_add(1);
                 self.submit(queue, vring, chain);
             }
             if !event_idx {
                 break;
             }
+            empty_rounds = if taken == 0 {
+                empty_rounds.saturating_add(1)
+            } else {
+                0
+            };
             match vring.enable_notification() {
-                Ok(true) => continue,
+                Ok(true) if empty_rounds < 2 => continue,
+                Ok(true) => {
+                    debug!("queue {queue}: chains announced but none can be taken");
+                    break;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     warn!("queue {queue}: cannot enable notifications: {e}");
@@ -192,16 +259,12 @@ impl FsBackend {
         let pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         match pool.as_ref() {
             Some(pool) => {
-                let core = Arc::clone(&self.core);
                 let vring = vring.clone();
-                if let Some(f) = core.inflight.get(queue) {
-                    f.add();
-                }
+                // Counted until the job is dropped, run or not.
+                let job = QueuedChain::new(Arc::clone(&self.core), queue);
                 pool.run(Box::new(move || {
-                    core.serve_chain(queue, &vring, chain);
-                    if let Some(f) = core.inflight.get(queue) {
-                        f.done();
-                    }
+                    job.core.serve_chain(queue, &vring, chain);
+                    drop(job);
                 }));
             }
             None => {

@@ -1,6 +1,7 @@
 //! Runs our binary in serve mode on a socket in a temporary directory.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -41,6 +42,18 @@ impl Daemon {
         dir: tempfile::TempDir,
     ) -> Daemon {
         let err = File::create(&log).expect("daemon log file");
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only calls prctl(2), which is async-signal-safe. It ends the
+        // daemon if the test thread that started it dies (a killed or
+        // crashed test run leaves no daemons behind).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,6 +105,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// CPU time (user + system) the daemon has used, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let pid = self.child.as_ref().expect("daemon running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+        // Fields after the ")" that ends the command name; utime and stime
+        // are fields 14 and 15 of the whole line.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
     }
 
     /// Sends `sig` to the daemon.

@@ -353,6 +353,15 @@ impl Frontend {
             .expect("avail idx");
     }
 
+    /// Overwrites queue `q`'s avail index (for corrupt-ring tests).
+    pub fn set_avail_idx(&mut self, q: usize, idx: u16) {
+        let queue = &mut self.queues[q];
+        queue.avail_idx = idx;
+        self.mem
+            .store(idx, GuestAddress(queue.avail + 2), Ordering::Release)
+            .expect("avail idx");
+    }
+
     /// Notifies the device that queue `q` has new buffers.
     pub fn kick(&self, q: usize) {
         self.queues[q].kick.write(1).expect("kick");
