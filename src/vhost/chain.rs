@@ -8,6 +8,10 @@
 //! overflow, the readable part is bounded before anything is copied,
 //! writable buffers do not overlap, and a chain that stops while its last
 //! descriptor still says "next" is broken rather than short.
+//!
+//! virtio-queue's own `Reader`/`Writer` are not used: they copy through
+//! `io::Read`/`io::Write` and do not hand out the guest buffers, which the
+//! in-place file reads of [`GuestWriter`] need.
 
 use vm_memory::{GuestMemory, GuestMemoryMmap, Permissions, VolatileSlice};
 
