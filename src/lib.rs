@@ -3,9 +3,11 @@
 //! The crate is split by what each part trusts and owns:
 //! - [`erofs`]: the on-disk format (parsing and mapping only);
 //! - [`source`]: where image bytes come from;
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line;
+//! - [`vhost`]: the vhost-user-fs device and daemon.
 
 pub mod cli;
 pub mod erofs;
 pub mod fuse;
 pub mod source;
+pub mod vhost;

@@ -4,6 +4,7 @@ mod image;
 pub mod json;
 mod manifest;
 mod mount;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,11 +19,17 @@ use crate::source;
 
 /// Serve read-only EROFS images to virtual machines over vhost-user
 /// virtio-fs, and inspect them.
+///
+/// Without a subcommand it serves IMAGE over vhost-user:
+/// `erofs-virtiofsd --socket-path SOCK --image IMAGE`.
 #[derive(Debug, Parser)]
 #[command(name = "erofs-virtiofsd", version, about)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: serve::ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +39,9 @@ enum Command {
     Image(image::ImageCommand),
     /// Mount an image through /dev/fuse (read-only; needs root).
     Mount(mount::MountArgs),
+    /// Serve an image to a VMM over vhost-user (also the default without a
+    /// subcommand).
+    Serve(serve::ServeArgs),
 }
 
 /// Where the image comes from: shared by every command that opens one.
@@ -96,8 +106,15 @@ impl ImageSource {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Image(c) => c.run(),
-        Command::Mount(m) => m.run(),
+        Some(Command::Image(c)) => c.run(),
+        Some(Command::Mount(m)) => m.run(),
+        Some(Command::Serve(s)) => s.run(),
+        None if cli.serve.is_empty() => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+        None => cli.serve.run(),
     };
     match r {
         Ok(code) => code,

@@ -12,6 +12,11 @@
 //! - [`mkfs`]: run Debian's `mkfs.erofs` 1.5.
 //! - [`cli`]: run our own binary's `image manifest` command.
 //! - [`fusemount`]: mount an image through our own FUSE daemon (RAII guard).
+//! - [`daemon`]: run our binary in serve mode on a temporary socket.
+//! - [`frontend`]: a vhost-user frontend with memfd guest RAM and
+//!   hand-driven split virtqueues.
+//! - [`fuse_client`]: FUSE requests over that frontend, and a tree walk
+//!   into a manifest.
 //!
 //! Every integration test crate compiles this module on its own and uses only
 //! part of it, hence the `dead_code` and `unused_imports` allowances.
@@ -19,7 +24,10 @@
 
 pub mod bigtree;
 pub mod cli;
+pub mod daemon;
 pub mod fixtures;
+pub mod frontend;
+pub mod fuse_client;
 pub mod fusemount;
 pub mod kmount;
 pub mod manifest;

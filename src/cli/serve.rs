@@ -1,0 +1,180 @@
+//! Serve mode: the vhost-user-fs daemon, with the options of the vhost-user
+//! spec's "Backend program conventions" (`--socket-path`, `--fd`,
+//! `--print-capabilities`) and virtiofsd's (`--tag`, `--log-level`,
+//! `--socket-group`, `--thread-pool-size`, `--cache`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+
+use super::mount::CacheArg;
+use super::ImageSource;
+use crate::fuse::ServerOptions;
+use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
+
+/// Options of serve mode (the default without a subcommand).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// vhost-user socket to create and listen on (removed on exit).
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    socket_path: Option<PathBuf>,
+    /// Listen on this inherited, already listening Unix socket instead.
+    #[arg(long, value_name = "FDNUM")]
+    fd: Option<i32>,
+    /// Print the vhost-user backend capabilities (JSON) and exit.
+    #[arg(long)]
+    print_capabilities: bool,
+    /// Filesystem tag offered in the device's config space (up to 36
+    /// bytes); without it, the VMM supplies the tag (QEMU's
+    /// vhost-user-fs-pci `tag=`).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Log messages of this level and more severe to stderr.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+    /// Give the socket to this group (name or gid), mode 0660.
+    #[arg(long, value_name = "GROUP", requires = "socket_path")]
+    socket_group: Option<String>,
+    /// The EROFS image to serve (a file or block device).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<PathBuf>,
+    /// Extra device (blob) for multi-device images, in device-table order;
+    /// repeat for several.
+    #[arg(long = "device", value_name = "BLOB")]
+    devices: Vec<PathBuf>,
+    /// Byte offset of the image inside IMAGE (any alignment).
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Bytes of decoded compressed data to keep cached (default: 1/16 of
+    /// RAM, between 64 MiB and 1 GiB).
+    #[arg(long, value_name = "BYTES")]
+    decode_cache: Option<u64>,
+    /// How long the guest may cache names, attributes and data.
+    #[arg(long, value_enum, default_value_t = CacheArg::Always)]
+    cache: CacheArg,
+    /// Number of request queues (besides the high-priority queue).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=62))]
+    queues: u16,
+    /// Worker threads for requests; 0 handles each queue's requests on
+    /// that queue's own thread.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    thread_pool_size: u16,
+    /// Serve one frontend, then exit (default: wait for the next one).
+    #[arg(long)]
+    once: bool,
+}
+
+/// `--log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl ServeArgs {
+    /// Whether nothing at all was asked (then the help is shown).
+    pub fn is_empty(&self) -> bool {
+        self.socket_path.is_none()
+            && self.fd.is_none()
+            && self.image.is_none()
+            && !self.print_capabilities
+    }
+
+    /// Runs the daemon (or prints the capabilities).
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        if self.print_capabilities {
+            let mut out = std::io::stdout().lock();
+            out.write_all(vhost::config::capabilities_json().as_bytes())?;
+            out.flush()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let listen = match (&self.socket_path, self.fd) {
+            (Some(path), None) => Listen::Path {
+                path: path.clone(),
+                group: self.socket_group.clone(),
+            },
+            (None, Some(fd)) => Listen::Fd(fd),
+            _ => bail!("one of --socket-path or --fd is required"),
+        };
+        let Some(image) = self.image.clone() else {
+            bail!("--image is required");
+        };
+        if let Some(tag) = &self.tag {
+            vhost::config::VirtioFsConfig::new(tag, 1)
+                .map_err(anyhow::Error::msg)
+                .context("--tag")?;
+        }
+        init_logger(self.log_level);
+        let src = ImageSource {
+            image,
+            devices: self.devices.clone(),
+            offset: self.offset,
+            decode_cache: self.decode_cache,
+        };
+        let img = Arc::new(src.open()?);
+        let server_opts = ServerOptions {
+            cache: self.cache.into(),
+            ..ServerOptions::default()
+        };
+        // Fail now, not at the first connection, if the root is unusable.
+        vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;
+        let opts = ServeOptions {
+            listen,
+            device: DeviceOptions {
+                tag: self.tag.clone(),
+                request_queues: usize::from(self.queues),
+                thread_pool_size: usize::from(self.thread_pool_size),
+            },
+            once: self.once,
+        };
+        vhost::serve(&opts, &|| vhost::fuse_session(&img, &server_opts))?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Logs to stderr, one line per message.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            // Not `eprintln!`, which panics when stderr is unwritable.
+            let _ = writeln!(
+                std::io::stderr(),
+                "erofs-virtiofsd: [{}] {}",
+                record.level(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn init_logger(level: LogLevel) {
+    let filter = match level {
+        LogLevel::Off => log::LevelFilter::Off,
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(filter);
+    }
+}

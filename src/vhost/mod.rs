@@ -1,0 +1,34 @@
+//! The vhost-user-fs device: serves the FUSE dispatcher to a VMM over
+//! vhost-user, the guest mounting it with `mount -t virtiofs TAG DIR`.
+//!
+//! - [`config`]: feature bits, protocol features, config space;
+//! - [`chain`]: one descriptor chain split into request and reply space,
+//!   every length and direction checked;
+//! - [`GuestWriter`]: the reply space, into which file data is read in
+//!   place;
+//! - [`FsBackend`]: the `VhostUserBackend` of one connection;
+//! - [`serve`]: the listening socket, one fresh session per frontend,
+//!   signals.
+//!
+//! Trusts the rust-vmm crates for the vhost-user control plane and guest
+//! memory bounds; trusts nothing the guest puts in the virtqueues. Owns
+//! the listening socket (removed on exit) and the per-connection session.
+//! All of the crate's `unsafe` lives here: handing guest buffers out as
+//! byte slices, and the fd/signal calls of the daemon.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod backend;
+pub mod chain;
+pub mod config;
+mod daemon;
+pub mod error;
+mod pool;
+mod reply;
+mod session;
+mod writer;
+
+pub use backend::{DeviceOptions, FsBackend, GuestMem, Session, MAX_REQUEST};
+pub use daemon::{serve, Listen, ServeOptions};
+pub use error::{ChainError, DaemonError, ReplyTooLong};
+pub use session::fuse_session;
+pub use writer::GuestWriter;
