@@ -1,8 +1,10 @@
-//! A regular file (or anything `pread` works on) as an image source.
+//! A regular file or a block device (anything `pread` works on) as an
+//! image source.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use super::Source;
@@ -31,10 +33,15 @@ impl FileSource {
                 "is a directory, not an image",
             ));
         }
-        Ok(Self {
-            size: meta.len(),
-            file,
-        })
+        // A block device's metadata has no length: ask the device (seeking
+        // to the end reports its size, as BLKGETSIZE64 would; `pread` does
+        // not use the file position).
+        let size = if meta.file_type().is_block_device() {
+            (&file).seek(SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
+        Ok(Self { size, file })
     }
 }
 

@@ -218,8 +218,9 @@ fn mount_erofs(image: &Path, dir: &Path, opts: &MountOptions) -> Result<Vec<Stri
     }
 }
 
-/// `losetup --find --show --read-only FILE`: the new loop device.
-fn losetup(file: &Path) -> Result<String, String> {
+/// `losetup --find --show --read-only FILE`: the new loop device (detach
+/// it with [`detach_loops`]).
+pub fn losetup(file: &Path) -> Result<String, String> {
     let out = Command::new("losetup")
         .args(["--find", "--show", "--read-only"])
         .arg(file)
@@ -236,7 +237,7 @@ fn losetup(file: &Path) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn detach_loops(loops: &[String]) {
+pub fn detach_loops(loops: &[String]) {
     for l in loops {
         match Command::new("losetup").arg("-d").arg(l).output() {
             Ok(o) if o.status.success() => {}
