@@ -9,7 +9,6 @@ mod serve;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +59,10 @@ pub struct ImageSource {
     /// RAM, between 64 MiB and 1 GiB).
     #[arg(long, value_name = "BYTES")]
     pub decode_cache: Option<u64>,
+    /// Read the image and its devices with O_DIRECT (no host page cache;
+    /// requests are aligned to the device's logical block size).
+    #[arg(long)]
+    pub direct_io: bool,
 }
 
 /// The default decoded-data cache: 1/16 of physical memory, clamped to
@@ -80,14 +83,12 @@ pub fn default_decode_cache() -> u64 {
 impl ImageSource {
     /// Opens the image and its devices.
     pub fn open(&self) -> anyhow::Result<Image> {
-        let src = source::open_path(&self.image, self.offset)
+        let src = source::open_path_with(&self.image, self.offset, self.direct_io)
             .with_context(|| format!("cannot open image {}", self.image.display()))?;
         let mut devices = Vec::new();
         for d in &self.devices {
-            let s: Arc<dyn source::Source> = Arc::new(
-                source::FileSource::open(d)
-                    .with_context(|| format!("cannot open device {}", d.display()))?,
-            );
+            let s = source::open_path_with(d, 0, self.direct_io)
+                .with_context(|| format!("cannot open device {}", d.display()))?;
             devices.push(s);
         }
         Image::open(

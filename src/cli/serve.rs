@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// RAM, between 64 MiB and 1 GiB).
     #[arg(long, value_name = "BYTES")]
     decode_cache: Option<u64>,
+    /// Read the image and its devices with O_DIRECT (no host page cache).
+    #[arg(long)]
+    direct_io: bool,
     /// How long the guest may cache names, attributes and data.
     #[arg(long, value_enum, default_value_t = CacheArg::Always)]
     cache: CacheArg,
@@ -118,6 +121,7 @@ impl ServeArgs {
             devices: self.devices.clone(),
             offset: self.offset,
             decode_cache: self.decode_cache,
+            direct_io: self.direct_io,
         };
         let img = Arc::new(src.open()?);
         let server_opts = ServerOptions {

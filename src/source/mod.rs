@@ -4,6 +4,7 @@
 //! extra device. It owns the underlying file or memory and trusts nothing
 //! about the bytes it returns: the EROFS layer validates them.
 
+mod direct;
 mod file;
 mod memory;
 
@@ -11,6 +12,7 @@ use std::fmt::Debug;
 use std::io;
 use std::sync::Arc;
 
+pub use direct::DirectFileSource;
 pub use file::FileSource;
 pub use memory::MemorySource;
 
@@ -114,7 +116,21 @@ impl Source for Window {
 
 /// Opens `path` as a source, applying `offset` when non-zero.
 pub fn open_path(path: &std::path::Path, offset: u64) -> io::Result<Arc<dyn Source>> {
-    let file: Arc<dyn Source> = Arc::new(FileSource::open(path)?);
+    open_path_with(path, offset, false)
+}
+
+/// Opens `path` as a source (with `O_DIRECT` when `direct`), applying
+/// `offset` when non-zero.
+pub fn open_path_with(
+    path: &std::path::Path,
+    offset: u64,
+    direct: bool,
+) -> io::Result<Arc<dyn Source>> {
+    let file: Arc<dyn Source> = if direct {
+        Arc::new(DirectFileSource::open(path)?)
+    } else {
+        Arc::new(FileSource::open(path)?)
+    };
     if offset == 0 {
         Ok(file)
     } else {

@@ -15,14 +15,23 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_erofs-virtiofsd");
 /// Panics with the command's stderr if it fails.
 #[track_caller]
 pub fn run_manifest(image: &Path, devices: &[&Path], offset: Option<u64>) -> Vec<Entry> {
+    let off = offset.map(|o| o.to_string());
+    let mut extra = Vec::new();
+    if let Some(o) = &off {
+        extra.extend(["--offset", o.as_str()]);
+    }
+    run_manifest_args(image, devices, &extra)
+}
+
+/// [`run_manifest`] with more options (e.g. `--direct-io`).
+#[track_caller]
+pub fn run_manifest_args(image: &Path, devices: &[&Path], extra: &[&str]) -> Vec<Entry> {
     let mut cmd = Command::new(BIN);
     cmd.args(["image", "manifest"]).arg(image);
     for d in devices {
         cmd.arg("--device").arg(d);
     }
-    if let Some(off) = offset {
-        cmd.arg("--offset").arg(off.to_string());
-    }
+    cmd.args(extra);
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
