@@ -600,6 +600,11 @@ impl Server {
             CachePolicy::Never | CachePolicy::Auto => {}
             CachePolicy::Always => open_flags |= FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR,
         }
+        if !dir && o.flags & libc::O_DIRECT as u32 != 0 {
+            // The opener asked to bypass caches: honour it whatever the
+            // mount's policy (each read reaches us, nothing is cached).
+            open_flags = (open_flags & !FOPEN_KEEP_CACHE) | FOPEN_DIRECT_IO;
+        }
         let out = OpenOut {
             fh,
             open_flags,

@@ -389,6 +389,19 @@ fn test_open_flags_by_cache_policy() {
             };
             assert_eq!(fx.call(OPEN, e.nodeid, &[o.as_bytes()]), Err(libc::EROFS));
         }
+        // O_DIRECT openers get direct I/O under every policy.
+        let o = OpenIn {
+            flags: libc::O_DIRECT as u32,
+            open_flags: 0,
+        };
+        let body = fx.call(OPEN, e.nodeid, &[o.as_bytes()]).unwrap();
+        let out = OpenOut::read_from_bytes(&body).unwrap();
+        assert_eq!(
+            out.open_flags & FOPEN_DIRECT_IO,
+            FOPEN_DIRECT_IO,
+            "{cache:?}"
+        );
+        assert_eq!(out.open_flags & FOPEN_KEEP_CACHE, 0, "{cache:?}");
     }
 }
 
