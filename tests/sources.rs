@@ -191,3 +191,43 @@ fn test_direct_io_unaligned_offset_no_page_cache_growth() {
         );
     }
 }
+
+/// A memfd holding `bytes`, inheritable by children (no close-on-exec);
+/// `sealable`: created with `MFD_ALLOW_SEALING`.
+fn memfd_with(bytes: &[u8], sealable: bool) -> std::fs::File {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let flags = if sealable { libc::MFD_ALLOW_SEALING } else { 0 };
+    // SAFETY: memfd_create with a NUL-terminated name and valid flags.
+    let fd = unsafe { libc::memfd_create(c"erofs-image".as_ptr(), flags) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor this function owns.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes).expect("fill memfd");
+    f
+}
+
+/// An image at byte 12345 of a memfd, named `fd:N`: mapped in place when the
+/// memfd can be sealed, read with pread when it cannot; both give the
+/// kernel's manifest through `image manifest` and a FUSE mount.
+#[test]
+fn test_memfd_image_at_unaligned_offset() {
+    use std::os::fd::AsRawFd;
+    assert_kernel_erofs();
+    for name in ["edge_lz4", "edge_plain-b4096"] {
+        let fx = fixture_image(name);
+        let mut bytes = vec![0xeeu8; 12345];
+        bytes.extend_from_slice(&std::fs::read(&fx.image).expect("read fixture"));
+        let expected = load_expected(name);
+        for sealable in [true, false] {
+            let mem = memfd_with(&bytes, sealable);
+            let spec = PathBuf::from(format!("fd:{}", mem.as_raw_fd()));
+            let what = format!("{name} in a memfd at 12345 (sealable: {sealable})");
+            let via_cli = run_manifest_args(&spec, &[], &["--offset", "12345"]);
+            assert_manifests_eq(&format!("{what}: `image manifest`"), &expected, &via_cli);
+            let mount = FuseMount::new(&spec, &[], &["--offset", "12345"]);
+            let via_fuse = walk_manifest(mount.path());
+            assert_manifests_eq(&format!("{what}: FUSE"), &expected, &via_fuse);
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! about the bytes it returns: the EROFS layer validates them.
 
 mod direct;
+mod fd;
 mod file;
 mod memory;
 
@@ -13,6 +14,7 @@ use std::io;
 use std::sync::Arc;
 
 pub use direct::DirectFileSource;
+pub use fd::{open_fd, parse_fd_spec};
 pub use file::FileSource;
 pub use memory::MemorySource;
 
@@ -120,13 +122,17 @@ pub fn open_path(path: &std::path::Path, offset: u64) -> io::Result<Arc<dyn Sour
 }
 
 /// Opens `path` as a source (with `O_DIRECT` when `direct`), applying
-/// `offset` when non-zero.
+/// `offset` when non-zero. `fd:N` names inherited descriptor N (see
+/// [`open_fd`]; `direct` does not apply).
 pub fn open_path_with(
     path: &std::path::Path,
     offset: u64,
     direct: bool,
 ) -> io::Result<Arc<dyn Source>> {
-    let file: Arc<dyn Source> = if direct {
+    let file: Arc<dyn Source> = if let Some(fd) = parse_fd_spec(path) {
+        // `fd:N`: an inherited descriptor (a memfd is mapped when sealable).
+        open_fd(fd)?
+    } else if direct {
         Arc::new(DirectFileSource::open(path)?)
     } else {
         Arc::new(FileSource::open(path)?)
