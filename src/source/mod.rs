@@ -6,6 +6,7 @@
 
 mod direct;
 mod file;
+mod guest;
 mod memory;
 
 use std::fmt::Debug;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use direct::DirectFileSource;
 pub use file::FileSource;
+pub use guest::GuestMemorySource;
 pub use memory::MemorySource;
 
 /// A random-access, read-only byte store holding an image or extra device.
