@@ -12,6 +12,8 @@
 //! - `test_guest_image_concurrent_rewrite`: the guest scribbles over the
 //!   image while requests run: only data or error replies, no crash, and a
 //!   new connection serves the restored image in full.
+//! - `test_guest_image_bad_arguments`: malformed `guest:` specs and
+//!   options that do not apply exit 1 with one error line.
 
 mod common;
 
@@ -392,4 +394,39 @@ fn test_guest_image_concurrent_rewrite() {
         &actual,
     );
     assert_alive(&mut d);
+}
+
+/// Bad `guest:` specs and options that do not apply: exit 1 with one
+/// error line, before any socket is created.
+#[test]
+fn test_guest_image_bad_arguments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("vhost.sock");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--image", "guest:0x1000"], "expected guest:GPA:LEN"),
+        (&["--image", "guest:0x1000:0"], "LEN is 0"),
+        (&["--image", "guest:zz:16"], "not a number"),
+        (&["--image", "guest:0xffffffffffffffff:2"], "wraps around"),
+        (&["--image", "guest:0x1000:16", "--offset", "3"], "--offset"),
+        (
+            &["--image", "guest:0x1000:16", "--direct-io"],
+            "--direct-io",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_erofs-virtiofsd"))
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("running erofs-virtiofsd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("erofs-virtiofsd: error:") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(!socket.exists(), "{args:?}: socket created");
+    }
 }
