@@ -6,6 +6,9 @@
 //!
 //! - `test_guest_image_manifest_*`: INIT, then a walk over the virtqueues
 //!   equals the fixture's kernel manifest;
+//! - `test_guest_image_memory_is_exactly_the_image`: the same with guest
+//!   memory mapped exactly over the image, so that no read outside it can
+//!   succeed;
 //! - `test_guest_image_unmapped_*`, `test_guest_image_too_small_*`,
 //!   `test_guest_image_written_after_first_init`: INIT fails with an error
 //!   reply and a log line, the daemon stays up, a later INIT retries;
@@ -115,6 +118,41 @@ fn test_guest_image_manifest_edge_lz4() {
 #[test]
 fn test_guest_image_manifest_edge_plain_b4096() {
     check_manifest("edge_plain-b4096");
+}
+
+/// Guest memory is exactly the image: two regions, the first starting at
+/// the image's odd first byte, the second ending at its last byte (no
+/// page alignment anywhere). Any read outside `[GPA, GPA + LEN)` would hit
+/// unmapped memory and fail the walk.
+#[test]
+fn test_guest_image_memory_is_exactly_the_image() {
+    let name = "edge_plain-b4096";
+    let bytes = fixture_bytes(name);
+    let len = bytes.len() as u64;
+    let low = HIGH - IMAGE_GPA;
+    let opts = FrontendOptions {
+        extra_regions: vec![(IMAGE_GPA, low as usize), (HIGH, (len - low) as usize)],
+        ..Default::default()
+    };
+    let mut d = start(IMAGE_GPA, len, &[]);
+    let mut c = FuseClient::new(Frontend::connect(&d.socket, &opts));
+    c.fe.write(IMAGE_GPA, &bytes);
+    try_init(&mut c).unwrap_or_else(|e| panic!("INIT: errno {e}\n{}", d.log()));
+    let actual = walk(&mut c);
+    assert_manifests_eq(
+        &format!("{name} in exactly-sized guest memory"),
+        &load_expected(name),
+        &actual,
+    );
+    assert_alive(&mut d);
+    // One byte more on either side is not mapped.
+    for (gpa, len) in [(IMAGE_GPA - 1, len + 1), (IMAGE_GPA, len + 1)] {
+        let mut d = start(gpa, len, &[]);
+        let mut c = FuseClient::new(Frontend::connect(&d.socket, &opts));
+        c.fe.write(IMAGE_GPA, &bytes);
+        assert_eq!(try_init(&mut c), Err(libc::ENODEV), "{gpa:#x}+{len}");
+        assert_alive(&mut d);
+    }
 }
 
 /// A range not (or not entirely) mapped: INIT gets ENODEV, the log says
