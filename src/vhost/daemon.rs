@@ -49,7 +49,8 @@ pub struct ServeOptions {
 
 /// Serves frontends one after another, each with a session from
 /// `new_session` (given the connection's guest memory, which the
-/// vhost-user control plane updates on SET_MEM_TABLE), until the first disconnect with `once`, or a signal.
+/// vhost-user control plane updates on SET_MEM_TABLE), until the first
+/// disconnect with `once`, or a signal.
 ///
 /// Must be called before any other thread is started: it blocks SIGTERM and
 /// SIGINT for the whole process and handles them on a thread of its own
