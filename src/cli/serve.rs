@@ -39,7 +39,9 @@ pub struct ServeArgs {
     /// Give the socket to this group (name or gid), mode 0660.
     #[arg(long, value_name = "GROUP", requires = "socket_path")]
     socket_group: Option<String>,
-    /// The EROFS image to serve (a file or block device).
+    /// The EROFS image to serve (a file or block device), or
+    /// `guest:GPA:LEN`: LEN bytes of the guest's own RAM at guest-physical
+    /// address GPA (decimal or 0x-hex), opened at FUSE INIT.
     #[arg(long, value_name = "IMAGE")]
     image: Option<PathBuf>,
     /// Extra device (blob) for multi-device images, in device-table order;
@@ -115,21 +117,10 @@ impl ServeArgs {
                 .map_err(anyhow::Error::msg)
                 .context("--tag")?;
         }
-        init_logger(self.log_level);
-        let src = ImageSource {
-            image,
-            devices: self.devices.clone(),
-            offset: self.offset,
-            decode_cache: self.decode_cache,
-            direct_io: self.direct_io,
-        };
-        let img = Arc::new(src.open()?);
         let server_opts = ServerOptions {
             cache: self.cache.into(),
             ..ServerOptions::default()
         };
-        // Fail now, not at the first connection, if the root is unusable.
-        vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;
         let opts = ServeOptions {
             listen,
             device: DeviceOptions {
@@ -139,9 +130,91 @@ impl ServeArgs {
             },
             once: self.once,
         };
-        vhost::serve(&opts, &|| vhost::fuse_session(&img, &server_opts))?;
+        if let Some(spec) = image.to_str().and_then(|s| s.strip_prefix("guest:")) {
+            let guest = self.guest_image(spec)?;
+            init_logger(self.log_level);
+            log::info!(
+                "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
+                guest.gpa,
+                guest.len
+            );
+            vhost::serve(&opts, &|mem| {
+                Ok(vhost::guest_image_session(&guest, &server_opts, mem))
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        init_logger(self.log_level);
+        let src = ImageSource {
+            image,
+            devices: self.devices.clone(),
+            offset: self.offset,
+            decode_cache: self.decode_cache,
+            direct_io: self.direct_io,
+        };
+        let img = Arc::new(src.open()?);
+        // Fail now, not at the first connection, if the root is unusable.
+        vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;
+        vhost::serve(&opts, &|_| vhost::fuse_session(&img, &server_opts))?;
         Ok(ExitCode::SUCCESS)
     }
+
+    /// `--image guest:GPA:LEN` (`spec`: what follows `guest:`), with the
+    /// extra devices and cache size of the command line.
+    fn guest_image(&self, spec: &str) -> anyhow::Result<vhost::GuestImage> {
+        let (gpa, len) = parse_guest_range(spec).with_context(|| {
+            format!("--image guest:{spec}: expected guest:GPA:LEN (decimal or 0x-hex)")
+        })?;
+        if self.offset != 0 {
+            bail!("--offset does not apply to a guest image (give the address in GPA)");
+        }
+        if self.direct_io {
+            bail!("--direct-io does not apply to a guest image");
+        }
+        let mut devices = Vec::new();
+        for d in &self.devices {
+            let s = crate::source::open_path(d, 0)
+                .with_context(|| format!("cannot open device {}", d.display()))?;
+            devices.push(s);
+        }
+        Ok(vhost::GuestImage {
+            gpa,
+            len,
+            options: crate::erofs::ImageOptions {
+                devices,
+                decode_cache_bytes: Some(
+                    self.decode_cache
+                        .unwrap_or_else(super::default_decode_cache),
+                ),
+                ..Default::default()
+            },
+        })
+    }
+}
+
+/// `GPA:LEN`, each decimal or 0x-hex (`_` separators allowed); LEN not 0
+/// and the range not wrapping around.
+fn parse_guest_range(spec: &str) -> anyhow::Result<(u64, u64)> {
+    let (gpa, len) = spec
+        .split_once(':')
+        .context("missing ':' between GPA and LEN")?;
+    let gpa = parse_u64(gpa).context("GPA")?;
+    let len = parse_u64(len).context("LEN")?;
+    if len == 0 {
+        bail!("LEN is 0");
+    }
+    if gpa.checked_add(len).is_none() {
+        bail!("the range wraps around the address space");
+    }
+    Ok((gpa, len))
+}
+
+fn parse_u64(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim().replace('_', "");
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse::<u64>(),
+    };
+    r.with_context(|| format!("not a number: {s:?}"))
 }
 
 /// Logs to stderr, one line per message.
@@ -180,5 +253,31 @@ fn init_logger(level: LogLevel) {
     };
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(filter);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_parse_guest_range() {
+        assert_eq!(
+            parse_guest_range("0x1000_0003:4096").unwrap(),
+            (0x1000_0003, 4096)
+        );
+        assert_eq!(parse_guest_range("17:0X10").unwrap(), (17, 16));
+        for bad in [
+            "",
+            "0x10",
+            "0x10:",
+            ":5",
+            "0x10:0",
+            "zz:1",
+            "1:-1",
+            "0xffffffffffffffff:2",
+        ] {
+            assert!(parse_guest_range(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 mod direct;
 mod fd;
 mod file;
+mod guest;
 mod memory;
 
 use std::fmt::Debug;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 pub use direct::DirectFileSource;
 pub use fd::{open_fd, parse_fd_spec};
 pub use file::FileSource;
+pub use guest::GuestMemorySource;
 pub use memory::MemorySource;
 
 /// A random-access, read-only byte store holding an image or extra device.

@@ -15,7 +15,7 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::backend::{DeviceOptions, FsBackend, Session};
+use super::backend::{DeviceOptions, FsBackend, GuestMem, Session};
 use super::error::DaemonError;
 
 /// Where frontends connect.
@@ -33,6 +33,9 @@ pub enum Listen {
     Fd(RawFd),
 }
 
+/// Makes the session of one connection, given its guest memory.
+pub type NewSession<'a> = dyn Fn(&GuestMem) -> Result<Arc<dyn Session>, String> + 'a;
+
 /// How to serve.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -45,15 +48,14 @@ pub struct ServeOptions {
 }
 
 /// Serves frontends one after another, each with a session from
-/// `new_session`, until the first disconnect with `once`, or a signal.
+/// `new_session` (given the connection's guest memory, which the
+/// vhost-user control plane updates on SET_MEM_TABLE), until the first
+/// disconnect with `once`, or a signal.
 ///
 /// Must be called before any other thread is started: it blocks SIGTERM and
 /// SIGINT for the whole process and handles them on a thread of its own
 /// (removing the socket file and exiting with status 0).
-pub fn serve(
-    opts: &ServeOptions,
-    new_session: &dyn Fn() -> Result<Arc<dyn Session>, String>,
-) -> Result<(), DaemonError> {
+pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), DaemonError> {
     let signals = block_signals()?;
     let (listener, created) = listen(&opts.listen)?;
     spawn_signal_thread(signals, created.clone())?;
@@ -67,12 +69,12 @@ pub fn serve(
 
 fn session_loop(
     opts: &ServeOptions,
-    new_session: &dyn Fn() -> Result<Arc<dyn Session>, String>,
+    new_session: &NewSession<'_>,
     listener: &mut Listener,
 ) -> Result<(), DaemonError> {
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let session = new_session().map_err(DaemonError::VhostUser)?;
+        let session = new_session(&mem).map_err(DaemonError::VhostUser)?;
         let backend = Arc::new(
             FsBackend::new(session, &opts.device, mem.clone()).map_err(DaemonError::VhostUser)?,
         );

@@ -9,7 +9,9 @@
 //!
 //! Layout (guest physical): RAM starts at [`RAM_BASE`]; queue `q` has its
 //! rings in the `q`-th MiB; the rest is a data area handed out by a bump
-//! allocator that wraps around ([`Frontend::alloc`]).
+//! allocator that wraps around ([`Frontend::alloc`]). Extra regions
+//! ([`FrontendOptions::extra_regions`], each its own memfd and memory
+//! table entry) are the test's own, e.g. for an image in guest memory.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -93,6 +95,10 @@ pub struct FrontendOptions {
     pub event_idx: bool,
     /// Negotiate the CONFIG protocol feature when offered.
     pub config: bool,
+    /// More guest RAM: (guest-physical address, size) of each extra
+    /// region, each its own memfd and memory table entry (outside the
+    /// main RAM; the allocator never hands them out).
+    pub extra_regions: Vec<(u64, usize)>,
 }
 
 impl Default for FrontendOptions {
@@ -102,6 +108,7 @@ impl Default for FrontendOptions {
             queue_size: 256,
             event_idx: true,
             config: true,
+            extra_regions: Vec::new(),
         }
     }
 }
@@ -124,7 +131,7 @@ struct Queue {
 pub struct Frontend {
     vu: VuFrontend,
     mem: GuestMemoryMmap,
-    _ram: File,
+    _ram: Vec<File>,
     queues: Vec<Queue>,
     data_start: u64,
     data_next: u64,
@@ -163,12 +170,19 @@ impl Frontend {
     /// Connects to `socket` and sets the device up as QEMU does:
     /// features, owner, protocol features, memory table, then each queue.
     pub fn connect(socket: &Path, opts: &FrontendOptions) -> Frontend {
-        let ram = memfd(RAM_SIZE);
-        let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
-            GuestAddress(RAM_BASE),
-            RAM_SIZE,
-            Some(FileOffset::new(ram.try_clone().expect("dup memfd"), 0)),
-        )])
+        let layout: Vec<(u64, usize)> = std::iter::once((RAM_BASE, RAM_SIZE))
+            .chain(opts.extra_regions.iter().copied())
+            .collect();
+        let ram: Vec<File> = layout.iter().map(|&(_, size)| memfd(size)).collect();
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(layout.iter().zip(&ram).map(
+            |(&(gpa, size), f)| {
+                (
+                    GuestAddress(gpa),
+                    size,
+                    Some(FileOffset::new(f.try_clone().expect("dup memfd"), 0)),
+                )
+            },
+        ))
         .expect("mapping guest RAM");
         // (No read timeout: the vhost crate retries on EAGAIN, so a
         // timeout would turn a hang into a busy loop.)
@@ -205,9 +219,15 @@ impl Frontend {
         assert_eq!(device_features & acked, acked, "device lacks features");
         vu.set_features(acked).expect("SET_FEATURES");
 
-        let region = mem.iter().next().expect("one region");
-        let info = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
-        vu.set_mem_table(&[info]).expect("SET_MEM_TABLE");
+        let infos: Vec<VhostUserMemoryRegionInfo> = mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).expect("region info"))
+            .collect();
+        vu.set_mem_table(&infos).expect("SET_MEM_TABLE");
+        let region = mem
+            .iter()
+            .find(|r| r.start_addr() == GuestAddress(RAM_BASE))
+            .expect("the main RAM region");
         let va_base = region.as_ptr() as u64;
 
         let data_start = RAM_BASE + QUEUE_AREA * opts.num_queues as u64;
