@@ -8,6 +8,9 @@
 //! that into the manifest format, which must equal the kernel's manifest of
 //! the fixture, field for field.
 //!
+//! A fourth test puts the image in the guest's own RAM (QEMU's loader
+//! device) and serves it with `--image guest:GPA:LEN`.
+//!
 //! Needs root, network access to Debian's archive the first time (the guest
 //! kernel and busybox come from `apt-get download`; `vm-images/build.sh`
 //! caches them in `vm-images/out/`), and about 15 s per image on 2 cores.
@@ -16,6 +19,7 @@
 
 mod common;
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -56,7 +60,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(image: &Path, devices: &[&Path], sock: &Path, log: &Path) -> Daemon {
+    fn start(image: &OsStr, devices: &[&Path], sock: &Path, log: &Path) -> Daemon {
         let log_file = std::fs::File::create(log).expect("daemon log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_erofs-virtiofsd"));
         cmd.arg("--socket-path").arg(sock).arg("--image").arg(image);
@@ -118,19 +122,32 @@ fn tail(text: &str, lines: usize) -> String {
 /// Boots the guest against our daemon serving fixture `name`, walks the
 /// tree in the guest and compares it with the fixture's kernel manifest.
 fn check_guest_walk(name: &str) {
-    let _guard = guest_lock();
     let fx = fixture_image(name);
+    check_guest_walk_with(
+        name,
+        fx.image.as_os_str().to_owned(),
+        &fx.devices(),
+        &[],
+        &[],
+    );
+}
+
+/// [`check_guest_walk`] with the daemon's `--image` argument given, and more
+/// arguments for `vm-images/run.sh` (before `--`) and QEMU (after it).
+fn check_guest_walk_with(
+    name: &str,
+    image_arg: OsString,
+    devices: &[&Path],
+    run_args: &[&str],
+    qemu_args: &[OsString],
+) {
+    let _guard = guest_lock();
     let work = tempfile::Builder::new()
         .prefix("evfs-guest-")
         .tempdir()
         .expect("scratch dir");
     let sock = work.path().join("vfs.sock");
-    let mut daemon = Daemon::start(
-        &fx.image,
-        &fx.devices(),
-        &sock,
-        &work.path().join("daemon.log"),
-    );
+    let mut daemon = Daemon::start(&image_arg, devices, &sock, &work.path().join("daemon.log"));
     let console = work.path().join("console.log");
     let started = Instant::now();
     let out = Command::new(repo().join("vm-images/run.sh"))
@@ -138,6 +155,9 @@ fn check_guest_walk(name: &str) {
         .arg(&sock)
         .arg("--log")
         .arg(&console)
+        .args(run_args)
+        .arg("--")
+        .args(qemu_args)
         .stdin(Stdio::null())
         .output()
         .expect("run vm-images/run.sh");
@@ -202,4 +222,26 @@ fn test_guest_walk_edge_lz4() {
 #[test]
 fn test_guest_walk_usr_zstd15_ztailpack() {
     check_guest_walk("usr_zstd15-ztailpack");
+}
+
+/// The image in the guest's own RAM: QEMU's loader device places the
+/// fixture at the unaligned guest-physical address 0x1000_0003 (the guest
+/// kernel keeps its hands off the range: `memmap=4M$0x10000000`), and the
+/// daemon serves `--image guest:0x10000003:LEN` through the vhost-user
+/// memory table.
+#[test]
+fn test_guest_walk_image_in_guest_ram() {
+    let name = "edge_lz4";
+    let fx = fixture_image(name);
+    let len = std::fs::metadata(&fx.image).expect("stat fixture").len();
+    assert!(len < 4 << 20, "the reserved range holds 4 MiB");
+    let mut loader = OsString::from("loader,force-raw=on,addr=0x10000003,file=");
+    loader.push(fx.image.as_os_str());
+    check_guest_walk_with(
+        name,
+        OsString::from(format!("guest:0x10000003:{len}")),
+        &[],
+        &["--append", "memmap=4M$0x10000000"],
+        &[OsString::from("-device"), loader],
+    );
 }
