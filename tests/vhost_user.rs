@@ -822,7 +822,10 @@ fn test_serve_argument_errors() {
     let image = img.image.display().to_string();
     let table: &[(&[&str], &str)] = &[
         (&["--image", &image], "--socket-path or --fd"),
-        (&["--socket-path", "/tmp/x.sock"], "--image is required"),
+        (
+            &["--socket-path", "/tmp/x.sock"],
+            "--image (or --image-fd) is required",
+        ),
         (
             &[
                 "--socket-path",
@@ -859,4 +862,48 @@ fn test_serve_argument_errors() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+/// `--image-fd N --offset 12345`: the image in host memory (a sealed,
+/// mapped memfd), at an unaligned offset, served over the virtqueues.
+#[test]
+fn test_manifest_over_virtqueues_image_fd_memfd_offset() {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = "edge_lz4";
+    let img = fixture_image(name);
+    let mut bytes = vec![0x11u8; 12345];
+    bytes.extend_from_slice(&std::fs::read(&img.image).expect("read fixture"));
+    // SAFETY: memfd_create with a NUL-terminated name; the memfd is
+    // inheritable (no MFD_CLOEXEC) so the daemon gets it.
+    let fd = unsafe { libc::memfd_create(c"image".as_ptr(), libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor owned here.
+    let mut mem = unsafe { std::fs::File::from_raw_fd(fd) };
+    mem.write_all(&bytes).expect("fill memfd");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("vhost.sock");
+    let log = dir.path().join("daemon.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_erofs-virtiofsd"));
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .args([
+            "--image-fd",
+            &mem.as_raw_fd().to_string(),
+            "--offset",
+            "12345",
+        ])
+        .args(["--log-level", "debug"]);
+    let d = Daemon::spawn(cmd, socket, log, dir);
+    let mut c = connect(&d);
+    c.init();
+    let actual = walk(&mut c);
+    assert_manifests_eq(
+        &format!("virtio-fs walk of {name} in a memfd at 12345"),
+        &load_expected(name),
+        &actual,
+    );
+    let log = d.log();
+    assert!(!log.contains("panicked"), "daemon log:\n{log}");
 }

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// address GPA (decimal or 0x-hex), opened at FUSE INIT.
     #[arg(long, value_name = "IMAGE")]
     image: Option<PathBuf>,
+    /// The image is in inherited file descriptor FD (e.g. a memfd; with
+    /// `--offset` it may start anywhere in it); same as `--image fd:FD`.
+    #[arg(long, value_name = "FD", conflicts_with = "image")]
+    image_fd: Option<i32>,
     /// Extra device (blob) for multi-device images, in device-table order;
     /// repeat for several.
     #[arg(long = "device", value_name = "BLOB")]
@@ -109,8 +113,10 @@ impl ServeArgs {
             (None, Some(fd)) => Listen::Fd(fd),
             _ => bail!("one of --socket-path or --fd is required"),
         };
-        let Some(image) = self.image.clone() else {
-            bail!("--image is required");
+        let image = match (&self.image, self.image_fd) {
+            (Some(i), _) => i.clone(),
+            (None, Some(fd)) => PathBuf::from(format!("fd:{fd}")),
+            (None, None) => bail!("--image (or --image-fd) is required"),
         };
         if let Some(tag) = &self.tag {
             vhost::config::VirtioFsConfig::new(tag, 1)
