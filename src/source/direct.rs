@@ -13,7 +13,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::Source;
+use super::{clamp_read, Source};
 
 /// Largest bounce read issued at once (longer requests are served in parts;
 /// callers loop, see [`super::read_exact_at`]).
@@ -97,13 +97,11 @@ fn logical_block_size(dev: u64) -> Option<usize> {
 
 impl Source for DirectFileSource {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if offset >= self.size || buf.is_empty() {
+        let buf = clamp_read(buf, offset, self.size);
+        if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
-        let buf = &mut buf[..n];
+        let n = buf.len();
         if self.is_aligned(buf, offset) {
             return self.file.read_at(buf, offset);
         }

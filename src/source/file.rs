@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use super::Source;
+use super::{clamp_read, Source};
 
 /// An image read with `pread(2)` through the host page cache.
 #[derive(Debug)]
@@ -47,13 +47,11 @@ impl FileSource {
 
 impl Source for FileSource {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if offset >= self.size {
+        let buf = clamp_read(buf, offset, self.size);
+        if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.size - offset).unwrap_or(usize::MAX));
-        self.file.read_at(&mut buf[..n], offset)
+        self.file.read_at(buf, offset)
     }
 
     fn size(&self) -> u64 {

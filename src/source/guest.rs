@@ -20,7 +20,7 @@ use vm_memory::{
     GuestMemoryRegion,
 };
 
-use super::Source;
+use super::{clamp_read, Source};
 
 /// `len` bytes of guest memory at guest-physical address `gpa` (any
 /// alignment; may cross memory regions).
@@ -94,15 +94,11 @@ impl GuestMemorySource {
 
 impl Source for GuestMemorySource {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if offset >= self.len {
+        let buf = clamp_read(buf, offset, self.len);
+        let n = buf.len();
+        if n == 0 {
             return Ok(0);
         }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
-        let Some(buf) = buf.get_mut(..n) else {
-            return Ok(0);
-        };
         // In [gpa, gpa + len): offset < len and gpa + len does not wrap.
         let addr = self.gpa.saturating_add(offset);
         // One snapshot of the memory table for the whole read.

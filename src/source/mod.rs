@@ -35,6 +35,14 @@ pub trait Source: Send + Sync + Debug {
     }
 }
 
+/// The part of `buf` that a read at `offset` of a `size`-byte source can
+/// fill: empty at or past the end.
+pub fn clamp_read(buf: &mut [u8], offset: u64, size: u64) -> &mut [u8] {
+    let left = size.saturating_sub(offset);
+    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    &mut buf[..n]
+}
+
 /// Fills `buf` completely from `offset`, or fails with `UnexpectedEof`.
 pub fn read_exact_at(src: &dyn Source, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
     if let Some(s) = src.slice(offset, buf.len()) {
@@ -96,13 +104,11 @@ impl Window {
 
 impl Source for Window {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if offset >= self.len {
+        let buf = clamp_read(buf, offset, self.len);
+        if buf.is_empty() {
             return Ok(0);
         }
-        let n = buf
-            .len()
-            .min(usize::try_from(self.len - offset).unwrap_or(usize::MAX));
-        self.inner.read_at(&mut buf[..n], self.start + offset)
+        self.inner.read_at(buf, self.start + offset)
     }
 
     fn size(&self) -> u64 {
