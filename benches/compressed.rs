@@ -78,8 +78,9 @@
 //! (for `perf record` or `valgrind --tool=callgrind`); `kernel-cold` then
 //! uses the default readahead unless `BENCH_PROFILE_RA_KB` is set.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::CString;
+mod util;
+
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::hint::black_box;
 use std::io::{self, Read};
@@ -87,9 +88,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use util::{cstr, fixtures_dir, machine, run_cmd, umount, Counting, Res};
 
 use erofs_virtiofsd::erofs::{self, Image, ImageOptions, InodeKind};
 use erofs_virtiofsd::source::{self, Source};
@@ -108,8 +109,6 @@ const RAND_SHARE_PERCENT: u64 = 40;
 /// Edge-tree workloads read the regular files of at least this size.
 const EDGE_MIN_SIZE: u64 = 4096;
 
-type Res<T> = Result<T, String>;
-
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,10 +120,6 @@ fn main() -> ExitCode {
 }
 
 // ---------------------------------------------------------------- mounting
-
-fn cstr(p: &Path) -> Res<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("NUL in path {}", p.display()))
-}
 
 /// Mounts `image` read-only at `dir` with the kernel's EROFS driver,
 /// file-backed (each mount gets its own superblock, bdi and caches).
@@ -150,19 +145,6 @@ fn mount_erofs(image: &Path, dir: &Path) -> Res<()> {
         dir.display(),
         io::Error::last_os_error()
     ))
-}
-
-fn umount(dir: &Path) -> Res<()> {
-    let tgt = cstr(dir)?;
-    // SAFETY: `tgt` is NUL-terminated and outlives the call.
-    if unsafe { libc::umount2(tgt.as_ptr(), 0) } != 0 {
-        return Err(format!(
-            "umount {}: {}",
-            dir.display(),
-            io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 /// The `erofs-N` bdis (one per file-backed EROFS mount) that exist now.
@@ -525,64 +507,6 @@ fn rand_requests(files: &[FileRef]) -> Vec<(usize, u64)> {
 
 // -------------------------------------------------------- the two readers
 
-/// A [`Source`] that counts the reads our reader makes (diagnostics).
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Source>,
-    calls: AtomicU64,
-    bytes: AtomicU64,
-    log: Mutex<Vec<(u64, usize)>>,
-}
-
-impl Counting {
-    fn new(inner: Arc<dyn Source>) -> Self {
-        Counting {
-            inner,
-            calls: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            log: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn report(&self) -> String {
-        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
-        let distinct: BTreeSet<_> = log.iter().copied().collect();
-        let mut by_len = BTreeMap::<usize, u64>::new();
-        for (_, l) in &log {
-            *by_len.entry(*l).or_default() += 1;
-        }
-        let mut top: Vec<_> = by_len.into_iter().collect();
-        top.sort_by_key(|e| std::cmp::Reverse(e.1));
-        let top: Vec<String> = top
-            .iter()
-            .take(3)
-            .map(|(l, n)| format!("{n} x {l} B"))
-            .collect();
-        format!(
-            "{} preads of the image, {} bytes, {} distinct (offset, length); most common: {}",
-            self.calls.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-            distinct.len(),
-            top.join(", ")
-        )
-    }
-}
-
-impl Source for Counting {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if let Ok(mut l) = self.log.lock() {
-            l.push((offset, buf.len()));
-        }
-        self.inner.read_at(buf, offset)
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-}
-
 fn open_image(src: Arc<dyn Source>) -> Res<Image> {
     Image::open(src, ImageOptions::default()).map_err(|e| e.to_string())
 }
@@ -717,21 +641,6 @@ fn digest_of(
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn run_cmd(cmd: &mut Command, what: &str) -> Res<Vec<u8>> {
-    let out = cmd
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("{what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(out.stdout)
 }
 
 fn dev_null() -> Res<Stdio> {
@@ -1043,7 +952,7 @@ fn bench_workload(
         let (_, calls) = ours_run(&img, w, pat, buf, None)?;
         println!(
             "ours, one run on a fresh Image: {calls} Image::read calls; {}",
-            c.report()
+            c.report("preads of the image", 3)
         );
     }
 
@@ -1487,13 +1396,6 @@ fn prepare(work: &Path, images: &Path, spec: &Spec, tree: &mut Option<PathBuf>) 
 
 // -------------------------------------------------------------------- main
 
-fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("EROFS_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
-}
-
 fn env_usize(name: &str, default: usize) -> Res<usize> {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v
@@ -1518,28 +1420,6 @@ fn env_list(name: &str, all: &[&str]) -> Res<Vec<String>> {
         }
         _ => Ok(all.iter().map(|s| s.to_string()).collect()),
     }
-}
-
-fn machine() -> String {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let os = fs::read_to_string("/etc/os-release")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("PRETTY_NAME=")
-                .map(|s| s.trim_matches('"').to_string())
-        })
-        .unwrap_or_default();
-    format!("{os}, kernel {}, {cores} cores ({cpu})", kernel.trim())
 }
 
 fn load_average() -> String {

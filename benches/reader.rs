@@ -35,8 +35,9 @@
 //! profiler), `EROFS_FIXTURES` (fixtures directory, default
 //! `../shared/fixtures`).
 
+mod util;
+
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs;
 use std::hint::black_box;
 use std::io::{self, Read, Write};
@@ -44,9 +45,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use util::{cstr, fixtures_dir, machine, run_cmd, umount, Counting, Res};
 
 use erofs_virtiofsd::cli::json::{backslash_replace, hex, Object};
 use erofs_virtiofsd::erofs::{self, Image, ImageOptions, Inode, InodeKind};
@@ -59,8 +60,6 @@ const OUR_BIN: &str = env!("CARGO_BIN_EXE_erofs-virtiofsd");
 const USR_IMAGE: &str = "usr_zstd15-ztailpack.erofs";
 /// Argument that turns this binary into the kernel-side manifest walker.
 const WALKER_ARG: &str = "--kernel-walker";
-
-type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -89,10 +88,6 @@ fn main() -> ExitCode {
 }
 
 // ---------------------------------------------------------------- mounting
-
-fn cstr(p: &Path) -> Res<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("NUL in path {}", p.display()))
-}
 
 /// Mounts `image` read-only at `dir` with the kernel's EROFS driver,
 /// file-backed (each mount gets its own superblock and caches).
@@ -131,19 +126,6 @@ fn mount_erofs(image: &Path, dir: &Path) -> Res<()> {
         image.display(),
         dir.display()
     ))
-}
-
-fn umount(dir: &Path) -> Res<()> {
-    let tgt = cstr(dir)?;
-    // SAFETY: `tgt` is NUL-terminated and outlives the call.
-    if unsafe { libc::umount2(tgt.as_ptr(), 0) } != 0 {
-        return Err(format!(
-            "umount {}: {}",
-            dir.display(),
-            io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 /// A kernel mount, unmounted on drop.
@@ -313,70 +295,12 @@ fn kernel_paths(root: &Path) -> Res<BTreeSet<Vec<u8>>> {
     Ok(out)
 }
 
-/// A [`Source`] that counts the reads our reader makes (diagnostics).
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Source>,
-    calls: AtomicU64,
-    bytes: AtomicU64,
-    log: Mutex<Vec<(u64, usize)>>,
-}
-
-impl Counting {
-    fn new(inner: Arc<dyn Source>) -> Self {
-        Counting {
-            inner,
-            calls: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            log: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn report(&self, what: &str) -> String {
-        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
-        let distinct: BTreeSet<_> = log.iter().copied().collect();
-        let mut by_len = std::collections::BTreeMap::<usize, u64>::new();
-        for (_, l) in &log {
-            *by_len.entry(*l).or_default() += 1;
-        }
-        let mut top: Vec<_> = by_len.into_iter().collect();
-        top.sort_by_key(|e| std::cmp::Reverse(e.1));
-        let top: Vec<String> = top
-            .iter()
-            .take(4)
-            .map(|(l, n)| format!("{n} x {l} B"))
-            .collect();
-        format!(
-            "{what}: {} read_at calls (pread), {} bytes copied, {} distinct (offset, length); most common: {}",
-            self.calls.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-            distinct.len(),
-            top.join(", ")
-        )
-    }
-}
-
-impl Source for Counting {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if let Ok(mut l) = self.log.lock() {
-            l.push((offset, buf.len()));
-        }
-        self.inner.read_at(buf, offset)
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-}
-
 /// Replays one run of ours and splits its reads between `Image::inode` and
 /// `Image::lookup` (diagnostics).
 fn attribute_reads(inner: Arc<dyn Source>, paths: &[Vec<u8>]) -> Res<String> {
     let c = Arc::new(Counting::new(inner));
     let img = Image::open(c.clone(), ImageOptions::default()).map_err(|e| e.to_string())?;
-    let calls = || c.calls.load(Ordering::Relaxed);
+    let calls = || c.calls();
     let (mut inode_calls, mut inode_reads, mut extended) = (0u64, 0u64, 0u64);
     let (mut lookup_calls, mut lookup_reads, mut multi_block) = (0u64, 0u64, 0u64);
     let bs = img.superblock().block_size();
@@ -468,8 +392,8 @@ fn bench_metadata(work: &Path, image: &Path, runs: usize, rows: &mut Vec<Row>) -
     let counting = Arc::new(Counting::new(file_src()?));
     ours_stat_all(counting.clone(), &paths)?;
     println!(
-        "{} ({} paths: {} Image::inode + {} Image::lookup calls)",
-        counting.report("ours, one run"),
+        "ours, one run: {} ({} paths: {} Image::inode + {} Image::lookup calls)",
+        counting.report("read_at calls (pread)", 4),
         paths.len(),
         paths.len() + depth,
         depth
@@ -661,21 +585,6 @@ fn kernel_manifest(root: &Path, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-fn run_cmd(cmd: &mut Command, what: &str) -> Res<Vec<u8>> {
-    let out = cmd
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("{what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(out.stdout)
-}
-
 /// Builds the uncompressed image of the usr tree: kernel view of the
 /// fixture copied out with `cp -a`, then `mkfs.erofs -T0`.
 fn build_plain_image(work: &Path, usr_image: &Path) -> Res<(PathBuf, String)> {
@@ -807,8 +716,8 @@ fn bench_manifest(work: &Path, usr_image: &Path, runs: usize, rows: &mut Vec<Row
     ));
     ours_manifest_lib(counting.clone())?;
     println!(
-        "{}",
-        counting.report("ours (library, same reads as manifest), one run")
+        "ours (library, same reads as manifest), one run: {}",
+        counting.report("read_at calls (pread)", 4)
     );
     let mem_src: Arc<dyn Source> = Arc::new(MemorySource::from_vec(bytes));
 
@@ -888,13 +797,6 @@ fn bench_manifest(work: &Path, usr_image: &Path, runs: usize, rows: &mut Vec<Row
 
 // -------------------------------------------------------------------- main
 
-fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("EROFS_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
-}
-
 fn runs_from_env(default: usize) -> Res<usize> {
     match std::env::var("BENCH_RUNS") {
         Ok(v) => v
@@ -904,28 +806,6 @@ fn runs_from_env(default: usize) -> Res<usize> {
             .ok_or_else(|| format!("BENCH_RUNS={v}: want a positive integer")),
         Err(_) => Ok(default),
     }
-}
-
-fn machine() -> String {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let os = fs::read_to_string("/etc/os-release")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("PRETTY_NAME=")
-                .map(|s| s.trim_matches('"').to_string())
-        })
-        .unwrap_or_default();
-    format!("{os}, kernel {}, {cores} cores ({cpu})", kernel.trim())
 }
 
 fn run() -> Res<()> {
