@@ -50,7 +50,15 @@ pub struct MountArgs {
     /// How long the kernel may cache names, attributes and data.
     #[arg(long, value_enum, default_value_t = CacheArg::Always)]
     cache: CacheArg,
+    /// Readahead of the mount in KiB (its `read_ahead_kb` in sysfs): with
+    /// more than one request's worth, sequential reads of compressed files
+    /// are decoded by several workers at once. 0 keeps the kernel's 128.
+    #[arg(long, default_value_t = DEFAULT_READAHEAD_KB)]
+    readahead_kb: u32,
 }
+
+/// Default `--readahead-kb`: four 1 MiB requests in flight.
+pub const DEFAULT_READAHEAD_KB: u32 = 4096;
 
 impl MountArgs {
     /// Opens and checks the image, mounts, serves until unmounted (or
@@ -74,6 +82,7 @@ impl MountArgs {
             fsname: "erofs-virtiofsd".into(),
             subtype: "erofs-virtiofsd".into(),
             max_read: DEFAULT_MAX_READ,
+            readahead_kb: (self.readahead_kb != 0).then_some(self.readahead_kb),
         })?;
         if !self.foreground {
             if let Err(e) = devfuse::daemonize() {

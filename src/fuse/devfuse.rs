@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -64,6 +65,10 @@ pub struct MountConfig {
     pub subtype: String,
     /// Largest READ the kernel may send (`max_read=`).
     pub max_read: u32,
+    /// `read_ahead_kb` to give the mount once INIT is answered (the kernel
+    /// caps it to the 128 KiB it offers when it processes the INIT reply);
+    /// `None` keeps the kernel's.
+    pub readahead_kb: Option<u32>,
 }
 
 /// A live FUSE mount: the device fd the kernel talks to.
@@ -72,6 +77,7 @@ pub struct FuseMount {
     fd: OwnedFd,
     mountpoint: PathBuf,
     max_read: u32,
+    readahead_kb: Option<u32>,
 }
 
 fn cstring(p: &Path) -> io::Result<CString> {
@@ -153,7 +159,62 @@ pub fn mount(cfg: &MountConfig) -> Result<FuseMount, DevFuseError> {
         fd,
         mountpoint: cfg.mountpoint.clone(),
         max_read: cfg.max_read,
+        readahead_kb: cfg.readahead_kb,
     })
+}
+
+/// The `MAJOR:MINOR` device of the newest mount on `mountpoint`, from
+/// /proc/self/mountinfo: unlike stat(2) this does not touch the new FUSE
+/// mount, which would wait for an INIT nobody answers yet.
+fn mount_device(mountpoint: &Path) -> io::Result<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = mountpoint.as_os_str().as_bytes();
+    info.lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let dev = f.nth(2)?;
+            let point = unescape_mountinfo(f.nth(1)?);
+            (point == want).then(|| dev.to_owned())
+        })
+        .next_back()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "mount not in /proc/self/mountinfo"))
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let oct = b.get(i + 1..i + 4).and_then(|d| {
+            let d = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(d, 8).ok()
+        });
+        match oct {
+            Some(v) if c == b'\\' => {
+                out.push(v);
+                i += 4;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Sets `read_ahead_kb` of the FUSE mount on `mountpoint` (its backing
+/// device info in sysfs). FUSE offers 128 KiB at INIT, so a daemon cannot
+/// ask for more there; with more, the kernel reads ahead in requests of up
+/// to `max_read` bytes, several at a time, which the workers serve in
+/// parallel. Call it after INIT is answered: the INIT reply caps it.
+pub fn set_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
+    let dev = mount_device(mountpoint)?;
+    std::fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        format!("{kb}\n"),
+    )
 }
 
 /// Unmounts `mountpoint`; when it is busy, detaches it lazily (the kernel
@@ -218,20 +279,26 @@ impl FuseMount {
             .saturating_add(2 * 4096)
             .max(abi::MIN_READ_BUFFER);
         let main_fd = self.fd.as_raw_fd();
+        let init = AfterInit {
+            done: AtomicBool::new(self.readahead_kb.is_none()),
+            mountpoint: &self.mountpoint,
+            readahead_kb: self.readahead_kb.unwrap_or(0),
+        };
         let result = std::thread::scope(|s| {
             let mut handles = Vec::new();
             for (i, fd) in fds.iter().enumerate() {
                 let raw = fd.as_ref().map_or(main_fd, AsRawFd::as_raw_fd);
                 let server = Arc::clone(server);
+                let init = &init;
                 let h = std::thread::Builder::new()
                     .name(format!("fuse-worker-{}", i.saturating_add(1)))
-                    .spawn_scoped(s, move || worker(raw, &server, bufsize));
+                    .spawn_scoped(s, move || worker(raw, &server, bufsize, init));
                 match h {
                     Ok(h) => handles.push(h),
                     Err(e) => return Err(e),
                 }
             }
-            let mut result = worker(main_fd, server, bufsize);
+            let mut result = worker(main_fd, server, bufsize, &init);
             for h in handles {
                 let r = h
                     .join()
@@ -330,9 +397,39 @@ impl ReplySink for DevSink {
     }
 }
 
+/// What the worker that answers INIT does next (any worker may get it: the
+/// clones share the connection's input queue).
+struct AfterInit<'a> {
+    /// Set once done (or when there is nothing to do).
+    done: AtomicBool,
+    mountpoint: &'a Path,
+    readahead_kb: u32,
+}
+
+impl AfterInit<'_> {
+    /// Sets the readahead once the connection is initialised.
+    fn check(&self, server: &Server) {
+        if self.done.load(Ordering::Relaxed)
+            || !server.initialized()
+            || self.done.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Err(e) = set_readahead(self.mountpoint, self.readahead_kb) {
+            use std::io::Write;
+            let _ = writeln!(
+                io::stderr(),
+                "erofs-virtiofsd: warning: cannot set the readahead of {} to {} KiB: {e}",
+                self.mountpoint.display(),
+                self.readahead_kb
+            );
+        }
+    }
+}
+
 /// Reads requests from `fd` and answers them until the device reports
 /// ENODEV (unmounted).
-fn worker(fd: RawFd, server: &Server, bufsize: usize) -> io::Result<()> {
+fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit<'_>) -> io::Result<()> {
     let mut req = vec![0u8; bufsize];
     let mut sink = DevSink::new(fd, bufsize);
     loop {
@@ -356,6 +453,7 @@ fn worker(fd: RawFd, server: &Server, bufsize: usize) -> io::Result<()> {
             }
             return Err(e);
         }
+        init.check(server);
     }
 }
 
