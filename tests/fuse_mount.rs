@@ -612,3 +612,43 @@ fn test_fuse_mount_errors() {
     assert!(err.contains("/dev/fuse"), "no /dev/fuse: {err}");
     assert!(!is_mounted(dir.path()));
 }
+
+/// The `MAJOR:MINOR` of the mount on `dir` (mountinfo's third field).
+fn mount_dev(dir: &Path) -> String {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let want = dir.to_string_lossy();
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&&*want)).then(|| f[2].to_string())
+        })
+        .next_back()
+        .unwrap_or_else(|| panic!("{} not in mountinfo", dir.display()))
+}
+
+#[test]
+fn test_fuse_readahead_is_set_on_the_mount() {
+    assert_kernel_erofs();
+    let cases: [(&[&str], &str); 3] = [
+        (&[], "4096"),
+        (&["--readahead-kb", "1024"], "1024"),
+        // 0 keeps the kernel's: FUSE offers 128 KiB at INIT.
+        (&["--readahead-kb", "0"], "128"),
+    ];
+    for (args, want) in cases {
+        let m = FuseMount::new(&small_image(), &[], args);
+        assert!(fs::read_dir(m.path()).is_ok_and(|d| d.count() > 0));
+        let knob = format!("/sys/class/bdi/{}/read_ahead_kb", mount_dev(m.path()));
+        let mut seen = String::new();
+        // Set by the worker right after it answers INIT.
+        let ok = wait_for(Duration::from_secs(10), || {
+            seen = fs::read_to_string(&knob).unwrap_or_default();
+            seen.trim() == want
+        });
+        assert!(ok, "{args:?}: {knob} is {seen:?}, want {want}");
+        let log = m.stderr_text();
+        assert!(log.is_empty(), "{args:?}: daemon stderr: {log}");
+        let st = m.unmount();
+        assert!(st.is_some_and(|s| s.success()), "{args:?}: exit {st:?}");
+    }
+}

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 
 use super::ImageSource;
 use crate::fuse::devfuse::{self, MountConfig};
+use crate::fuse::uring;
 use crate::fuse::{CachePolicy, Server, ServerOptions, DEFAULT_MAX_READ};
 
 /// `--cache` values.
@@ -55,6 +56,25 @@ pub struct MountArgs {
     /// are decoded by several workers at once. 0 keeps the kernel's 128.
     #[arg(long, default_value_t = DEFAULT_READAHEAD_KB)]
     readahead_kb: u32,
+    /// FUSE over io_uring (Linux 6.14+, when
+    /// /sys/module/fuse/parameters/enable_uring is Y): requests go to a
+    /// queue per CPU served by a thread pinned to that CPU. About twice the
+    /// small-read rate for a reader that stays on one CPU, but sequential
+    /// reads lose the parallel readahead (the kernel queues it on the
+    /// reader's CPU), so it is off by default. `auto`: use it when allowed.
+    #[arg(long, value_enum, default_value_t = UringArg::Off)]
+    io_uring: UringArg,
+}
+
+/// `--io-uring` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UringArg {
+    /// Use it when the kernel allows it.
+    Auto,
+    /// Use it; fail when the kernel does not allow it.
+    On,
+    /// Never: read requests from /dev/fuse only.
+    Off,
 }
 
 /// Default `--readahead-kb`: four 1 MiB requests in flight.
@@ -66,8 +86,10 @@ impl MountArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         // The image is opened and checked before anything is mounted.
         let img = Arc::new(self.src.open()?);
+        let queues = self.uring_queues()?;
         let opts = ServerOptions {
             cache: self.cache.into(),
+            io_uring: !queues.is_empty(),
             ..ServerOptions::default()
         };
         let server = Arc::new(
@@ -91,8 +113,38 @@ impl MountArgs {
             }
         }
         spawn_signal_thread(mountpoint.clone())?;
-        mount.serve(&server, self.threads)?;
+        mount.serve(&server, self.threads, queues)?;
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// The io_uring queues to offer at INIT (none: /dev/fuse only). Made
+    /// before mounting: once INIT agrees on io_uring the kernel holds every
+    /// request until all queues are registered.
+    fn uring_queues(&self) -> anyhow::Result<Vec<uring::Queue>> {
+        const HOW: &str = "echo Y > /sys/module/fuse/parameters/enable_uring";
+        if self.io_uring == UringArg::Off {
+            return Ok(Vec::new());
+        }
+        if !uring::kernel_enabled() {
+            if self.io_uring == UringArg::On {
+                anyhow::bail!("--io-uring on: this kernel does not allow FUSE over io_uring (Linux 6.14+ with `{HOW}`)");
+            }
+            return Ok(Vec::new());
+        }
+        let payload = usize::try_from(DEFAULT_MAX_READ).unwrap_or(usize::MAX);
+        match uring::make_queues(uring::DEFAULT_DEPTH, payload) {
+            Ok(q) => Ok(q),
+            Err(e) if self.io_uring == UringArg::On => {
+                Err(e).context("--io-uring on: setting up the io_uring queues")
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "erofs-virtiofsd: warning: no FUSE over io_uring ({e}); serving /dev/fuse only"
+                );
+                Ok(Vec::new())
+            }
+        }
     }
 }
 

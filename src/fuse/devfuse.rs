@@ -11,14 +11,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{self, OutHeader};
 use super::sink::{out_header, Errno, Fill, ReplySink};
-use super::Server;
+use super::{uring, Server};
 
 /// Why mounting or serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,22 +181,21 @@ fn mount_device(mountpoint: &Path) -> io::Result<String> {
 
 /// Undoes mountinfo's octal escapes (`\040` for a space and so on).
 fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        let oct = b.get(i + 1..i + 4).and_then(|d| {
-            let d = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(d, 8).ok()
-        });
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&c, tail)) = rest.split_first() {
+        let oct = tail
+            .get(..3)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
         match oct {
             Some(v) if c == b'\\' => {
                 out.push(v);
-                i += 4;
+                rest = tail.get(3..).unwrap_or(&[]);
             }
             _ => {
                 out.push(c);
-                i += 1;
+                rest = tail;
             }
         }
     }
@@ -268,7 +266,18 @@ impl FuseMount {
     /// Serves requests with `threads` workers until the filesystem is
     /// unmounted (the device then reads ENODEV). Workers past the first
     /// use cloned fds; if cloning fails they share the main one.
-    pub fn serve(&self, server: &Arc<Server>, threads: usize) -> Result<(), DevFuseError> {
+    ///
+    /// With `queues` (made by [`uring::make_queues`] before INIT, and the
+    /// server's `io_uring` option set), one more thread per queue registers
+    /// it once INIT agreed on FUSE over io_uring and serves the requests
+    /// the kernel puts there; the workers keep serving FORGET and INTERRUPT
+    /// (and everything, if io_uring was not agreed).
+    pub fn serve(
+        &self,
+        server: &Arc<Server>,
+        threads: usize,
+        queues: Vec<uring::Queue>,
+    ) -> Result<(), DevFuseError> {
         let threads = threads.max(1);
         let mut fds: Vec<Option<OwnedFd>> = Vec::with_capacity(threads);
         for _ in 1..threads {
@@ -279,17 +288,33 @@ impl FuseMount {
             .saturating_add(2 * 4096)
             .max(abi::MIN_READ_BUFFER);
         let main_fd = self.fd.as_raw_fd();
-        let init = AfterInit {
-            done: AtomicBool::new(self.readahead_kb.is_none()),
-            mountpoint: &self.mountpoint,
-            readahead_kb: self.readahead_kb.unwrap_or(0),
-        };
+        let init = Arc::new(AfterInit {
+            state: Mutex::new(InitState::Pending),
+            changed: Condvar::new(),
+            mountpoint: self.mountpoint.clone(),
+            readahead_kb: self.readahead_kb,
+        });
+        for q in queues {
+            let (server, init) = (Arc::clone(server), Arc::clone(&init));
+            // Detached: a queue thread ends when the connection does; the
+            // process does not wait for it after the workers are done.
+            std::thread::Builder::new()
+                .name("fuse-uring".into())
+                .spawn(move || {
+                    if init.wait() && server.over_io_uring() {
+                        if let Err(e) = uring::serve_queue(q, main_fd, &server) {
+                            warn(format_args!("FUSE over io_uring queue: {e}"));
+                        }
+                    }
+                })
+                .map_err(DevFuseError::Serve)?;
+        }
         let result = std::thread::scope(|s| {
             let mut handles = Vec::new();
             for (i, fd) in fds.iter().enumerate() {
                 let raw = fd.as_ref().map_or(main_fd, AsRawFd::as_raw_fd);
                 let server = Arc::clone(server);
-                let init = &init;
+                let init = &*init;
                 let h = std::thread::Builder::new()
                     .name(format!("fuse-worker-{}", i.saturating_add(1)))
                     .spawn_scoped(s, move || worker(raw, &server, bufsize, init));
@@ -309,7 +334,78 @@ impl FuseMount {
             }
             result
         });
+        init.set(InitState::Stopped);
         result.map_err(DevFuseError::Serve)
+    }
+}
+
+/// Writes a warning to stderr (the mount command has no logger; stderr is
+/// /dev/null once detached).
+fn warn(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr(), "erofs-virtiofsd: warning: {msg}");
+}
+
+/// Where the connection is in its life, for the threads that wait for INIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitState {
+    Pending,
+    Done,
+    Stopped,
+}
+
+/// What happens once INIT is answered (by any worker: the clones share the
+/// connection's input queue): the readahead is set and the io_uring queue
+/// threads are let go.
+struct AfterInit {
+    state: Mutex<InitState>,
+    changed: Condvar,
+    mountpoint: PathBuf,
+    readahead_kb: Option<u32>,
+}
+
+impl AfterInit {
+    fn state(&self) -> std::sync::MutexGuard<'_, InitState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, to: InitState) {
+        let mut st = self.state();
+        if *st == InitState::Pending {
+            *st = to;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Called after each request: on the first call after INIT was
+    /// answered, sets the readahead and wakes the queue threads.
+    fn check(&self, server: &Server) {
+        if !server.initialized() || *self.state() != InitState::Pending {
+            return;
+        }
+        if let Some(kb) = self.readahead_kb {
+            if let Err(e) = set_readahead(&self.mountpoint, kb) {
+                warn(format_args!(
+                    "cannot set the readahead of {} to {kb} KiB: {e}",
+                    self.mountpoint.display()
+                ));
+            }
+        }
+        self.set(InitState::Done);
+    }
+
+    /// Waits until INIT was answered (true) or serving ended (false).
+    fn wait(&self) -> bool {
+        let mut st = self.state();
+        while *st == InitState::Pending {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *st == InitState::Done
     }
 }
 
@@ -397,39 +493,9 @@ impl ReplySink for DevSink {
     }
 }
 
-/// What the worker that answers INIT does next (any worker may get it: the
-/// clones share the connection's input queue).
-struct AfterInit<'a> {
-    /// Set once done (or when there is nothing to do).
-    done: AtomicBool,
-    mountpoint: &'a Path,
-    readahead_kb: u32,
-}
-
-impl AfterInit<'_> {
-    /// Sets the readahead once the connection is initialised.
-    fn check(&self, server: &Server) {
-        if self.done.load(Ordering::Relaxed)
-            || !server.initialized()
-            || self.done.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        if let Err(e) = set_readahead(self.mountpoint, self.readahead_kb) {
-            use std::io::Write;
-            let _ = writeln!(
-                io::stderr(),
-                "erofs-virtiofsd: warning: cannot set the readahead of {} to {} KiB: {e}",
-                self.mountpoint.display(),
-                self.readahead_kb
-            );
-        }
-    }
-}
-
 /// Reads requests from `fd` and answers them until the device reports
 /// ENODEV (unmounted).
-fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit<'_>) -> io::Result<()> {
+fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit) -> io::Result<()> {
     let mut req = vec![0u8; bufsize];
     let mut sink = DevSink::new(fd, bufsize);
     loop {
@@ -525,4 +591,18 @@ pub fn daemonize() -> io::Result<()> {
     }
     drop::<File>(null);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mountinfo;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/tmp/a\\040b"), b"/tmp/a b");
+        assert_eq!(unescape_mountinfo("/x\\011y\\134z"), b"/x\ty\\z");
+        // Not an escape: kept as is, also at the end.
+        assert_eq!(unescape_mountinfo("/a\\9x\\04"), b"/a\\9x\\04");
+        assert_eq!(unescape_mountinfo(""), b"");
+    }
 }

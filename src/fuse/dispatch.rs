@@ -57,6 +57,9 @@ pub struct ServerOptions {
     pub max_handles: usize,
     /// Background requests the kernel may have in flight (readahead).
     pub max_background: u16,
+    /// Ask for FUSE over io_uring at INIT (the transport has its rings
+    /// ready and will register them once INIT is answered).
+    pub io_uring: bool,
 }
 
 impl Default for ServerOptions {
@@ -66,6 +69,7 @@ impl Default for ServerOptions {
             max_read: DEFAULT_MAX_READ,
             max_handles: DEFAULT_MAX_HANDLES,
             max_background: 64,
+            io_uring: false,
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Server {
     no_open: AtomicBool,
     /// The same for directories.
     no_opendir: AtomicBool,
+    /// INIT agreed on FUSE over io_uring.
+    over_io_uring: AtomicBool,
     pub(crate) nodes: NodeTable,
     pub(crate) handles: HandleTable,
     errors_logged: AtomicU32,
@@ -137,6 +143,7 @@ impl Server {
             minor: AtomicU32::new(0),
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
+            over_io_uring: AtomicBool::new(false),
             nodes: NodeTable::new(),
             errors_logged: AtomicU32::new(0),
         })
@@ -145,6 +152,12 @@ impl Server {
     /// The image served.
     pub fn image(&self) -> &Arc<Image> {
         &self.img
+    }
+
+    /// Whether INIT agreed on FUSE over io_uring (requests then arrive on
+    /// the transport's rings once they are registered).
+    pub fn over_io_uring(&self) -> bool {
+        self.over_io_uring.load(Ordering::Acquire)
     }
 
     /// Whether INIT has been answered.
@@ -387,7 +400,12 @@ impl Server {
             CachePolicy::Auto => want |= CACHE_SYMLINKS | READDIRPLUS_AUTO,
             CachePolicy::Always => want |= CACHE_SYMLINKS | NO_OPEN_SUPPORT | NO_OPENDIR_SUPPORT,
         }
+        if self.opts.io_uring {
+            want |= OVER_IO_URING;
+        }
         let flags = want & kernel;
+        self.over_io_uring
+            .store(flags & OVER_IO_URING != 0, Ordering::Release);
         self.no_open
             .store(flags & NO_OPEN_SUPPORT != 0, Ordering::Release);
         self.no_opendir

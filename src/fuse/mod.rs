@@ -24,6 +24,7 @@ mod sink;
 mod tests;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testutil;
+pub mod uring;
 
 pub use dispatch::{
     CachePolicy, Server, ServerOptions, DEFAULT_MAX_HANDLES, DEFAULT_MAX_READ, LONG_TIMEOUT_SECS,

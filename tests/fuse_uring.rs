@@ -1,0 +1,310 @@
+//! FUSE over io_uring (`erofs-virtiofsd mount --io-uring on|auto`) on the
+//! host kernel (6.14+), against the kernel's EROFS mount.
+//!
+//! - the manifests of three fixtures walked through the mount equal the
+//!   kernel's, and the requests were served by the io_uring queue threads
+//!   (their context switches grow with the walk, the /dev/fuse workers'
+//!   do not);
+//! - readers pinned to every CPU (so every per-CPU queue gets requests)
+//!   read random ranges that equal the kernel's byte for byte;
+//! - SIGTERM and umount end the daemon cleanly;
+//! - `--io-uring on` fails with a clear message before mounting when the
+//!   kernel does not allow it; `auto` then serves /dev/fuse only.
+//!
+//! The tests switch `/sys/module/fuse/parameters/enable_uring` and put it
+//! back afterwards; they take a lock so they do not race on it. Needs root,
+//! /dev/fuse and the kernel EROFS driver.
+
+mod common;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::cli::BIN;
+use common::fixtures::fixture_image;
+use common::fusemount::{is_mounted, wait_for, FuseMount};
+use common::kmount::MountOptions;
+use common::trees::XorShift64;
+use common::{assert_kernel_erofs, assert_manifests_eq, walk_manifest, KernelMount};
+
+const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Holds the lock and `enable_uring` at a value; restores it on drop.
+struct Param {
+    old: String,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Param {
+    fn set(on: bool) -> Param {
+        let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let old = fs::read_to_string(PARAM)
+            .unwrap_or_else(|e| panic!("{PARAM}: {e} (this kernel has no FUSE over io_uring)"));
+        fs::write(PARAM, if on { "Y" } else { "N" })
+            .unwrap_or_else(|e| panic!("writing {PARAM}: {e}"));
+        Param {
+            old: old.trim().to_owned(),
+            _lock: lock,
+        }
+    }
+}
+
+impl Drop for Param {
+    fn drop(&mut self) {
+        let _ = fs::write(PARAM, &self.old);
+    }
+}
+
+/// Voluntary context switches of the daemon's threads named `comm`.
+fn switches(pid: u32, comm: &str) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for t in tasks.flatten() {
+        let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !name.trim().starts_with(comm) {
+            continue;
+        }
+        let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// How many threads of `pid` are named `comm`.
+fn threads_named(pid: u32, comm: &str) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == comm)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[test]
+fn test_uring_manifests_match_kernel_and_use_the_rings() {
+    assert_kernel_erofs();
+    let _p = Param::set(true);
+    for name in ["edge_lz4", "usr_zstd15-ztailpack", "edge_plain-b4096"] {
+        let fx = fixture_image(name);
+        let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fuse = FuseMount::new(&fx.image, &fx.devices(), &["--io-uring", "on"]);
+        let pid = fuse.pid();
+        // The queue threads start right after mount(2) returns.
+        assert!(
+            wait_for(Duration::from_secs(10), || threads_named(pid, "fuse-uring")
+                >= 1),
+            "{name}: no io_uring queue thread"
+        );
+        let (ring0, dev0) = (switches(pid, "fuse-uring"), switches(pid, "fuse-worker"));
+        let kman = walk_manifest(kernel.path());
+        let fman = walk_manifest(fuse.path());
+        assert_manifests_eq(
+            &format!("{name}: kernel vs FUSE over io_uring"),
+            &kman,
+            &fman,
+        );
+        let (ring, dev) = (
+            switches(pid, "fuse-uring") - ring0,
+            switches(pid, "fuse-worker") - dev0,
+        );
+        eprintln!(
+            "{name}: {} entries; queue threads switched {ring} times, /dev/fuse workers {dev}",
+            kman.len()
+        );
+        // Each request wakes a queue thread once at most; a walk of N
+        // entries makes well over N/4 requests (lookups are answered by
+        // READDIRPLUS, but every file is opened and read).
+        assert!(
+            ring as usize >= kman.len() / 4,
+            "{name}: the queue threads served too few requests ({ring} wake-ups for {} entries)",
+            kman.len()
+        );
+        assert!(
+            dev < ring,
+            "{name}: the /dev/fuse workers ({dev}) were busier than the rings ({ring})"
+        );
+        let log = fuse.stderr_text();
+        assert!(log.is_empty(), "{name}: daemon stderr: {log}");
+        let st = fuse.unmount();
+        assert!(st.is_some_and(|s| s.success()), "{name}: exit {st:?}");
+    }
+}
+
+fn pread_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn regular_files(root: &Path, out: &mut Vec<(PathBuf, u64)>) {
+    for e in fs::read_dir(root).expect("readdir").flatten() {
+        let md = fs::symlink_metadata(e.path()).expect("lstat");
+        if md.is_dir() {
+            regular_files(&e.path(), out);
+        } else if md.is_file() {
+            out.push((e.path(), md.len()));
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data written only by CPU_ZERO/CPU_SET;
+    // sched_setaffinity reads it for the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU {cpu}"
+        );
+    }
+}
+
+#[test]
+fn test_uring_random_reads_on_every_cpu_match_kernel() {
+    assert_kernel_erofs();
+    let _p = Param::set(true);
+    for (name, cache) in [("big_lz4hc-C1m", "always"), ("edge_plain-b512", "never")] {
+        let fx = fixture_image(name);
+        let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fuse = FuseMount::new(
+            &fx.image,
+            &fx.devices(),
+            &["--io-uring", "on", "--cache", cache],
+        );
+        let mut files = Vec::new();
+        regular_files(kernel.path(), &mut files);
+        files.sort();
+        assert!(!files.is_empty());
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let reads: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..cpus())
+                .map(|cpu| {
+                    let (files, kernel, fuse) = (&files, &kernel, &fuse);
+                    s.spawn(move || {
+                        pin(cpu);
+                        let mut rng = XorShift64::new(0x0e1a + cpu as u64);
+                        let (mut ours, mut theirs) = (vec![0u8; 1 << 21], vec![0u8; 1 << 21]);
+                        let mut n = 0u64;
+                        while n < 50 || Instant::now() < deadline {
+                            let (kpath, size) = &files[rng.below(files.len() as u64) as usize];
+                            let rel = kpath.strip_prefix(kernel.path()).expect("below root");
+                            let kf = File::open(kpath).expect("kernel open");
+                            let ff = File::open(fuse.path().join(rel))
+                                .unwrap_or_else(|e| panic!("open {}: {e}", rel.display()));
+                            let off = rng.below(size + 4096);
+                            let max = if rng.below(2) == 0 { 8192 } else { 1 << 21 };
+                            let len = 1 + rng.below(max) as usize;
+                            let kn = pread_full(&kf, &mut theirs[..len], off).expect("kernel");
+                            ours[..len].fill(0xa5);
+                            let fnr = pread_full(&ff, &mut ours[..len], off).unwrap_or_else(|e| {
+                                panic!("{name}: {} at {off}: {e}", rel.display())
+                            });
+                            assert_eq!(fnr, kn, "{name}: {} at {off} len {len}", rel.display());
+                            assert!(
+                                ours[..kn] == theirs[..kn],
+                                "{name}: {} at {off} len {len}: bytes differ (CPU {cpu})",
+                                rel.display()
+                            );
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("reader")).sum()
+        });
+        eprintln!("{name}: {reads} random reads on {} CPUs equal", cpus());
+        let log = fuse.stderr_text();
+        assert!(log.is_empty(), "{name}: daemon stderr: {log}");
+        let st = fuse.unmount();
+        assert!(st.is_some_and(|s| s.success()), "{name}: exit {st:?}");
+    }
+}
+
+#[test]
+fn test_uring_lifecycle_signal_and_umount() {
+    assert_kernel_erofs();
+    let _p = Param::set(true);
+    let img = fixture_image("edge_lz4").image;
+    let mut m = FuseMount::new(&img, &[], &["--io-uring", "on"]);
+    let dir = m.path().to_path_buf();
+    assert!(fs::read(dir.join("files/text_4096")).is_ok_and(|d| d.len() == 4096));
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) }, 0);
+    assert!(
+        wait_for(Duration::from_secs(10), || !is_mounted(&dir)),
+        "still mounted after SIGTERM"
+    );
+    let st = m
+        .wait_exit()
+        .expect("the daemon did not exit after SIGTERM");
+    assert!(
+        st.success(),
+        "exit after SIGTERM: {st}: {}",
+        m.stderr_text()
+    );
+    let m = FuseMount::new(&img, &[], &["--io-uring", "on"]);
+    assert!(fs::read_dir(m.path()).is_ok_and(|d| d.count() > 0));
+    let st = m.unmount().expect("the daemon did not exit after umount");
+    assert!(st.success(), "exit after umount: {st}");
+}
+
+#[test]
+fn test_uring_refused_when_the_kernel_does_not_allow_it() {
+    assert_kernel_erofs();
+    let _p = Param::set(false);
+    let img = fixture_image("edge_lz4").image;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&img)
+        .arg(dir.path())
+        .args(["--foreground", "--io-uring", "on"])
+        .output()
+        .expect("running the daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--io-uring on succeeded: {err}");
+    assert!(err.contains("enable_uring"), "unclear message: {err}");
+    assert!(!is_mounted(dir.path()), "mounted although refused");
+    // `auto` falls back to /dev/fuse: no queue threads, the tree reads.
+    let m = FuseMount::new(&img, &[], &["--io-uring", "auto"]);
+    assert!(fs::read(m.path().join("files/text_4096")).is_ok_and(|d| d.len() == 4096));
+    // Served (INIT answered, the workers running): no queue thread exists.
+    assert!(threads_named(m.pid(), "fuse-worker-1") == 1);
+    assert_eq!(threads_named(m.pid(), "fuse-uring"), 0);
+    let st = m.unmount();
+    assert!(st.is_some_and(|s| s.success()), "exit {st:?}");
+}
