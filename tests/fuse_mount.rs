@@ -652,3 +652,199 @@ fn test_fuse_readahead_is_set_on_the_mount() {
         assert!(st.is_some_and(|s| s.success()), "{args:?}: exit {st:?}");
     }
 }
+
+/// Materialises `spans` by reading the host fds.
+fn read_spans(spans: &[erofs_virtiofsd::erofs::Span]) -> Vec<u8> {
+    use erofs_virtiofsd::erofs::Span;
+    let mut out = Vec::new();
+    for s in spans {
+        match *s {
+            Span::Zero(n) => out.resize(out.len() + n, 0),
+            Span::File { fd, offset, len } => {
+                let mut buf = vec![0u8; len];
+                // SAFETY: `buf` is writable for `len` bytes; `fd` is the
+                // image's open descriptor.
+                let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), len, offset as i64) };
+                assert_eq!(n, len as isize, "pread of a span");
+                out.extend_from_slice(&buf);
+            }
+        }
+    }
+    out
+}
+
+/// The host ranges the /dev/fuse transport splices from equal what
+/// `Image::read` returns, for every file of plain images (flat, inline,
+/// holes, 48-bit, chunks with and without a blob device, at an offset),
+/// at many ranges; compressed files and extra devices are never spliced.
+#[test]
+fn test_fuse_spliced_ranges_equal_reads() {
+    let mut spliced = 0usize;
+    let tree = edge_tree();
+    let scratch = image_dir("erofs-spans-");
+    let plain = mkfs(
+        tree.path(),
+        &scratch.path().join("p.erofs"),
+        &["-U", FIXED_UUID],
+    );
+    let chunked = mkfs(
+        tree.path(),
+        &scratch.path().join("c.erofs"),
+        &["-U", FIXED_UUID, "--chunksize=8192"],
+    );
+    let mut at = vec![0x5au8; 12345];
+    at.extend(fs::read(&plain).expect("read image"));
+    let at_path = scratch.path().join("at.img");
+    fs::write(&at_path, at).expect("write");
+    let mut cases: Vec<(String, PathBuf, u64, Vec<PathBuf>)> = vec![
+        ("mkfs plain".into(), plain.clone(), 0, vec![]),
+        ("mkfs chunked".into(), chunked, 0, vec![]),
+        ("mkfs plain at 12345".into(), at_path, 12345, vec![]),
+    ];
+    for name in [
+        "edge_plain-b4096",
+        "edge_plain-b512",
+        "edge_plain-48bit",
+        "big_chunk64k-blobdev",
+        "edge_lz4",
+    ] {
+        let fx = fixture_image(name);
+        let devs = fx.devices().iter().map(|d| d.to_path_buf()).collect();
+        cases.push((name.into(), fx.image.clone(), 0, devs));
+    }
+    for (what, image, offset, devices) in cases {
+        let opts = ImageOptions {
+            devices: devices
+                .iter()
+                .map(|d| open_path(d, 0).expect("blob"))
+                .collect(),
+            ..ImageOptions::default()
+        };
+        let img = Image::open(open_path(&image, offset).expect("open"), opts).expect("open");
+        let mut files = Vec::new();
+        walk(
+            &img,
+            |e| {
+                if e.inode.kind == InodeKind::File {
+                    files.push(e.inode.clone());
+                }
+            },
+            |p, e| panic!("{what}: {}: {e}", String::from_utf8_lossy(p)),
+        )
+        .expect("walk");
+        let mut rng = common::trees::XorShift64::new(7);
+        for inode in &files {
+            let size = inode.size;
+            let mut ranges = vec![(0, size as usize), (size / 2, 65536)];
+            for _ in 0..4 {
+                ranges.push((rng.below(size + 1), 1 + rng.below(300_000) as usize));
+            }
+            for (off, len) in ranges {
+                let Some(spans) = img.plain_spans(inode, off, len, 16).expect("plain_spans") else {
+                    continue;
+                };
+                assert!(
+                    !inode.is_compressed(),
+                    "{what}: spans for a compressed file"
+                );
+                let want_len = len.min(size.saturating_sub(off) as usize);
+                let mut want = vec![0u8; want_len];
+                let n = img.read(inode, off, &mut want).expect("read");
+                assert_eq!(n, want_len);
+                assert!(
+                    read_spans(&spans) == want,
+                    "{what}: nid {} at {off} len {len}: spliced bytes differ",
+                    inode.nid
+                );
+                spliced += 1;
+            }
+        }
+    }
+    eprintln!("{spliced} ranges checked");
+    assert!(spliced > 1000, "only {spliced} ranges could be spliced");
+}
+
+/// An image truncated while mounted: reads of the data that is gone fail
+/// with EIO (the spliced reply finds the file short and the copying path
+/// reports it), the daemon stays up and the rest still reads.
+#[test]
+fn test_fuse_image_truncated_while_mounted() {
+    assert_kernel_erofs();
+    let tree = edge_tree();
+    let scratch = image_dir("erofs-trunc-");
+    let img_path = mkfs(
+        tree.path(),
+        &scratch.path().join("t.erofs"),
+        &["-U", FIXED_UUID],
+    );
+    let img = Image::open(
+        open_path(&img_path, 0).expect("open"),
+        ImageOptions::default(),
+    )
+    .expect("open");
+    // The largest file: its data sits in the back part of the image.
+    let mut biggest: Option<(Vec<u8>, u64)> = None;
+    walk(
+        &img,
+        |e| {
+            if e.inode.kind == InodeKind::File
+                && biggest.as_ref().is_none_or(|(_, s)| e.inode.size > *s)
+            {
+                biggest = Some((e.path.clone(), e.inode.size));
+            }
+        },
+        |_, _| {},
+    )
+    .expect("walk");
+    let (big, size) = biggest.expect("a file");
+    assert!(size >= 1 << 20, "largest file only {size} bytes");
+    let fuse = FuseMount::new(&img_path, &[], &[]);
+    let big_path = fuse.path().join(OsStr::from_bytes(&big[1..]));
+    let small = fuse.path().join("files/log_70000");
+    let small_before = fs::read(&small).expect("small file");
+    // Metadata is read (and cached) before the cut.
+    assert_eq!(fs::metadata(&big_path).expect("stat").len(), size);
+    // Cut the image 8 KiB into the file's data.
+    let inode = img.inode(walk_lookup(&img, &big)).expect("inode");
+    let spans = img
+        .plain_spans(&inode, 0, 4096, 16)
+        .expect("plain_spans")
+        .expect("an uncompressed file in a buffered file splices");
+    let Some(erofs_virtiofsd::erofs::Span::File { offset: start, .. }) = spans.first().copied()
+    else {
+        panic!("the file starts with a hole: {spans:?}");
+    };
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&img_path)
+        .expect("open rw");
+    f.set_len(start + 8192).expect("truncate");
+    let err = fs::read(&big_path).expect_err("reading data past the cut succeeded");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let mut fuse = fuse;
+    assert!(fuse.alive(), "daemon died: {}", fuse.stderr_text());
+    // Cached data still reads; the mount answers.
+    assert_eq!(
+        fs::read(&small).expect("small file after the cut"),
+        small_before
+    );
+    assert!(fs::read_dir(fuse.path()).is_ok_and(|d| d.count() > 0));
+    let st = fuse.unmount();
+    assert!(st.is_some_and(|s| s.success()), "exit {st:?}");
+}
+
+/// The nid at `path` (absolute, as the walk gives it).
+fn walk_lookup(img: &Image, path: &[u8]) -> u64 {
+    let mut nid = None;
+    walk(
+        img,
+        |e| {
+            if e.path == path {
+                nid = Some(e.inode.nid);
+            }
+        },
+        |_, _| {},
+    )
+    .expect("walk");
+    nid.expect("path found")
+}

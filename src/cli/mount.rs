@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use super::ImageSource;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
-use crate::fuse::{CachePolicy, Server, ServerOptions, DEFAULT_MAX_READ};
+use crate::fuse::{CachePolicy, Server, ServerOptions};
 
 /// `--cache` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +77,11 @@ pub enum UringArg {
     Off,
 }
 
+/// Largest READ of the local mount: 252 pages, so that a reply spliced
+/// from the image file (header, and data that may start inside a page)
+/// fits a pipe of the default largest size (1 MiB, 256 buffers).
+pub const MOUNT_MAX_READ: u32 = 252 * 4096;
+
 /// Default `--readahead-kb`: four 1 MiB requests in flight.
 pub const DEFAULT_READAHEAD_KB: u32 = 4096;
 
@@ -89,6 +94,7 @@ impl MountArgs {
         let queues = self.uring_queues()?;
         let opts = ServerOptions {
             cache: self.cache.into(),
+            max_read: MOUNT_MAX_READ,
             io_uring: !queues.is_empty(),
             ..ServerOptions::default()
         };
@@ -103,7 +109,7 @@ impl MountArgs {
             mountpoint: mountpoint.clone(),
             fsname: "erofs-virtiofsd".into(),
             subtype: "erofs-virtiofsd".into(),
-            max_read: DEFAULT_MAX_READ,
+            max_read: MOUNT_MAX_READ,
             readahead_kb: (self.readahead_kb != 0).then_some(self.readahead_kb),
         })?;
         if !self.foreground {
@@ -131,7 +137,7 @@ impl MountArgs {
             }
             return Ok(Vec::new());
         }
-        let payload = usize::try_from(DEFAULT_MAX_READ).unwrap_or(usize::MAX);
+        let payload = usize::try_from(MOUNT_MAX_READ).unwrap_or(usize::MAX);
         match uring::make_queues(uring::DEFAULT_DEPTH, payload) {
             Ok(q) => Ok(q),
             Err(e) if self.io_uring == UringArg::On => {

@@ -18,6 +18,22 @@ use super::zmap::{ZKind, ZMap};
 use super::{Error, Result};
 use crate::source::{read_exact_at, Source};
 
+/// A piece of file data on the host, from [`Image::plain_spans`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// `len` bytes of the open file `fd` at `offset`.
+    File {
+        /// The host file descriptor (owned by the image's source).
+        fd: std::os::fd::RawFd,
+        /// Byte offset in that file.
+        offset: u64,
+        /// Byte count.
+        len: usize,
+    },
+    /// `len` zero bytes (a hole).
+    Zero(usize),
+}
+
 /// Longest symlink target the kernel returns (PAGE_SIZE - 1).
 const SYMLINK_MAX: u64 = 4095;
 /// Largest inline xattr area: 12 + 4 * (65535 - 1) bytes.
@@ -489,6 +505,93 @@ impl Image {
             done = done.saturating_add(n);
         }
         Ok(done)
+    }
+
+    /// Where the bytes `offset..offset + len` (clamped to the file size) of
+    /// an uncompressed file lie on the host: file descriptors and offsets
+    /// to `splice(2)` from, and runs of zeros for holes. `None` when some
+    /// part cannot be spliced (compressed or inline data, an extra device,
+    /// a source that is not a buffered file, a range past the end of the
+    /// image, more than `max_spans` pieces): read it with [`Image::read`],
+    /// which also reports the errors.
+    pub fn plain_spans(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        len: usize,
+        max_spans: usize,
+    ) -> Result<Option<Vec<Span>>> {
+        if inode.is_compressed() {
+            return Ok(None);
+        }
+        let Some((fd, base)) = self.src.splice_fd() else {
+            return Ok(None);
+        };
+        let left = inode.size.saturating_sub(offset);
+        let want = len.min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut spans: Vec<Span> = Vec::new();
+        let mut done = 0usize;
+        while let Some(rest) = want.checked_sub(done).filter(|r| *r > 0) {
+            if spans.len() >= max_spans {
+                return Ok(None);
+            }
+            let pos = offset.saturating_add(done as u64);
+            let ext = self.map(inode, pos)?;
+            let Some((skip, avail)) = pos
+                .checked_sub(ext.la)
+                .and_then(|skip| Some((skip, ext.len.checked_sub(skip)?)))
+                .filter(|(_, avail)| *avail > 0)
+            else {
+                return Ok(None);
+            };
+            let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest);
+            match ext.kind {
+                ExtentKind::Hole => spans.push(Span::Zero(n)),
+                ExtentKind::Mapped { device, pa } => {
+                    if device & self.device_id_mask != 0 || self.in_extra_device(pa) {
+                        return Ok(None);
+                    }
+                    let Some(end) = pa
+                        .checked_add(skip)
+                        .and_then(|p| Some((p, p.checked_add(n as u64)?)))
+                    else {
+                        return Ok(None);
+                    };
+                    if end.1 > self.src.size() {
+                        return Ok(None);
+                    }
+                    let Some(at) = base.checked_add(end.0) else {
+                        return Ok(None);
+                    };
+                    match spans.last_mut() {
+                        Some(Span::File { offset, len, .. })
+                            if offset.checked_add(*len as u64) == Some(at) =>
+                        {
+                            *len = len.saturating_add(n);
+                        }
+                        _ => spans.push(Span::File {
+                            fd,
+                            offset: at,
+                            len: n,
+                        }),
+                    }
+                }
+                ExtentKind::Inline(_) => return Ok(None),
+            }
+            done = done.saturating_add(n);
+        }
+        Ok(Some(spans))
+    }
+
+    /// Whether physical address `pa` (of device id 0) falls in an extra
+    /// device's unified range (read from that device, not the primary).
+    fn in_extra_device(&self, pa: u64) -> bool {
+        let bs = self.sb.blkszbits;
+        self.devices.iter().any(|dev| {
+            let start = dev.uniaddr << bs;
+            let end = start.saturating_add(dev.blocks << bs);
+            dev.src.is_some() && dev.uniaddr != 0 && (start..end).contains(&pa)
+        })
     }
 
     /// The extent of `inode` holding byte `off` (`off < size`), as

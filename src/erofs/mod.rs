@@ -26,7 +26,7 @@ pub mod zmap;
 
 pub use dir::{DirBlock, DirEntry, FileType};
 pub use error::{Error, Result};
-pub use image::{Image, ImageOptions};
+pub use image::{Image, ImageOptions, Span};
 pub use inode::{Inode, InodeKind, MetaPos};
 pub use map::{Extent, ExtentKind};
 pub use metacache::MetaBytes;

@@ -5,6 +5,7 @@ use std::io;
 use zerocopy::IntoBytes;
 
 use super::abi::OutHeader;
+use crate::erofs::Span;
 
 /// An errno to send back (positive, e.g. `libc::ENOENT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,20 @@ pub trait ReplySink {
     /// bytes written. If `fill` fails, the sink sends a header-only reply
     /// with that errno instead.
     fn send_with(&mut self, unique: u64, len: usize, fill: &mut Fill<'_>) -> io::Result<()>;
+
+    /// Whether [`send_spans`](Self::send_spans) may take file data as host
+    /// file ranges (worth asking the image for them).
+    fn can_splice(&self) -> bool {
+        false
+    }
+
+    /// Sends a reply whose payload is `spans` (host file ranges and zeros),
+    /// moved by the kernel without passing through user space. Returns
+    /// `Ok(false)` when nothing was sent and the caller should send the
+    /// data with [`send_with`](Self::send_with) instead.
+    fn send_spans(&mut self, _unique: u64, _spans: &[Span]) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Builds the header of a reply with `payload` bytes after it.

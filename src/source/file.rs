@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -56,5 +57,9 @@ impl Source for FileSource {
 
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn splice_fd(&self) -> Option<(RawFd, u64)> {
+        Some((self.file.as_raw_fd(), 0))
     }
 }

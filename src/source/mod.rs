@@ -12,6 +12,7 @@ mod memory;
 
 use std::fmt::Debug;
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 pub use direct::DirectFileSource;
@@ -31,6 +32,13 @@ pub trait Source: Send + Sync + Debug {
 
     /// Borrowed view of `len` bytes at `offset`, when the source is memory.
     fn slice(&self, _offset: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    /// A file descriptor whose bytes at `base + offset` are this source's
+    /// bytes at `offset`, for `splice(2)` straight from the host page cache
+    /// (buffered files only); `None` when the bytes must be read.
+    fn splice_fd(&self) -> Option<(RawFd, u64)> {
         None
     }
 }
@@ -121,6 +129,11 @@ impl Source for Window {
             return None;
         }
         self.inner.slice(self.start + offset, len)
+    }
+
+    fn splice_fd(&self) -> Option<(RawFd, u64)> {
+        let (fd, base) = self.inner.splice_fd()?;
+        Some((fd, base.checked_add(self.start)?))
     }
 }
 
