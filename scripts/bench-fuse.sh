@@ -28,7 +28,10 @@
 # erofsfuse squashfuse"), OURS (target/release/erofs-virtiofsd), OURS_ARGS
 # (extra `mount` options, e.g. "--threads 2 --cache auto"),
 # BENCH_DIR (scratch, default target/bench-fuse), EROFS_FIXTURES
-# (../shared/fixtures).
+# (../shared/fixtures), RA_KB (if set: every mount, the kernel's and each
+# FUSE daemon's, gets this `read_ahead_kb` after mounting; default: each
+# keeps its own, ours sets 4096 itself), FIO_CPU (if set: fio runs under
+# `taskset -c FIO_CPU`, a reader that stays on one CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -43,6 +46,8 @@ ONLY=${ONLY:-.}
 BACKENDS=${BACKENDS:-ours kernel erofsfuse squashfuse}
 OURS=${OURS:-target/release/erofs-virtiofsd}
 OURS_ARGS=${OURS_ARGS:-}
+RA_KB=${RA_KB:-}
+FIO_CPU=${FIO_CPU:-}
 BENCH_DIR=${BENCH_DIR:-target/bench-fuse}
 FIXTURES=${EROFS_FIXTURES:-../shared/fixtures}/images
 PY=/usr/bin/python3
@@ -170,6 +175,13 @@ mount_fs() {
   if ! wait_mounted "$mnt" "${fuse_pid[$b]:-}"; then
     umount_fs "$b"
     return 1
+  fi
+  if [ -n "$RA_KB" ]; then
+    # After INIT (stat answers only then): the INIT reply caps it.
+    stat "$mnt" >/dev/null
+    local dev
+    dev=$(awk -v m="$mnt" '$5 == m {d = $3} END {print d}' /proc/self/mountinfo)
+    echo "$RA_KB" >"/sys/class/bdi/$dev/read_ahead_kb"
   fi
 }
 
@@ -346,7 +358,8 @@ op_run() {
     fio)
       # fio's own run time of the FIO_IOS reads (its start-up not counted).
       local out
-      out=$(fio --name=rand4k --filename="$mnt/$arg" --readonly --rw=randread \
+      # shellcheck disable=SC2086 # the taskset prefix is a word list
+      out=$(${FIO_CPU:+taskset -c $FIO_CPU} fio --name=rand4k --filename="$mnt/$arg" --readonly --rw=randread \
         --bs=4k --ioengine=psync --number_ios="$FIO_IOS" --randrepeat=1 \
         --randseed=42 --norandommap --output-format=terse --terse-version=3 \
         2>>"$log/fio.err") || return 1
@@ -518,6 +531,10 @@ echo
 echo "Notes:"
 printf -- '- %s\n' "${notes[@]}"
 echo
+ra_text="each backend's own (the kernel and the peers 128 KiB; ours sets 4096 KiB on its mount)"
+[ -n "$RA_KB" ] && ra_text="every mount's \`read_ahead_kb\` set to $RA_KB after mounting"
+cpu_text="any (the scheduler's choice)"
+[ -n "$FIO_CPU" ] && cpu_text="\`taskset -c $FIO_CPU\` (fio stays on CPU $FIO_CPU)"
 echo "Commands (IMG = the row's image, MNT = a mount point):"
 for c in "${commands[@]}"; do echo "- \`$c\`"; done
 cat <<EOF
@@ -531,6 +548,8 @@ cat <<EOF
 - fio: \`fio --name=rand4k --filename=MNT/FILE --readonly --rw=randread --bs=4k --ioengine=psync --number_ios=$FIO_IOS --randrepeat=1 --randseed=42 --norandommap --output-format=terse --terse-version=3\` (time = fio's read run time)
 - find: \`find MNT -ls >/dev/null\`
 - tar: \`tar -C MNT -cf - . | cat >/dev/null\`
+- readahead: $ra_text
+- fio CPU: $cpu_text
 - check (VERIFY=1, untimed, once per backend and row): md5 of FILE; of \`find . \\( -type d -printf '%P d %m\\n' \\) -o -printf '%P %y %s %m %l\\n' | sort\`; of every file's bytes in name order
 EOF
 echo
