@@ -179,9 +179,7 @@ mount_fs() {
   if [ -n "$RA_KB" ]; then
     # After INIT (stat answers only then): the INIT reply caps it.
     stat "$mnt" >/dev/null
-    local dev
-    dev=$(awk -v m="$mnt" '$5 == m {d = $3} END {print d}' /proc/self/mountinfo)
-    echo "$RA_KB" >"/sys/class/bdi/$dev/read_ahead_kb"
+    echo "$RA_KB" >"/sys/class/bdi/$(mountpoint -d "$mnt")/read_ahead_kb"
   fi
 }
 
