@@ -142,12 +142,19 @@ PY
 kernel_loop=0
 declare -A fuse_pid=()
 
+# erofs_bdis: the erofs-N bdis (one per file-backed EROFS mount), sorted.
+erofs_bdis() {
+  find /sys/class/bdi -maxdepth 1 -name 'erofs-*' -printf '%f\n' | sort
+}
+
 # mount_fs BACKEND IMAGE: mounts IMAGE at the backend's mount point.
 mount_fs() {
   local b=$1 img=$2 mnt
   mnt=$(mnt_of "$b")
   mkdir -p "$mnt"
   is_mounted "$mnt" && umount_fs "$b"
+  local bdis_before
+  bdis_before=$(erofs_bdis)
   case $b in
     kernel)
       if ! kernel_mount "$img" "$mnt"; then
@@ -179,7 +186,16 @@ mount_fs() {
   if [ -n "$RA_KB" ]; then
     # After INIT (stat answers only then): the INIT reply caps it.
     stat "$mnt" >/dev/null
-    echo "$RA_KB" >"/sys/class/bdi/$(mountpoint -d "$mnt")/read_ahead_kb"
+    local bdi
+    if [ "$b" = kernel ]; then
+      # A file-backed EROFS mount has a bdi of its own, erofs-N (its
+      # st_dev is not a bdi): the one that appeared with this mount.
+      bdi=$(comm -13 <(echo "$bdis_before") <(erofs_bdis) | head -n1)
+      [ -n "$bdi" ] || bdi=$(mountpoint -d "$mnt")
+    else
+      bdi=$(mountpoint -d "$mnt")
+    fi
+    echo "$RA_KB" >"/sys/class/bdi/$bdi/read_ahead_kb"
   fi
 }
 
