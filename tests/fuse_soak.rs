@@ -18,11 +18,8 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::io;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,6 +27,7 @@ use std::time::{Duration, Instant};
 use common::fixtures::fixture_image;
 use common::fusemount::FuseMount;
 use common::kmount::MountOptions;
+use common::rangeread::{list_files, pread_full};
 use common::trees::XorShift64;
 use common::{assert_kernel_erofs, KernelMount};
 
@@ -44,21 +42,6 @@ struct Target {
     files: Vec<(Vec<u8>, u64)>,
     /// Indexes of files larger than 64 KiB.
     large: Vec<usize>,
-}
-
-fn list_files(dir: &Path, prefix: &[u8], out: &mut Vec<(Vec<u8>, u64)>) {
-    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display())) {
-        let e = e.expect("dirent");
-        let mut p = prefix.to_vec();
-        p.push(b'/');
-        p.extend_from_slice(e.file_name().as_bytes());
-        let md = fs::symlink_metadata(e.path()).expect("lstat");
-        if md.is_dir() {
-            list_files(&e.path(), &p, out);
-        } else if md.is_file() {
-            out.push((p, md.len()));
-        }
-    }
 }
 
 fn target(name: &'static str, cache: &str) -> Target {
@@ -79,19 +62,6 @@ fn target(name: &'static str, cache: &str) -> Target {
         files,
         large,
     }
-}
-
-fn pread_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 fn random_len(rng: &mut XorShift64) -> u64 {

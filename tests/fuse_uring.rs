@@ -18,8 +18,6 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -29,6 +27,7 @@ use common::cli::BIN;
 use common::fixtures::fixture_image;
 use common::fusemount::{is_mounted, wait_for, FuseMount};
 use common::kmount::MountOptions;
+use common::rangeread::pread_full;
 use common::trees::XorShift64;
 use common::{assert_kernel_erofs, assert_manifests_eq, walk_manifest, KernelMount};
 
@@ -157,19 +156,6 @@ fn test_uring_manifests_match_kernel_and_use_the_rings() {
         let st = fuse.unmount();
         assert!(st.is_some_and(|s| s.success()), "{name}: exit {st:?}");
     }
-}
-
-fn pread_full(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 fn regular_files(root: &Path, out: &mut Vec<(PathBuf, u64)>) {

@@ -467,7 +467,7 @@ fn describe_extent(img: &Image, inode: &Inode, at: u64) -> String {
 }
 
 /// pread until `buf` is full or end of file.
-fn pread_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub fn pread_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], offset + done as u64) {
@@ -482,7 +482,7 @@ fn pread_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 
 /// Appends every regular file under `dir` (raw path `prefix/...`) with its
 /// size; does not follow symlinks.
-fn list_files(dir: &Path, prefix: &[u8], out: &mut Vec<(Vec<u8>, u64)>) {
+pub fn list_files(dir: &Path, prefix: &[u8], out: &mut Vec<(Vec<u8>, u64)>) {
     let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
     for entry in entries {
         let entry = entry.unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
