@@ -298,18 +298,17 @@ pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Server) -> io::Result<()> {
     }
     let mut live = q.entries.len();
     let mut req = Vec::with_capacity(4096);
+    // Completions of one wait (the ring is borrowed again to commit them).
+    let mut done: Vec<(u64, i32)> = Vec::with_capacity(q.entries.len());
     while live > 0 {
         match q.ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => return Err(e),
         }
-        let done: Vec<(u64, i32)> = q
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (ud, res) in done {
+        done.clear();
+        done.extend(q.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(ud, res) in &done {
             let Some(e) = usize::try_from(ud).ok().and_then(|i| q.entries.get_mut(i)) else {
                 continue;
             };
