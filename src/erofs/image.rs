@@ -443,33 +443,44 @@ impl Image {
                 }
             };
         }
+        if let Some((src, rel)) = self.extra_device_at(pa) {
+            return self.read_from(src, "extra device", "file data", rel, buf);
+        }
+        self.read_primary("file data", pa, buf)
+    }
+
+    /// The extra device (given as a source) whose unified address range
+    /// holds physical address `pa` of device id 0, with `pa`'s offset in
+    /// it; `None`: `pa` is in the primary image.
+    fn extra_device_at(&self, pa: u64) -> Option<(&dyn Source, u64)> {
+        let bs = self.sb.blkszbits;
         for dev in &self.devices {
-            let Some(src) = &dev.src else { break };
+            let src = dev.src.as_ref()?;
             if dev.uniaddr == 0 {
                 continue;
             }
             let start = dev.uniaddr << bs;
             let end = start.saturating_add(dev.blocks << bs);
             if let Some(rel) = pa.checked_sub(start).filter(|_| pa < end) {
-                return self.read_from(src.as_ref(), "extra device", "file data", rel, buf);
+                return Some((src.as_ref(), rel));
             }
         }
-        self.read_primary("file data", pa, buf)
+        None
     }
 
-    /// Reads file data at `offset` into `buf`; returns bytes read (short
-    /// only at end of file).
-    pub fn read(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let Some(left) = inode.size.checked_sub(offset).filter(|l| *l > 0) else {
-            return Ok(0);
-        };
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        if inode.is_compressed() {
-            self.read_compressed(inode, offset, &mut buf[..want])?;
-            return Ok(want);
-        }
+    /// Walks the extents of uncompressed `inode` over `want` bytes from
+    /// `offset` (within the file): `each(done, n, kind, skip)` gets each
+    /// piece, `done` bytes into the range, `n` bytes long, starting `skip`
+    /// bytes into its extent of kind `kind`; it returns whether to go on.
+    fn for_each_piece(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        want: usize,
+        mut each: impl FnMut(usize, usize, ExtentKind, u64) -> Result<bool>,
+    ) -> Result<()> {
         let mut done = 0usize;
-        // Each pass copies at least one byte, so this ends after `want`
+        // Each pass covers at least one byte, so this ends after `want`
         // passes at most.
         while let Some(rest) = want.checked_sub(done).filter(|r| *r > 0) {
             let pos = offset.saturating_add(done as u64);
@@ -486,8 +497,28 @@ impl Image {
                 ));
             };
             let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest);
+            if !each(done, n, ext.kind, skip)? {
+                break;
+            }
+            done = done.saturating_add(n);
+        }
+        Ok(())
+    }
+
+    /// Reads file data at `offset` into `buf`; returns bytes read (short
+    /// only at end of file).
+    pub fn read(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let Some(left) = inode.size.checked_sub(offset).filter(|l| *l > 0) else {
+            return Ok(0);
+        };
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if inode.is_compressed() {
+            self.read_compressed(inode, offset, &mut buf[..want])?;
+            return Ok(want);
+        }
+        self.for_each_piece(inode, offset, want, |done, n, kind, skip| {
             let out = &mut buf[done..][..n];
-            match ext.kind {
+            match kind {
                 ExtentKind::Hole => out.fill(0),
                 ExtentKind::Mapped { device, pa } => {
                     let pa = pa.checked_add(skip).ok_or_else(|| {
@@ -502,9 +533,9 @@ impl Image {
                     self.meta_into("inline data", p, out)?;
                 }
             }
-            done = done.saturating_add(n);
-        }
-        Ok(done)
+            Ok(true)
+        })?;
+        Ok(want)
     }
 
     /// Where the bytes `offset..offset + len` (clamped to the file size) of
@@ -530,68 +561,41 @@ impl Image {
         let left = inode.size.saturating_sub(offset);
         let want = len.min(usize::try_from(left).unwrap_or(usize::MAX));
         let mut spans: Vec<Span> = Vec::new();
-        let mut done = 0usize;
-        while let Some(rest) = want.checked_sub(done).filter(|r| *r > 0) {
-            if spans.len() >= max_spans {
-                return Ok(None);
-            }
-            let pos = offset.saturating_add(done as u64);
-            let ext = self.map(inode, pos)?;
-            let Some((skip, avail)) = pos
-                .checked_sub(ext.la)
-                .and_then(|skip| Some((skip, ext.len.checked_sub(skip)?)))
-                .filter(|(_, avail)| *avail > 0)
-            else {
-                return Ok(None);
+        let mut whole = true;
+        self.for_each_piece(inode, offset, want, |_, n, kind, skip| {
+            let span = match kind {
+                ExtentKind::Hole => Some(Span::Zero(n)),
+                ExtentKind::Mapped { device, pa } => pa
+                    .checked_add(skip)
+                    .filter(|&p| {
+                        device & self.device_id_mask == 0
+                            && self.extra_device_at(p).is_none()
+                            && p.checked_add(n as u64)
+                                .is_some_and(|e| e <= self.src.size())
+                    })
+                    .and_then(|p| base.checked_add(p))
+                    .map(|at| Span::File {
+                        fd,
+                        offset: at,
+                        len: n,
+                    }),
+                ExtentKind::Inline(_) => None,
             };
-            let n = usize::try_from(avail).unwrap_or(usize::MAX).min(rest);
-            match ext.kind {
-                ExtentKind::Hole => spans.push(Span::Zero(n)),
-                ExtentKind::Mapped { device, pa } => {
-                    if device & self.device_id_mask != 0 || self.in_extra_device(pa) {
-                        return Ok(None);
-                    }
-                    let Some(end) = pa
-                        .checked_add(skip)
-                        .and_then(|p| Some((p, p.checked_add(n as u64)?)))
-                    else {
-                        return Ok(None);
-                    };
-                    if end.1 > self.src.size() {
-                        return Ok(None);
-                    }
-                    let Some(at) = base.checked_add(end.0) else {
-                        return Ok(None);
-                    };
-                    match spans.last_mut() {
-                        Some(Span::File { offset, len, .. })
-                            if offset.checked_add(*len as u64) == Some(at) =>
-                        {
-                            *len = len.saturating_add(n);
-                        }
-                        _ => spans.push(Span::File {
-                            fd,
-                            offset: at,
-                            len: n,
-                        }),
-                    }
+            let full = spans.len() >= max_spans;
+            match (span, spans.last_mut()) {
+                (None, _) => whole = false,
+                // Contiguous with the previous piece: one span.
+                (Some(Span::File { offset: at, .. }), Some(Span::File { offset, len, .. }))
+                    if offset.checked_add(*len as u64) == Some(at) =>
+                {
+                    *len = len.saturating_add(n);
                 }
-                ExtentKind::Inline(_) => return Ok(None),
+                (Some(_), _) if full => whole = false,
+                (Some(span), _) => spans.push(span),
             }
-            done = done.saturating_add(n);
-        }
-        Ok(Some(spans))
-    }
-
-    /// Whether physical address `pa` (of device id 0) falls in an extra
-    /// device's unified range (read from that device, not the primary).
-    fn in_extra_device(&self, pa: u64) -> bool {
-        let bs = self.sb.blkszbits;
-        self.devices.iter().any(|dev| {
-            let start = dev.uniaddr << bs;
-            let end = start.saturating_add(dev.blocks << bs);
-            dev.src.is_some() && dev.uniaddr != 0 && (start..end).contains(&pa)
-        })
+            Ok(whole)
+        })?;
+        Ok(whole.then_some(spans))
     }
 
     /// The extent of `inode` holding byte `off` (`off < size`), as
