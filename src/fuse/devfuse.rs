@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -290,6 +291,7 @@ impl FuseMount {
             .max(abi::MIN_READ_BUFFER);
         let main_fd = self.fd.as_raw_fd();
         let init = Arc::new(AfterInit {
+            acted: AtomicBool::new(false),
             state: Mutex::new(InitState::Pending),
             changed: Condvar::new(),
             mountpoint: self.mountpoint.clone(),
@@ -359,6 +361,9 @@ enum InitState {
 /// connection's input queue): the readahead is set and the io_uring queue
 /// threads are let go.
 struct AfterInit {
+    /// Set by the one worker that acts on INIT: every later request checks
+    /// only this, not the lock.
+    acted: AtomicBool,
     state: Mutex<InitState>,
     changed: Condvar,
     mountpoint: PathBuf,
@@ -383,7 +388,10 @@ impl AfterInit {
     /// Called after each request: on the first call after INIT was
     /// answered, sets the readahead and wakes the queue threads.
     fn check(&self, server: &Server) {
-        if !server.initialized() || *self.state() != InitState::Pending {
+        if self.acted.load(Ordering::Relaxed)
+            || !server.initialized()
+            || self.acted.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         if let Some(kb) = self.readahead_kb {
