@@ -848,3 +848,71 @@ fn walk_lookup(img: &Image, path: &[u8]) -> u64 {
     .expect("walk");
     nid.expect("path found")
 }
+
+/// How many of `path`'s pages are in the host page cache, and how many it
+/// has (`mincore` over a mapping that is never touched, so the count does
+/// not fault anything in).
+fn resident_pages(path: &Path) -> (usize, usize) {
+    let f = fs::File::open(path).expect("open image");
+    let len = usize::try_from(f.metadata().expect("stat").len()).expect("size");
+    assert!(len > 0);
+    let pages = len.div_ceil(4096);
+    // SAFETY: a fresh shared read-only mapping of an open file; it is only
+    // passed to mincore and unmapped below, never dereferenced.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `map` is a mapping of `len` bytes and `vec` has one byte per
+    // page of it.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(map, len) };
+    assert_eq!(rc, 0, "mincore: {err}");
+    (vec.iter().filter(|b| *b & 1 == 1).count(), pages)
+}
+
+/// Reading uncompressed files through the mount must not take the image's
+/// pages out of the host page cache: a spliced reply that lets the kernel
+/// move (steal) those pages into the mount's own cache leaves the image
+/// cold for every other reader of it (and was twice as slow).
+#[test]
+fn test_fuse_reads_leave_the_image_cached() {
+    assert_kernel_erofs();
+    let scratch = image_dir("erofs-steal-");
+    let tree = scratch.path().join("tree");
+    fs::create_dir(&tree).expect("mkdir");
+    let data = common::trees::XorShift64::new(7).bytes(24 << 20);
+    fs::write(tree.join("big"), &data).expect("write");
+    let img_path = mkfs(&tree, &scratch.path().join("p.erofs"), &["-U", FIXED_UUID]);
+    let image_bytes = fs::read(&img_path).expect("read image");
+    assert!(image_bytes.len() >= data.len());
+    let (before, pages) = resident_pages(&img_path);
+    assert_eq!(
+        before, pages,
+        "the image is not all cached after reading it"
+    );
+    let fuse = FuseMount::new(&img_path, &[], &[]);
+    assert!(
+        fs::read(fuse.path().join("big")).expect("read through the mount") == data,
+        "content differs"
+    );
+    let (after, _) = resident_pages(&img_path);
+    let st = fuse.unmount();
+    assert!(st.is_some_and(|s| s.success()), "exit {st:?}");
+    assert_eq!(
+        after,
+        pages,
+        "reading through the mount took {} of the image's {pages} pages out of the page cache",
+        pages - after
+    );
+}
