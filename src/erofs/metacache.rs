@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
+use foldhash::fast::RandomState;
+
 const SHARDS: usize = 16;
 
 /// Bytes of metadata: borrowed from a memory source, a slice of a cached
@@ -36,7 +38,7 @@ impl Deref for MetaBytes<'_> {
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<u64, (Arc<[u8]>, u64)>,
+    map: HashMap<u64, (Arc<[u8]>, u64), RandomState>,
     tick: u64,
 }
 

@@ -2,11 +2,15 @@
 //!
 //! Sequential reads through one pcluster decode it once; concurrent readers
 //! of the same pcluster wait for the first decoder instead of decoding it
-//! again. Entries are evicted least-recently-used once the decoded bytes
-//! exceed the budget.
+//! again. Once the decoded bytes exceed the budget, entries are evicted in
+//! second-chance (CLOCK) order: the oldest entry goes unless it was used
+//! since it was last passed over, so a hit costs a flag and an eviction
+//! O(1) amortised, however many extents are cached.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use foldhash::fast::RandomState;
 
 use super::{Error, Result};
 
@@ -39,17 +43,57 @@ type Slot = Arc<OnceLock<std::result::Result<Decoded, String>>>;
 #[derive(Debug)]
 struct Entry {
     slot: Slot,
-    last_use: u64,
+    /// Used since the clock hand last passed it.
+    referenced: bool,
+    /// Which insertion of `key` this is (stale clock positions of an
+    /// earlier, removed entry of the same key are skipped).
+    generation: u64,
     bytes: u64,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<Key, Entry>,
+    map: HashMap<Key, Entry, RandomState>,
+    /// Every entry once, oldest first, with its generation: the clock.
+    clock: VecDeque<(Key, u64)>,
     /// Extents read whole once and not cached (admission on second use).
-    seen: HashSet<Key>,
-    tick: u64,
+    seen: HashSet<Key, RandomState>,
+    generation: u64,
     bytes: u64,
+}
+
+impl Inner {
+    /// Evicts decoded entries until at most `budget` bytes are held.
+    /// Entries still being decoded (no bytes yet) and recently used ones
+    /// get another round; stale clock positions are dropped. Each pass
+    /// over an entry either evicts it or clears its flag, so this ends.
+    fn evict_to(&mut self, budget: u64) {
+        let mut spared = 0usize;
+        while self.bytes > budget {
+            let Some((key, generation)) = self.clock.pop_front() else {
+                return;
+            };
+            let Some(e) = self.map.get_mut(&key) else {
+                continue;
+            };
+            if e.generation != generation {
+                continue;
+            }
+            if e.bytes == 0 || e.referenced {
+                e.referenced = false;
+                self.clock.push_back((key, generation));
+                spared = spared.saturating_add(1);
+                if spared > self.clock.len().saturating_mul(2) {
+                    // Everything left is being decoded.
+                    return;
+                }
+                continue;
+            }
+            if let Some(e) = self.map.remove(&key) {
+                self.bytes = self.bytes.saturating_sub(e.bytes);
+            }
+        }
+    }
 }
 
 /// What [`ZCache::lookup`] found.
@@ -98,15 +142,25 @@ impl ZCache {
     ) -> Result<Decoded> {
         let slot = {
             let mut g = self.lock()?;
-            g.tick = g.tick.wrapping_add(1);
-            let tick = g.tick;
-            let e = g.map.entry(key).or_insert_with(|| Entry {
-                slot: Arc::new(OnceLock::new()),
-                last_use: tick,
-                bytes: 0,
-            });
-            e.last_use = tick;
-            e.slot.clone()
+            if let Some(e) = g.map.get_mut(&key) {
+                e.referenced = true;
+                e.slot.clone()
+            } else {
+                g.generation = g.generation.wrapping_add(1);
+                let generation = g.generation;
+                let slot: Slot = Arc::new(OnceLock::new());
+                g.map.insert(
+                    key,
+                    Entry {
+                        slot: slot.clone(),
+                        referenced: false,
+                        generation,
+                        bytes: 0,
+                    },
+                );
+                g.clock.push_back((key, generation));
+                slot
+            }
         };
         let mut fresh = false;
         let r = slot.get_or_init(|| {
@@ -144,8 +198,6 @@ impl ZCache {
             let Ok(mut g) = self.inner.lock() else {
                 return Lookup::Absent { again: false };
             };
-            g.tick = g.tick.wrapping_add(1);
-            let tick = g.tick;
             let Some(e) = g.map.get_mut(&key) else {
                 if !whole || self.budget == 0 {
                     return Lookup::Absent { again: false };
@@ -159,7 +211,7 @@ impl ZCache {
                 g.seen.insert(key);
                 return Lookup::Absent { again: false };
             };
-            e.last_use = tick;
+            e.referenced = true;
             e.slot.clone()
         };
         match slot.get() {
@@ -185,19 +237,12 @@ impl ZCache {
         }
         e.bytes = len;
         g.bytes = g.bytes.saturating_add(len);
-        // Evict least recently used decoded entries until within budget;
-        // entries still being decoded (no bytes yet) stay.
-        while g.bytes > self.budget {
-            let victim = g
-                .map
-                .iter()
-                .filter(|(_, e)| e.bytes > 0)
-                .min_by_key(|(_, e)| e.last_use)
-                .map(|(k, _)| *k);
-            let Some(k) = victim else { break };
-            if let Some(e) = g.map.remove(&k) {
-                g.bytes = g.bytes.saturating_sub(e.bytes);
-            }
+        g.evict_to(self.budget);
+        if g.clock.len() > g.map.len().saturating_mul(2).saturating_add(64) {
+            // Mostly stale positions (failed decodes): rebuild the clock
+            // from the live entries, oldest first.
+            let Inner { map, clock, .. } = &mut *g;
+            clock.retain(|(k, generation)| map.get(k).is_some_and(|e| e.generation == *generation));
         }
         Ok(())
     }
@@ -275,6 +320,43 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn test_zcache_used_entries_get_a_second_chance() {
+        let c = ZCache::new(30);
+        for pa in 0..3 {
+            c.get_or_decode(key(pa), || Ok(vec![0; 10])).unwrap();
+        }
+        // Entry 0, the oldest, is used again: entry 1 goes first.
+        assert!(matches!(c.lookup(key(0), false), Lookup::Ready(_)));
+        c.get_or_decode(key(3), || Ok(vec![0; 10])).unwrap();
+        assert!(matches!(c.lookup(key(0), false), Lookup::Ready(_)));
+        assert!(matches!(c.lookup(key(1), false), Lookup::Absent { .. }));
+        assert!(matches!(c.lookup(key(2), false), Lookup::Ready(_)));
+        assert_eq!(c.bytes(), 30);
+    }
+
+    #[test]
+    fn test_zcache_clock_stays_bounded() {
+        // Many evictions and failed decodes (whose entries are removed
+        // without eviction): the clock keeps about one position per entry.
+        let c = ZCache::new(100);
+        for pa in 0..10_000u64 {
+            if pa % 3 == 0 {
+                let _ = c.get_or_decode(key(pa), || Err(Error::corrupt(None, "x", "bad")));
+            } else {
+                c.get_or_decode(key(pa), || Ok(vec![0; 10])).unwrap();
+            }
+        }
+        let g = c.inner.lock().unwrap();
+        assert!(g.bytes <= 100);
+        assert!(g.map.len() <= 10, "{} entries", g.map.len());
+        assert!(
+            g.clock.len() <= 2 * g.map.len() + 65,
+            "{} clock positions",
+            g.clock.len()
+        );
     }
 
     #[test]

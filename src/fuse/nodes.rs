@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use foldhash::fast::RandomState;
+
 use crate::erofs::Inode;
 
 const SHARDS: usize = 16;
@@ -22,7 +24,7 @@ struct Node {
 /// Node id -> (decoded inode, lookup count), sharded for parallel access.
 #[derive(Debug)]
 pub(crate) struct NodeTable {
-    shards: Vec<Mutex<HashMap<u64, Node>>>,
+    shards: Vec<Mutex<HashMap<u64, Node, RandomState>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -34,11 +36,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl NodeTable {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
         }
     }
 
-    fn shard(&self, nodeid: u64) -> &Mutex<HashMap<u64, Node>> {
+    fn shard(&self, nodeid: u64) -> &Mutex<HashMap<u64, Node, RandomState>> {
         // SHARDS is a power of two; the low bits of nids are well spread.
         let i = usize::try_from(nodeid & SHARD_MASK).unwrap_or(0);
         &self.shards[i]
