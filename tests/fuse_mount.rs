@@ -916,3 +916,102 @@ fn test_fuse_reads_leave_the_image_cached() {
         pages - after
     );
 }
+
+/// The bytes of `path` as the page cache sees them: read through a shared
+/// mapping (pages the cache holds are not asked for again).
+fn read_mapped(path: &Path) -> Vec<u8> {
+    let f = fs::File::open(path).expect("open");
+    let len = usize::try_from(f.metadata().expect("stat").len()).expect("size");
+    if len == 0 {
+        return Vec::new();
+    }
+    // SAFETY: a fresh shared read-only mapping of an open file on a
+    // read-only mount, copied out and unmapped before returning.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    // SAFETY: `map` is readable for `len` bytes until the munmap below.
+    let out = unsafe { std::slice::from_raw_parts(map.cast::<u8>(), len) }.to_vec();
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(map, len) };
+    out
+}
+
+/// A 4 KiB read in a file with large pclusters decodes a whole extent; the
+/// daemon pushes the rest of it into the mount's page cache
+/// (FUSE_NOTIFY_STORE), as the kernel's EROFS fills the page cache for all
+/// of a decoded pcluster. The pages appear without being read, and every
+/// page the cache then holds equals the kernel's.
+#[test]
+fn test_fuse_pushes_decoded_extents_into_the_page_cache() {
+    assert_kernel_erofs();
+    let mut pushed_somewhere = 0usize;
+    for name in [
+        "big_lz4hc-C1m",
+        "big_zstd-dedupe-fragments",
+        "edge_lzma109-C1m",
+        "edge_lz4hc-C64k",
+        "edge_lzma-allfragments",
+        "edge_multialg-hints",
+        "edge_zstd-b2048-ztailpack",
+    ] {
+        let fx = fixture_image(name);
+        let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fuse = FuseMount::new(&fx.image, &fx.devices(), &[]);
+        let mut files = Vec::new();
+        common::rangeread::list_files(kernel.path(), b"", &mut files);
+        files.sort();
+        files.retain(|(_, size)| *size >= 256 << 10);
+        assert!(!files.is_empty(), "{name}: no file of 256 KiB or more");
+        let mut pushed = 0usize;
+        for (rel, size) in files.iter().take(6) {
+            let rel = OsStr::from_bytes(&rel[1..]);
+            let (fpath, kpath) = (fuse.path().join(rel), kernel.path().join(rel));
+            let pages = usize::try_from(size.div_ceil(4096)).expect("pages");
+            let (before, _) = resident_pages(&fpath);
+            assert_eq!(before, 0, "{name}/{rel:?}: cached before any read");
+            let f = fs::File::open(&fpath).expect("open through FUSE");
+            let at = (size / 2) & !4095;
+            let mut page = [0u8; 4096];
+            let n = common::rangeread::pread_full(&f, &mut page, at).expect("pread");
+            let want = fs::read(&kpath).expect("kernel read");
+            let end = usize::try_from(at).expect("offset");
+            assert_eq!(&page[..n], &want[end..end + n], "{name}/{rel:?} at {at}");
+            // The push is asynchronous: wait until the cache holds more
+            // than the page read (or give up; not every extent is large).
+            let grew = wait_for(Duration::from_secs(3), || resident_pages(&fpath).0 > 1);
+            let (held, _) = resident_pages(&fpath);
+            assert!(held <= pages);
+            if grew {
+                pushed += 1;
+            }
+            let seen = read_mapped(&fpath);
+            assert!(
+                seen == want,
+                "{name}/{rel:?}: the page cache ({held} pages after one read) differs from the kernel's file"
+            );
+        }
+        eprintln!(
+            "{name}: pushes seen for {pushed} of {} files",
+            files.len().min(6)
+        );
+        pushed_somewhere += pushed;
+        let mut fuse = fuse;
+        assert!(fuse.alive(), "{name}: daemon died: {}", fuse.stderr_text());
+        let st = fuse.unmount();
+        assert!(st.is_some_and(|s| s.success()), "{name}: exit {st:?}");
+    }
+    assert!(
+        pushed_somewhere >= 10,
+        "only {pushed_somewhere} files got pushed pages"
+    );
+}

@@ -21,7 +21,8 @@ pub enum CacheArg {
     Never,
     /// Short (1 s) timeouts.
     Auto,
-    /// Long timeouts, page and directory cache kept (the image is immutable).
+    /// Long timeouts, page and directory cache kept (the image is immutable);
+    /// the rest of each decoded extent is pushed into the page cache.
     Always,
 }
 

@@ -80,6 +80,42 @@ impl Image {
         Ok(())
     }
 
+    /// The logical range `[start, end)` decoded anyway to read bytes
+    /// `offset..offset + len` of a compressed inode: from the start of the
+    /// pcluster extent holding `offset` to the end of the one holding the
+    /// last byte (clipped to the file size). Where an end falls in a hole
+    /// or a fragment, the range stops at the request there. `None` for
+    /// inodes that are not compressed and for empty ranges.
+    pub fn decoded_range(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<(u64, u64)>> {
+        let end = offset.saturating_add(len).min(inode.size);
+        if !inode.is_compressed() || offset >= end {
+            return Ok(None);
+        }
+        let zmap = ZMap::new(self, inode)?;
+        let first = zmap.map(offset)?;
+        let start = match first.kind {
+            ZKind::Encoded { .. } => first.la.min(offset),
+            _ => offset,
+        };
+        let last_pos = end.saturating_sub(1);
+        let first_end = first.la.saturating_add(first.llen);
+        let last = if last_pos < first_end {
+            first
+        } else {
+            zmap.map(last_pos)?
+        };
+        let stop = match last.kind {
+            ZKind::Encoded { .. } => last.la.saturating_add(last.llen).max(end),
+            _ => end,
+        };
+        Ok(Some((start, stop.min(inode.size))))
+    }
+
     /// Reads fragment bytes from the packed inode.
     fn read_fragment(&self, inode: &Inode, off: u64, out: &mut [u8]) -> Result<()> {
         let sb = self.superblock();

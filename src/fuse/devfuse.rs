@@ -297,6 +297,16 @@ impl FuseMount {
             mountpoint: self.mountpoint.clone(),
             readahead_kb: self.readahead_kb,
         });
+        // Decoded pages nobody read yet go to the page cache through a
+        // descriptor of the pushing thread's own.
+        match self.fd.try_clone() {
+            Ok(fd) => {
+                if let Err(e) = server.start_pushing(fd) {
+                    warn(format_args!("no page cache pushing: {e}"));
+                }
+            }
+            Err(e) => warn(format_args!("no page cache pushing: {e}")),
+        }
         for q in queues {
             let (server, init) = (Arc::clone(server), Arc::clone(&init));
             // Detached: a queue thread ends when the connection does; the
@@ -338,6 +348,7 @@ impl FuseMount {
             result
         });
         init.set(InitState::Stopped);
+        server.stop_pushing();
         result.map_err(DevFuseError::Serve)
     }
 }

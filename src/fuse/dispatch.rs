@@ -12,13 +12,15 @@
 //! reports for the nid.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use zerocopy::{Immutable, IntoBytes};
 
 use super::abi::{self, *};
 use super::nodes::{Handle, HandleTable, NodeTable};
+use super::push::{PushStats, Pusher, SMALL_READ};
 use super::request::{parse_header, BatchForget, Op};
 use super::sink::{out_header, Errno, ReplySink};
 use crate::erofs::{ondisk, Image, Inode, InodeKind};
@@ -126,6 +128,9 @@ pub struct Server {
     pub(crate) nodes: NodeTable,
     pub(crate) handles: HandleTable,
     errors_logged: AtomicU32,
+    /// Pushes decoded pages nobody read yet into the page cache (set by a
+    /// `/dev/fuse` transport).
+    pusher: OnceLock<Pusher>,
 }
 
 /// How many image errors are logged to stderr (then they are only counted).
@@ -153,12 +158,38 @@ impl Server {
             over_io_uring: AtomicBool::new(false),
             nodes: NodeTable::new(),
             errors_logged: AtomicU32::new(0),
+            pusher: OnceLock::new(),
         })
     }
 
     /// The image served.
     pub fn image(&self) -> &Arc<Image> {
         &self.img
+    }
+
+    /// Starts pushing the rest of each decoded extent into the page cache
+    /// after a read of compressed data (see [`Pusher`]), through `fd`, a
+    /// descriptor of the mount's `/dev/fuse` connection. Only with
+    /// [`CachePolicy::Always`] (otherwise, or when already started, it does
+    /// nothing and returns `Ok(false)`).
+    pub fn start_pushing(&self, fd: OwnedFd) -> io::Result<bool> {
+        if self.opts.cache != CachePolicy::Always || self.pusher.get().is_some() {
+            return Ok(false);
+        }
+        let p = Pusher::start(Arc::clone(&self.img), fd)?;
+        Ok(self.pusher.set(p).is_ok())
+    }
+
+    /// Stops pushing (the pushing thread ends).
+    pub fn stop_pushing(&self) {
+        if let Some(p) = self.pusher.get() {
+            p.close();
+        }
+    }
+
+    /// What the pushing thread did (zeros when not pushing).
+    pub fn push_stats(&self) -> PushStats {
+        self.pusher.get().map(Pusher::stats).unwrap_or_default()
     }
 
     /// Whether INIT agreed on FUSE over io_uring (requests then arrive on
@@ -708,6 +739,11 @@ impl Server {
                 })
         };
         sink.send_with(h.unique, len, &mut fill)?;
+        if let Some(p) = self.pusher.get().filter(|_| (len as u64) < SMALL_READ) {
+            if let Ok(Some(range)) = img.decoded_range(&inode, r.offset, len as u64) {
+                p.offer(h.nodeid, &inode, r.offset, len as u64, range);
+            }
+        }
         Ok(())
     }
 

@@ -18,6 +18,7 @@ pub mod devfuse;
 mod dirops;
 mod dispatch;
 mod nodes;
+pub mod push;
 pub mod request;
 mod sink;
 #[cfg(test)]

@@ -1,0 +1,373 @@
+//! Filling the mount's page cache with decoded data nobody asked for yet
+//! (`FUSE_NOTIFY_STORE`), the way the kernel's own EROFS fills the page
+//! cache for every page of a pcluster it decoded, not just the pages that
+//! were read.
+//!
+//! A 4 KiB read in a file with 64 KiB or 1 MiB pclusters decodes the whole
+//! extent; without this every other page of it costs the reader another
+//! round trip through the daemon (served from the decode cache, but a round
+//! trip is most of the cost). After answering such a read the dispatcher
+//! [offers](Pusher::offer) the rest of the decoded range; one thread per
+//! mount sends it. The workers never wait for that thread: when its queue is
+//! full an offer is dropped. That matters for more than speed: storing into
+//! the page cache waits for pages another READ has locked, and that READ
+//! needs a worker to answer it.
+//!
+//! Only for `/dev/fuse` mounts with the page cache kept (`--cache always`):
+//! virtio-fs has no notifications.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use zerocopy::{Immutable, IntoBytes, KnownLayout};
+
+use crate::erofs::{Image, Inode};
+
+use super::abi::OutHeader;
+use super::sink::OUT_HEADER_LEN;
+
+/// `FUSE_NOTIFY_STORE`.
+pub const NOTIFY_STORE: i32 = 4;
+
+/// Most bytes pushed on either side of one read.
+pub const MAX_PUSH: u64 = 1 << 20;
+
+/// Less than this on both sides of a read together is not pushed: a few
+/// pages are not worth a system call and a page-cache walk.
+pub const MIN_PUSH: u64 = 64 << 10;
+
+/// Reads this long or longer are not followed by pushes: they come from
+/// readahead, whose next requests ask for the rest anyway (pushing it too
+/// made sequential reads of 1 MiB pclusters 15-20% slower).
+pub const SMALL_READ: u64 = 64 << 10;
+
+/// Offers waiting for the pushing thread; more are dropped.
+const QUEUE: usize = 64;
+
+/// Recently pushed ranges remembered, so that reads landing in the same
+/// extent do not push it again.
+const RECENT: usize = 128;
+
+/// `struct fuse_notify_store_out`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, IntoBytes, Immutable, KnownLayout)]
+struct NotifyStoreOut {
+    nodeid: u64,
+    offset: u64,
+    size: u32,
+    padding: u32,
+}
+
+struct Push {
+    nodeid: u64,
+    inode: Arc<Inode>,
+    offset: u64,
+    len: u64,
+}
+
+/// Counts of what the pushing thread did (for tests and logs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushStats {
+    /// Ranges stored into the kernel's page cache.
+    pub stored: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Offers dropped because the queue was full.
+    pub dropped: u64,
+}
+
+/// Hands decoded ranges to the pushing thread.
+#[derive(Debug)]
+pub struct Pusher {
+    tx: Mutex<Option<SyncSender<Push>>>,
+    recent: Mutex<VecDeque<(u64, u64)>>,
+    stats: Arc<Mutex<PushStats>>,
+    page: u64,
+}
+
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Push({} @{}+{})", self.nodeid, self.offset, self.len)
+    }
+}
+
+impl Pusher {
+    /// Starts the pushing thread, which writes notifications to `fd` (its
+    /// own descriptor of the mount's `/dev/fuse` connection) and reads the
+    /// data from `img`. It ends at [`close`](Self::close) or when the
+    /// connection goes away.
+    pub fn start(img: Arc<Image>, fd: OwnedFd) -> io::Result<Pusher> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let stats = Arc::new(Mutex::new(PushStats::default()));
+        let thread_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("fuse-push".into())
+            .spawn(move || run(&rx, &img, &fd, &thread_stats))?;
+        Ok(Pusher {
+            tx: Mutex::new(Some(tx)),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            stats,
+            page: page_size(),
+        })
+    }
+
+    /// Stops taking offers; the thread ends once the queue is empty.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+    }
+
+    /// What the thread has done so far.
+    pub fn stats(&self) -> PushStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// A read of `offset..offset + len` of `inode` (node `nodeid`) was
+    /// answered and decoding it produced `decoded` (from
+    /// [`Image::decoded_range`]): offers the whole pages of `decoded` on
+    /// either side of the read, at most [`MAX_PUSH`] bytes each, nearest
+    /// the read first; nothing when that is under [`MIN_PUSH`] in all or
+    /// the read is not [small](SMALL_READ).
+    pub fn offer(
+        &self,
+        nodeid: u64,
+        inode: &Arc<Inode>,
+        offset: u64,
+        len: u64,
+        decoded: (u64, u64),
+    ) {
+        for (a, b) in push_ranges(self.page, inode.size, offset, len, decoded) {
+            if b > a {
+                self.send(nodeid, inode, a, b.saturating_sub(a));
+            }
+        }
+    }
+
+    fn send(&self, nodeid: u64, inode: &Arc<Inode>, offset: u64, len: u64) {
+        {
+            let Ok(mut recent) = self.recent.lock() else {
+                return;
+            };
+            if recent.contains(&(nodeid, offset)) {
+                return;
+            }
+            if recent.len() >= RECENT {
+                recent.pop_front();
+            }
+            recent.push_back((nodeid, offset));
+        }
+        let Ok(tx) = self.tx.lock() else {
+            return;
+        };
+        let Some(tx) = tx.as_ref() else {
+            return;
+        };
+        let push = Push {
+            nodeid,
+            inode: Arc::clone(inode),
+            offset,
+            len,
+        };
+        match tx.try_send(push) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.dropped = s.dropped.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+/// The ranges [`Pusher::offer`] pushes, after the read then before it
+/// (empty ones are `(x, x)`): whole pages of `decoded` outside the read's
+/// pages (a partial page only at the end of a `size`-byte file), at most
+/// [`MAX_PUSH`] bytes each, nothing when under [`MIN_PUSH`] in all or when
+/// the read is not [small](SMALL_READ).
+fn push_ranges(
+    page: u64,
+    size: u64,
+    offset: u64,
+    len: u64,
+    decoded: (u64, u64),
+) -> [(u64, u64); 2] {
+    let (start, end) = decoded;
+    let up = |x: u64| x.div_ceil(page).saturating_mul(page);
+    let down = |x: u64| x.checked_div(page).unwrap_or(0).saturating_mul(page);
+    // The read's own pages are in the cache already.
+    let read_start = down(offset);
+    let read_end = up(offset.saturating_add(len)).min(size);
+    let stop = if end >= size { size } else { down(end) };
+    let after = (
+        read_end,
+        stop.min(read_end.saturating_add(MAX_PUSH)).max(read_end),
+    );
+    let before_start = up(start)
+        .max(read_start.saturating_sub(MAX_PUSH))
+        .min(read_start);
+    let before = (before_start, read_start);
+    let total = after
+        .1
+        .saturating_sub(after.0)
+        .saturating_add(before.1.saturating_sub(before.0));
+    if total < MIN_PUSH || len >= SMALL_READ {
+        return [(read_end, read_end), (read_start, read_start)];
+    }
+    [after, before]
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads its argument.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+fn run(rx: &Receiver<Push>, img: &Image, fd: &OwnedFd, stats: &Mutex<PushStats>) {
+    let mut buf = Vec::new();
+    while let Ok(p) = rx.recv() {
+        let Ok(len) = usize::try_from(p.len) else {
+            continue;
+        };
+        buf.resize(len, 0);
+        // Anything the image cannot give is simply not pushed: the reader
+        // asks for it and gets the error then.
+        match img.read(&p.inode, p.offset, &mut buf) {
+            Ok(n) if n == len => {}
+            _ => continue,
+        }
+        match store(fd, p.nodeid, p.offset, &buf) {
+            Ok(()) => {
+                if let Ok(mut s) = stats.lock() {
+                    s.stored = s.stored.saturating_add(1);
+                    s.bytes = s.bytes.saturating_add(p.len);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return,
+            // ENOENT: the kernel no longer has the inode; nothing to do.
+            Err(_) => {}
+        }
+    }
+}
+
+/// Writes one `FUSE_NOTIFY_STORE` of `data` at `offset` of node `nodeid`.
+fn store(fd: &OwnedFd, nodeid: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+    let size = u32::try_from(data.len()).map_err(io::Error::other)?;
+    let out = NotifyStoreOut {
+        nodeid,
+        offset,
+        size,
+        padding: 0,
+    };
+    let body = std::mem::size_of::<NotifyStoreOut>().saturating_add(data.len());
+    let header = OutHeader {
+        len: u32::try_from(body.saturating_add(OUT_HEADER_LEN)).map_err(io::Error::other)?,
+        error: NOTIFY_STORE,
+        unique: 0,
+    };
+    let parts: [&[u8]; 3] = [header.as_bytes(), out.as_bytes(), data];
+    let iov = parts.map(|p| libc::iovec {
+        iov_base: p.as_ptr().cast_mut().cast(),
+        iov_len: p.len(),
+    });
+    loop {
+        // SAFETY: the three iovecs point at live slices borrowed for the
+        // call; writev only reads them.
+        let rc = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 3) };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::fuse::testutil::{memory_image, TINY_IMAGE};
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+
+    const K: u64 = 1024;
+
+    #[test]
+    fn test_push_ranges() {
+        let p = 4096;
+        // A 4 KiB read in the middle of a 1 MiB extent of a big file.
+        assert_eq!(
+            push_ranges(p, 10 << 20, 512 * K, 4 * K, (0, 1 << 20)),
+            [(516 * K, 1 << 20), (0, 512 * K)]
+        );
+        // Unaligned read and extent ends: whole pages only.
+        assert_eq!(
+            push_ranges(p, 10 << 20, 512 * K + 100, 10, (100, (1 << 20) - 100)),
+            [(516 * K, (1 << 20) - 4 * K), (4 * K, 512 * K)]
+        );
+        // At the end of the file the partial last page is pushed.
+        assert_eq!(
+            push_ranges(p, 300 * K + 5, 8 * K, 4 * K, (0, 300 * K + 5)),
+            [(12 * K, 300 * K + 5), (0, 8 * K)]
+        );
+        // Capped at MAX_PUSH on each side, nearest the read.
+        assert_eq!(
+            push_ranges(p, 64 << 20, 4 << 20, 4 * K, (0, 16 << 20)),
+            [((4 << 20) + 4 * K, (5 << 20) + 4 * K), (3 << 20, 4 << 20)]
+        );
+        // Too little to bother.
+        let none = push_ranges(p, 1 << 20, 8 * K, 4 * K, (0, 48 * K));
+        assert!(none.iter().all(|(a, b)| a == b), "{none:?}");
+        // The read covers the extent.
+        let none = push_ranges(p, 1 << 20, 0, 128 * K, (0, 128 * K));
+        assert!(none.iter().all(|(a, b)| a == b), "{none:?}");
+        // A readahead-sized read in a larger extent: the rest is asked for
+        // next anyway.
+        let none = push_ranges(p, 4 << 20, 0, 128 * K, (0, 1 << 20));
+        assert!(none.iter().all(|(a, b)| a == b), "{none:?}");
+    }
+
+    #[test]
+    fn test_push_writes_a_notify_store() {
+        let img = memory_image(TINY_IMAGE).unwrap();
+        let root = img.inode(img.root_nid()).unwrap();
+        let (nid, _) = img.lookup(&root, b"big").unwrap().unwrap();
+        let inode = Arc::new(img.inode(nid).unwrap());
+        let mut want = vec![0u8; 8204];
+        assert_eq!(img.read(&inode, 4096, &mut want).unwrap(), want.len());
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just made and are owned here only.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let pusher = Pusher::start(Arc::clone(&img), w).unwrap();
+        pusher.send(77, &inode, 4096, 8204);
+        // The same range again is not pushed twice.
+        pusher.send(77, &inode, 4096, 8204);
+        pusher.close();
+        let mut got = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut got).unwrap();
+        let body = 24 + want.len();
+        assert_eq!(got.len(), 16 + body, "one message");
+        assert_eq!(&got[0..4], &((16 + body) as u32).to_ne_bytes());
+        assert_eq!(&got[4..8], &NOTIFY_STORE.to_ne_bytes());
+        assert_eq!(&got[8..16], &0u64.to_ne_bytes());
+        assert_eq!(&got[16..24], &77u64.to_ne_bytes());
+        assert_eq!(&got[24..32], &4096u64.to_ne_bytes());
+        assert_eq!(&got[32..36], &8204u32.to_ne_bytes());
+        assert_eq!(&got[40..], &want[..]);
+        assert_eq!(
+            pusher.stats(),
+            PushStats {
+                stored: 1,
+                bytes: 8204,
+                dropped: 0
+            }
+        );
+    }
+}
