@@ -1015,3 +1015,118 @@ fn test_fuse_pushes_decoded_extents_into_the_page_cache() {
         "only {pushed_somewhere} files got pushed pages"
     );
 }
+
+/// A reader going through a directory in listing order (tar, cp -r) gets
+/// the small files after the one it reads pushed into the page cache: they
+/// appear without being read, and read back equal to the kernel's. Files
+/// read out of order push nothing.
+#[test]
+fn test_fuse_pushes_files_read_in_listing_order() {
+    assert_kernel_erofs();
+    let scratch = image_dir("erofs-stream-");
+    let tree = scratch.path().join("tree");
+    let mut rng = common::trees::XorShift64::new(11);
+    for d in ["seq", "rand", "other"] {
+        let dir = tree.join(d);
+        fs::create_dir_all(&dir).expect("mkdir");
+        for i in 0..40u64 {
+            // Mostly small text-like files, one larger than a batch takes.
+            let len = if i == 20 {
+                300_000
+            } else {
+                1 + rng.below(20_000)
+            };
+            let data: Vec<u8> = (0..len)
+                .map(|j| b"abcdefgh\n"[(j % 9) as usize] ^ (i as u8 & 7))
+                .collect();
+            fs::write(dir.join(format!("f{i:02}")), data).expect("write");
+        }
+        fs::create_dir(dir.join("sub")).expect("mkdir");
+        fs::write(dir.join("sub/x"), b"x").expect("write");
+    }
+    for (what, img) in [
+        (
+            "plain",
+            mkfs(&tree, &scratch.path().join("p.erofs"), &["-U", FIXED_UUID]),
+        ),
+        (
+            "lz4",
+            mkfs_compressed(
+                &tree,
+                &scratch.path().join("z.erofs"),
+                "lz4",
+                &["-U", FIXED_UUID],
+            ),
+        ),
+    ] {
+        let kernel =
+            KernelMount::mount(&img, &MountOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let fuse = FuseMount::new(&img, &[], &[]);
+        let listing = |d: &str| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = fs::read_dir(fuse.path().join(d))
+                .expect("readdir")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| p.is_file())
+                .collect();
+            // read_dir gives the listing order; keep it.
+            v.dedup();
+            v
+        };
+        let resident = |p: &Path| resident_pages(p);
+        let full = |p: &Path| {
+            let (held, pages) = resident(p);
+            held == pages
+        };
+        // Out of order first: reading the 6th file of "rand" pushes nothing.
+        let rand = listing("rand");
+        fs::read(&rand[5]).expect("read");
+        // In order: the first file of "seq", then the batch after it.
+        let seq = listing("seq");
+        assert!(seq.len() >= 40, "{what}: {} files listed", seq.len());
+        fs::read(&seq[0]).expect("read");
+        assert!(
+            wait_for(Duration::from_secs(5), || full(&seq[1])),
+            "{what}: the file after the first one read was not pushed: {:?}",
+            resident(&seq[1])
+        );
+        // Pushes go out in order, one thread: anything "rand" had queued
+        // before is done by now.
+        assert_eq!(
+            resident(&rand[6]).0,
+            0,
+            "{what}: a file read out of order pushed its neighbour"
+        );
+        // The batch stops before the large file; reading that one starts the
+        // next batch.
+        let big = seq
+            .iter()
+            .position(|p| fs::metadata(p).unwrap().len() > 200_000)
+            .expect("big file");
+        assert!(full(&seq[big - 1]), "{what}: {:?} not pushed", seq[big - 1]);
+        assert_eq!(
+            resident(&seq[big]).0,
+            0,
+            "{what}: the large file was pushed"
+        );
+        fs::read(&seq[big]).expect("read");
+        assert!(
+            wait_for(Duration::from_secs(5), || full(&seq[big + 1])),
+            "{what}: the batch after the large file was not pushed"
+        );
+        // Every page the cache holds equals the kernel's.
+        for d in ["seq", "rand"] {
+            for p in listing(d) {
+                let rel = p.strip_prefix(fuse.path()).expect("under the mount");
+                let want = fs::read(kernel.path().join(rel)).expect("kernel read");
+                assert!(
+                    read_mapped(&p) == want,
+                    "{what}: {rel:?} differs from the kernel's"
+                );
+            }
+        }
+        let mut fuse = fuse;
+        assert!(fuse.alive(), "{what}: daemon died: {}", fuse.stderr_text());
+        let st = fuse.unmount();
+        assert!(st.is_some_and(|s| s.success()), "{what}: exit {st:?}");
+    }
+}

@@ -22,7 +22,8 @@ pub enum CacheArg {
     /// Short (1 s) timeouts.
     Auto,
     /// Long timeouts, page and directory cache kept (the image is immutable);
-    /// the rest of each decoded extent is pushed into the page cache.
+    /// the rest of each decoded extent, and the next small files of a
+    /// directory read in listing order, are pushed into the page cache.
     Always,
 }
 

@@ -7,8 +7,23 @@ use zerocopy::IntoBytes;
 
 use super::abi::{self, *};
 use super::dispatch::{send, send_bytes, Fail, OpResult, Server};
+use super::nodes::Listed;
+use super::push::Pusher;
 use super::sink::ReplySink;
-use crate::erofs::Inode;
+use crate::erofs::{FileType, Inode, InodeKind};
+
+/// A reader going through a directory in listing order gets the small
+/// files after the one it reads pushed into the page cache, at most this
+/// many entries at a time...
+const STREAM_ENTRIES: usize = 32;
+/// ... this many bytes ...
+const STREAM_BYTES: u64 = 1 << 20;
+/// ... and only files up to this size (a larger one ends the batch: it is
+/// read with readahead).
+const STREAM_FILE_MAX: u64 = 128 << 10;
+/// Directories whose reading position is remembered (forgotten all at
+/// once beyond).
+pub(crate) const MAX_STREAMS: usize = 4096;
 
 /// Longest xattr name the VFS passes (XATTR_NAME_MAX).
 const XATTR_NAME_MAX: usize = 255;
@@ -44,16 +59,24 @@ impl Server {
         }
         let pos = cookie_to_pos(r.offset).unwrap_or(0);
         let mut failed = None;
+        // A listing from the start expects its first regular file to be
+        // read first (see `follow_listing`).
+        let mut first_file = None;
         if !full {
+            let mut at = pos;
             let res = self.img.readdir(&dir, pos, |e, next| {
+                if plus && r.offset == 0 && first_file.is_none() && e.file_type == FileType::File {
+                    first_file = Some(at);
+                }
                 let child = if plus && e.name != b"." && e.name != b".." {
                     self.inode_of(e.nid).ok()
                 } else {
                     None
                 };
+                let child_nid = child.as_ref().map(|c| c.nid);
                 let cookie = next.saturating_add(1);
                 let ino = self.st_ino(e.nid);
-                self.push_entry(
+                let fits = self.push_entry(
                     &mut out,
                     cap,
                     plus,
@@ -62,10 +85,28 @@ impl Server {
                     e.file_type.dtype(),
                     cookie,
                     child,
-                )
+                );
+                if let Some(id) = child_nid.filter(|_| fits).and_then(|n| self.nodeid_of(n)) {
+                    let listed = Listed {
+                        parent: dir.nid,
+                        at,
+                        next,
+                    };
+                    self.nodes.set_listed(id, listed);
+                }
+                at = next;
+                fits
             });
             if let Err(e) = res {
                 failed = Some(self.image_error("readdir", &e));
+            }
+        }
+        if let Some(at) = first_file {
+            if let Ok(mut streams) = self.dir_streams.lock() {
+                if streams.len() >= MAX_STREAMS {
+                    streams.clear();
+                }
+                streams.entry(dir.nid).or_insert(at);
             }
         }
         match failed {
@@ -180,4 +221,60 @@ fn sized_reply(sink: &mut dyn ReplySink, unique: u64, size: u32, value: &[u8]) -
         return Err(Fail::Errno(libc::ERANGE));
     }
     send_bytes(sink, unique, &[value])
+}
+
+impl Server {
+    /// `nodeid`, a regular file, was read from its start. When it is the
+    /// entry a reader going through its directory in listing order reads
+    /// next (the one after the previous file read there, or where the last
+    /// batch stopped), the small regular files after it are pushed into the
+    /// page cache, so that reading them costs no round trip (tar, cp -r,
+    /// grep -r). A file read out of order only moves the directory's
+    /// expected position: random access pushes nothing.
+    pub(crate) fn follow_listing(&self, p: &Pusher, nodeid: u64) {
+        let Some(l) = self.nodes.listed(nodeid) else {
+            return;
+        };
+        {
+            let Ok(mut streams) = self.dir_streams.lock() else {
+                return;
+            };
+            if streams.get(&l.parent) != Some(&l.at) {
+                if streams.len() >= MAX_STREAMS {
+                    streams.clear();
+                }
+                streams.insert(l.parent, l.next);
+                return;
+            }
+        }
+        let Ok(dir) = self.inode_of(l.parent) else {
+            return;
+        };
+        let (mut seen, mut bytes, mut resume) = (0usize, 0u64, l.next);
+        let _ = self.img.readdir(&dir, l.next, |e, next| {
+            seen = seen.saturating_add(1);
+            if e.file_type == FileType::File {
+                let Ok(inode) = self.inode_of(e.nid) else {
+                    return false;
+                };
+                let total = bytes.saturating_add(inode.size);
+                if inode.kind != InodeKind::File
+                    || inode.size > STREAM_FILE_MAX
+                    || total > STREAM_BYTES
+                {
+                    // Read by itself: the next batch starts there.
+                    return false;
+                }
+                if let Some(id) = self.nodeid_of(e.nid) {
+                    p.offer_file(id, &inode);
+                }
+                bytes = total;
+            }
+            resume = next;
+            seen < STREAM_ENTRIES
+        });
+        if let Ok(mut streams) = self.dir_streams.lock() {
+            streams.insert(l.parent, resume);
+        }
+    }
 }

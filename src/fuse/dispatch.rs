@@ -11,10 +11,13 @@
 //! collides with the root. `st_ino` is what the kernel's EROFS driver
 //! reports for the nid.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use foldhash::fast::RandomState;
 
 use zerocopy::{Immutable, IntoBytes};
 
@@ -131,6 +134,9 @@ pub struct Server {
     /// Pushes decoded pages nobody read yet into the page cache (set by a
     /// `/dev/fuse` transport).
     pusher: OnceLock<Pusher>,
+    /// Per directory (nid), the listing position of the file a reader going
+    /// through it in order reads next (see `follow_listing`).
+    pub(crate) dir_streams: Mutex<HashMap<u64, u64, RandomState>>,
 }
 
 /// How many image errors are logged to stderr (then they are only counted).
@@ -159,6 +165,7 @@ impl Server {
             nodes: NodeTable::new(),
             errors_logged: AtomicU32::new(0),
             pusher: OnceLock::new(),
+            dir_streams: Mutex::new(HashMap::default()),
         })
     }
 
@@ -739,9 +746,14 @@ impl Server {
                 })
         };
         sink.send_with(h.unique, len, &mut fill)?;
-        if let Some(p) = self.pusher.get().filter(|_| (len as u64) < SMALL_READ) {
-            if let Ok(Some(range)) = img.decoded_range(&inode, r.offset, len as u64) {
-                p.offer(h.nodeid, &inode, r.offset, len as u64, range);
+        if let Some(p) = self.pusher.get() {
+            if (len as u64) < SMALL_READ {
+                if let Ok(Some(range)) = img.decoded_range(&inode, r.offset, len as u64) {
+                    p.offer(h.nodeid, &inode, r.offset, len as u64, range);
+                }
+            }
+            if r.offset == 0 {
+                self.follow_listing(p, h.nodeid);
             }
         }
         Ok(())

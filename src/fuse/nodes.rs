@@ -19,6 +19,19 @@ const SHARD_MASK: u64 = SHARDS as u64 - 1;
 struct Node {
     inode: Arc<Inode>,
     nlookup: u64,
+    /// Where the node was last listed by READDIRPLUS.
+    listed: Option<Listed>,
+}
+
+/// A directory entry's place in its directory listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Listed {
+    /// The directory's nid.
+    pub(crate) parent: u64,
+    /// The entry's listing position.
+    pub(crate) at: u64,
+    /// The next entry's position.
+    pub(crate) next: u64,
 }
 
 /// Node id -> (decoded inode, lookup count), sharded for parallel access.
@@ -61,8 +74,21 @@ impl NodeTable {
         let node = shard.entry(nodeid).or_insert_with(|| Node {
             inode: Arc::clone(inode),
             nlookup: 0,
+            listed: None,
         });
         node.nlookup = node.nlookup.saturating_add(1);
+    }
+
+    /// Records where a held node was listed.
+    pub(crate) fn set_listed(&self, nodeid: u64, listed: Listed) {
+        if let Some(node) = lock(self.shard(nodeid)).get_mut(&nodeid) {
+            node.listed = Some(listed);
+        }
+    }
+
+    /// Where `nodeid` was last listed, if it is held and was listed.
+    pub(crate) fn listed(&self, nodeid: u64) -> Option<Listed> {
+        lock(self.shard(nodeid)).get(&nodeid).and_then(|n| n.listed)
     }
 
     /// Drops `n` lookups; the node goes when none remain.

@@ -13,6 +13,9 @@
 //! the page cache waits for pages another READ has locked, and that READ
 //! needs a worker to answer it.
 //!
+//! The same thread pushes whole small files ahead of a reader going
+//! through a directory in listing order (`Server::follow_listing`).
+//!
 //! Only for `/dev/fuse` mounts with the page cache kept (`--cache always`):
 //! virtio-fs has no notifications.
 
@@ -45,7 +48,7 @@ pub const MIN_PUSH: u64 = 64 << 10;
 pub const SMALL_READ: u64 = 64 << 10;
 
 /// Offers waiting for the pushing thread; more are dropped.
-const QUEUE: usize = 64;
+const QUEUE: usize = 256;
 
 /// Recently pushed ranges remembered, so that reads landing in the same
 /// extent do not push it again.
@@ -144,6 +147,13 @@ impl Pusher {
             if b > a {
                 self.send(nodeid, inode, a, b.saturating_sub(a));
             }
+        }
+    }
+
+    /// Offers all of a (small) file, from its start.
+    pub fn offer_file(&self, nodeid: u64, inode: &Arc<Inode>) {
+        if inode.size > 0 {
+            self.send(nodeid, inode, 0, inode.size);
         }
     }
 
