@@ -907,8 +907,7 @@ fn test_fuse_reads_leave_the_image_cached() {
         "content differs"
     );
     let (after, _) = resident_pages(&img_path);
-    let st = fuse.unmount();
-    assert!(st.is_some_and(|s| s.success()), "exit {st:?}");
+    fuse.finish("plain image");
     assert_eq!(
         after,
         pages,
@@ -1005,10 +1004,7 @@ fn test_fuse_pushes_decoded_extents_into_the_page_cache() {
             files.len().min(6)
         );
         pushed_somewhere += pushed;
-        let mut fuse = fuse;
-        assert!(fuse.alive(), "{name}: daemon died: {}", fuse.stderr_text());
-        let st = fuse.unmount();
-        assert!(st.is_some_and(|s| s.success()), "{name}: exit {st:?}");
+        fuse.finish(name);
     }
     assert!(
         pushed_somewhere >= 10,
@@ -1124,9 +1120,6 @@ fn test_fuse_pushes_files_read_in_listing_order() {
                 );
             }
         }
-        let mut fuse = fuse;
-        assert!(fuse.alive(), "{what}: daemon died: {}", fuse.stderr_text());
-        let st = fuse.unmount();
-        assert!(st.is_some_and(|s| s.success()), "{what}: exit {st:?}");
+        fuse.finish(what);
     }
 }

@@ -153,8 +153,7 @@ fn test_uring_manifests_match_kernel_and_use_the_rings() {
         );
         let log = fuse.stderr_text();
         assert!(log.is_empty(), "{name}: daemon stderr: {log}");
-        let st = fuse.unmount();
-        assert!(st.is_some_and(|s| s.success()), "{name}: exit {st:?}");
+        fuse.finish(name);
     }
 }
 
@@ -243,8 +242,7 @@ fn test_uring_random_reads_on_every_cpu_match_kernel() {
         eprintln!("{name}: {reads} random reads on {} CPUs equal", cpus());
         let log = fuse.stderr_text();
         assert!(log.is_empty(), "{name}: daemon stderr: {log}");
-        let st = fuse.unmount();
-        assert!(st.is_some_and(|s| s.success()), "{name}: exit {st:?}");
+        fuse.finish(name);
     }
 }
 

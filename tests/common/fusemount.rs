@@ -153,6 +153,19 @@ impl FuseMount {
         status
     }
 
+    /// Checks that the daemon is still up, unmounts, and checks that it
+    /// then exited cleanly (`what` names the case in failures).
+    #[track_caller]
+    pub fn finish(mut self, what: &str) {
+        assert!(
+            self.alive(),
+            "{what}: the daemon died: {}",
+            self.stderr_text()
+        );
+        let st = self.unmount();
+        assert!(st.is_some_and(|s| s.success()), "{what}: exit {st:?}");
+    }
+
     /// Unmounts (like `umount`) and returns the daemon's exit status.
     pub fn unmount(mut self) -> Option<ExitStatus> {
         if let Err(e) = umount(&self.dir, 0) {
