@@ -51,13 +51,25 @@ const WILD: usize = 16;
 #[inline(always)]
 fn copy_match(out: &mut [u8], op: usize, offset: usize, len: usize) {
     let src = op.wrapping_sub(offset);
-    if offset >= WILD && op.saturating_add(len).saturating_add(WILD) <= out.len() {
+    let room = op.saturating_add(len).saturating_add(WILD) <= out.len();
+    if offset >= WILD && room {
         // Each 16-byte chunk reads bytes already final (offset >= 16).
         let mut done = 0usize;
         while done < len {
             let (s, d) = (src.wrapping_add(done), op.wrapping_add(done));
             out.copy_within(s..s.wrapping_add(WILD), d);
             done = done.wrapping_add(WILD);
+        }
+        return;
+    }
+    if offset >= 8 && room {
+        // The same in 8-byte chunks (offset >= 8): no memmove call for the
+        // short, near matches of text.
+        let mut done = 0usize;
+        while done < len {
+            let (s, d) = (src.wrapping_add(done), op.wrapping_add(done));
+            out.copy_within(s..s.wrapping_add(8), d);
+            done = done.wrapping_add(8);
         }
         return;
     }
@@ -114,6 +126,16 @@ fn copy_literals(input: &[u8], ip: usize, out: &mut [u8], op: usize, n: usize) -
 ///
 /// Either way, a block that cannot fill `output` is an error.
 pub(super) fn decompress(input: &[u8], output: &mut [u8], exact: bool) -> Result<()> {
+    // One loop per rule set: the hot loop then tests no flag.
+    if exact {
+        decode::<true>(input, output)
+    } else {
+        decode::<false>(input, output)
+    }
+}
+
+fn decode<const EXACT: bool>(input: &[u8], output: &mut [u8]) -> Result<()> {
+    let exact = EXACT;
     let in_len = input.len();
     let out_len = output.len();
     let (mut ip, mut op) = (0usize, 0usize);
