@@ -259,6 +259,22 @@ pub struct OutHeader {
     pub unique: u64,
 }
 
+/// Notification codes (`enum fuse_notify_code`), sent in `OutHeader::error`
+/// with `unique` 0.
+pub const NOTIFY_STORE: i32 = 4;
+
+/// `struct fuse_notify_store_out`: followed by `size` bytes of data.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct NotifyStoreOut {
+    pub nodeid: u64,
+    pub offset: u64,
+    pub size: u32,
+    pub padding: u32,
+}
+
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
@@ -585,6 +601,7 @@ mod tests {
             ("fuse_kstatfs", size_of::<Kstatfs>(), 80),
             ("fuse_in_header", size_of::<InHeader>(), 40),
             ("fuse_out_header", size_of::<OutHeader>(), 16),
+            ("fuse_notify_store_out", size_of::<NotifyStoreOut>(), 24),
             ("fuse_init_in", size_of::<InitIn>(), 64),
             ("fuse_init_out", size_of::<InitOut>(), 64),
             ("fuse_entry_out", size_of::<EntryOut>(), 128),

@@ -583,34 +583,41 @@ impl DevSink {
     }
 
     fn writev(&self, parts: &[&[u8]]) -> io::Result<()> {
-        const MAX_IOV: usize = 8;
-        if parts.len() > MAX_IOV {
-            return Err(io::Error::other("too many reply parts"));
+        match write_message(self.fd, parts) {
+            // The request was interrupted or aborted: nobody waits for this
+            // reply any more.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
         }
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOV];
-        for (v, p) in iov.iter_mut().zip(parts) {
-            v.iov_base = p.as_ptr().cast_mut().cast();
-            v.iov_len = p.len();
+    }
+}
+
+/// Writes one message (a reply or a notification), gathered from `parts`
+/// (at most 8), to a /dev/fuse descriptor; retries when interrupted.
+pub(crate) fn write_message(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
+    const MAX_IOV: usize = 8;
+    if parts.len() > MAX_IOV {
+        return Err(io::Error::other("too many message parts"));
+    }
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_IOV];
+    for (v, p) in iov.iter_mut().zip(parts) {
+        v.iov_base = p.as_ptr().cast_mut().cast();
+        v.iov_len = p.len();
+    }
+    let cnt = libc::c_int::try_from(parts.len()).unwrap_or(0);
+    loop {
+        // SAFETY: the first `cnt` iovecs point at live slices borrowed for
+        // this call; writev only reads them.
+        let rc = unsafe { libc::writev(fd, iov.as_ptr(), cnt) };
+        if rc >= 0 {
+            return Ok(());
         }
-        let cnt = libc::c_int::try_from(parts.len()).unwrap_or(0);
-        loop {
-            // SAFETY: the first `cnt` iovecs point at live slices borrowed
-            // for this call; writev only reads them.
-            let rc = unsafe { libc::writev(self.fd, iov.as_ptr(), cnt) };
-            if rc >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // The request was interrupted or aborted: nobody waits for
-                // this reply any more.
-                Some(libc::ENOENT) => return Ok(()),
-                _ => return Err(e),
-            }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
         }
     }
 }

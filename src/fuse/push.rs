@@ -25,15 +25,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use zerocopy::{Immutable, IntoBytes, KnownLayout};
+use zerocopy::IntoBytes;
 
 use crate::erofs::{Image, Inode};
 
-use super::abi::OutHeader;
+use super::abi::{NotifyStoreOut, OutHeader, NOTIFY_STORE};
+use super::devfuse::write_message;
 use super::sink::OUT_HEADER_LEN;
-
-/// `FUSE_NOTIFY_STORE`.
-pub const NOTIFY_STORE: i32 = 4;
 
 /// Most bytes pushed on either side of one read.
 pub const MAX_PUSH: u64 = 1 << 20;
@@ -53,16 +51,6 @@ const QUEUE: usize = 256;
 /// Recently pushed ranges remembered, so that reads landing in the same
 /// extent do not push it again.
 const RECENT: usize = 128;
-
-/// `struct fuse_notify_store_out`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, IntoBytes, Immutable, KnownLayout)]
-struct NotifyStoreOut {
-    nodeid: u64,
-    offset: u64,
-    size: u32,
-    padding: u32,
-}
 
 struct Push {
     nodeid: u64,
@@ -278,23 +266,7 @@ fn store(fd: &OwnedFd, nodeid: u64, offset: u64, data: &[u8]) -> io::Result<()> 
         error: NOTIFY_STORE,
         unique: 0,
     };
-    let parts: [&[u8]; 3] = [header.as_bytes(), out.as_bytes(), data];
-    let iov = parts.map(|p| libc::iovec {
-        iov_base: p.as_ptr().cast_mut().cast(),
-        iov_len: p.len(),
-    });
-    loop {
-        // SAFETY: the three iovecs point at live slices borrowed for the
-        // call; writev only reads them.
-        let rc = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 3) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    write_message(fd.as_raw_fd(), &[header.as_bytes(), out.as_bytes(), data])
 }
 
 #[cfg(test)]
