@@ -23,7 +23,7 @@ const STREAM_BYTES: u64 = 1 << 20;
 const STREAM_FILE_MAX: u64 = 128 << 10;
 /// Directories whose reading position is remembered (forgotten all at
 /// once beyond).
-pub(crate) const MAX_STREAMS: usize = 4096;
+const MAX_STREAMS: usize = 4096;
 
 /// Longest xattr name the VFS passes (XATTR_NAME_MAX).
 const XATTR_NAME_MAX: usize = 255;
@@ -102,12 +102,7 @@ impl Server {
             }
         }
         if let Some(at) = first_file {
-            if let Ok(mut streams) = self.dir_streams.lock() {
-                if streams.len() >= MAX_STREAMS {
-                    streams.clear();
-                }
-                streams.entry(dir.nid).or_insert(at);
-            }
+            self.expect_next(dir.nid, at, false);
         }
         match failed {
             // Entries before the damage are still worth returning.
@@ -235,17 +230,13 @@ impl Server {
         let Some(l) = self.nodes.listed(nodeid) else {
             return;
         };
-        {
-            let Ok(mut streams) = self.dir_streams.lock() else {
-                return;
-            };
-            if streams.get(&l.parent) != Some(&l.at) {
-                if streams.len() >= MAX_STREAMS {
-                    streams.clear();
-                }
-                streams.insert(l.parent, l.next);
-                return;
-            }
+        let in_order = self
+            .dir_streams
+            .lock()
+            .is_ok_and(|s| s.get(&l.parent) == Some(&l.at));
+        if !in_order {
+            self.expect_next(l.parent, l.next, true);
+            return;
         }
         let Ok(dir) = self.inode_of(l.parent) else {
             return;
@@ -273,8 +264,22 @@ impl Server {
             resume = next;
             seen < STREAM_ENTRIES
         });
-        if let Ok(mut streams) = self.dir_streams.lock() {
-            streams.insert(l.parent, resume);
+        self.expect_next(l.parent, resume, true);
+    }
+
+    /// Remembers `pos` as where the next file read in order in directory
+    /// `dir` sits (with `replace` false, only if nothing is remembered).
+    fn expect_next(&self, dir: u64, pos: u64, replace: bool) {
+        let Ok(mut streams) = self.dir_streams.lock() else {
+            return;
+        };
+        if streams.len() >= MAX_STREAMS && !streams.contains_key(&dir) {
+            streams.clear();
+        }
+        if replace {
+            streams.insert(dir, pos);
+        } else {
+            streams.entry(dir).or_insert(pos);
         }
     }
 }

@@ -23,7 +23,7 @@ use zerocopy::{Immutable, IntoBytes};
 
 use super::abi::{self, *};
 use super::nodes::{Handle, HandleTable, NodeTable};
-use super::push::{PushStats, Pusher, SMALL_READ};
+use super::push::{Pusher, SMALL_READ};
 use super::request::{parse_header, BatchForget, Op};
 use super::sink::{out_header, Errno, ReplySink};
 use crate::erofs::{ondisk, Image, Inode, InodeKind};
@@ -174,9 +174,10 @@ impl Server {
         &self.img
     }
 
-    /// Starts pushing the rest of each decoded extent into the page cache
-    /// after a read of compressed data (see [`Pusher`]), through `fd`, a
-    /// descriptor of the mount's `/dev/fuse` connection. Only with
+    /// Starts pushing data nobody read yet into the page cache (the rest of
+    /// each decoded extent after a small read of compressed data, the next
+    /// small files of a directory read in order; see [`Pusher`]), through
+    /// `fd`, a descriptor of the mount's `/dev/fuse` connection. Only with
     /// [`CachePolicy::Always`] (otherwise, or when already started, it does
     /// nothing and returns `Ok(false)`).
     pub fn start_pushing(&self, fd: OwnedFd) -> io::Result<bool> {
@@ -192,11 +193,6 @@ impl Server {
         if let Some(p) = self.pusher.get() {
             p.close();
         }
-    }
-
-    /// What the pushing thread did (zeros when not pushing).
-    pub fn push_stats(&self) -> PushStats {
-        self.pusher.get().map(Pusher::stats).unwrap_or_default()
     }
 
     /// Whether INIT agreed on FUSE over io_uring (requests then arrive on
