@@ -1098,7 +1098,13 @@ fn test_fuse_pushes_files_read_in_listing_order() {
             .iter()
             .position(|p| fs::metadata(p).unwrap().len() > 200_000)
             .expect("big file");
-        assert!(full(&seq[big - 1]), "{what}: {:?} not pushed", seq[big - 1]);
+        // The batch is pushed file by file: wait for its last one (then,
+        // pushes being in order, the batch is complete).
+        assert!(
+            wait_for(Duration::from_secs(5), || full(&seq[big - 1])),
+            "{what}: {:?} not pushed",
+            seq[big - 1]
+        );
         assert_eq!(
             resident(&seq[big]).0,
             0,
