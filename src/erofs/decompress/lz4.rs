@@ -46,6 +46,20 @@ fn read_len(input: &[u8], ip: &mut usize, mut len: usize) -> Result<usize> {
 /// output position is written in order.
 const WILD: usize = 16;
 
+/// Copies `len` bytes from `src` to `op` in `N`-byte chunks, the last one
+/// running past `op + len`. Each chunk reads bytes already final when
+/// `op - src >= N`; the caller has checked that and that `out` has `N`
+/// bytes of room past `op + len`.
+#[inline(always)]
+fn copy_chunks<const N: usize>(out: &mut [u8], src: usize, op: usize, len: usize) {
+    let mut done = 0usize;
+    while done < len {
+        let (s, d) = (src.wrapping_add(done), op.wrapping_add(done));
+        out.copy_within(s..s.wrapping_add(N), d);
+        done = done.wrapping_add(N);
+    }
+}
+
 /// Copies a match of `len` bytes from `offset` bytes back to `op`.
 /// The caller has checked `0 < offset <= op` and `op + len <= out.len()`.
 #[inline(always)]
@@ -53,24 +67,12 @@ fn copy_match(out: &mut [u8], op: usize, offset: usize, len: usize) {
     let src = op.wrapping_sub(offset);
     let room = op.saturating_add(len).saturating_add(WILD) <= out.len();
     if offset >= WILD && room {
-        // Each 16-byte chunk reads bytes already final (offset >= 16).
-        let mut done = 0usize;
-        while done < len {
-            let (s, d) = (src.wrapping_add(done), op.wrapping_add(done));
-            out.copy_within(s..s.wrapping_add(WILD), d);
-            done = done.wrapping_add(WILD);
-        }
+        copy_chunks::<WILD>(out, src, op, len);
         return;
     }
     if offset >= 8 && room {
-        // The same in 8-byte chunks (offset >= 8): no memmove call for the
-        // short, near matches of text.
-        let mut done = 0usize;
-        while done < len {
-            let (s, d) = (src.wrapping_add(done), op.wrapping_add(done));
-            out.copy_within(s..s.wrapping_add(8), d);
-            done = done.wrapping_add(8);
-        }
+        // No memmove call for the short, near matches of text either.
+        copy_chunks::<8>(out, src, op, len);
         return;
     }
     if offset >= len {
