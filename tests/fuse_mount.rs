@@ -849,36 +849,43 @@ fn walk_lookup(img: &Image, path: &[u8]) -> u64 {
     nid.expect("path found")
 }
 
-/// How many of `path`'s pages are in the host page cache, and how many it
-/// has (`mincore` over a mapping that is never touched, so the count does
-/// not fault anything in).
-fn resident_pages(path: &Path) -> (usize, usize) {
-    let f = fs::File::open(path).expect("open image");
-    let len = usize::try_from(f.metadata().expect("stat").len()).expect("size");
-    assert!(len > 0);
-    let pages = len.div_ceil(4096);
-    // SAFETY: a fresh shared read-only mapping of an open file; it is only
-    // passed to mincore and unmapped below, never dereferenced.
+/// Runs `f` on a shared read-only mapping of all of `path` (address and
+/// length; `len > 0`), unmapped afterwards. Mapping touches no page.
+fn with_mapping<T>(path: &Path, f: impl FnOnce(*mut libc::c_void, usize) -> T) -> T {
+    let file = fs::File::open(path).expect("open");
+    let len = usize::try_from(file.metadata().expect("stat").len()).expect("size");
+    assert!(len > 0, "{}: empty", path.display());
+    // SAFETY: a fresh shared read-only mapping of an open file on a
+    // read-only mount or an image nobody writes; unmapped below.
     let map = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ,
             libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(&f),
+            std::os::fd::AsRawFd::as_raw_fd(&file),
             0,
         )
     };
     assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `map` is a mapping of `len` bytes and `vec` has one byte per
-    // page of it.
-    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
-    let err = std::io::Error::last_os_error();
+    let out = f(map, len);
     // SAFETY: unmaps exactly the mapping made above.
     unsafe { libc::munmap(map, len) };
-    assert_eq!(rc, 0, "mincore: {err}");
-    (vec.iter().filter(|b| *b & 1 == 1).count(), pages)
+    out
+}
+
+/// How many of `path`'s pages are in the host page cache, and how many it
+/// has (`mincore` over a mapping that is never touched, so the count does
+/// not fault anything in).
+fn resident_pages(path: &Path) -> (usize, usize) {
+    with_mapping(path, |map, len| {
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `map` is a mapping of `len` bytes and `vec` has one byte
+        // per page of it.
+        let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        (vec.iter().filter(|b| *b & 1 == 1).count(), vec.len())
+    })
 }
 
 /// Reading uncompressed files through the mount must not take the image's
@@ -919,29 +926,13 @@ fn test_fuse_reads_leave_the_image_cached() {
 /// The bytes of `path` as the page cache sees them: read through a shared
 /// mapping (pages the cache holds are not asked for again).
 fn read_mapped(path: &Path) -> Vec<u8> {
-    let f = fs::File::open(path).expect("open");
-    let len = usize::try_from(f.metadata().expect("stat").len()).expect("size");
-    if len == 0 {
+    if fs::metadata(path).expect("stat").len() == 0 {
         return Vec::new();
     }
-    // SAFETY: a fresh shared read-only mapping of an open file on a
-    // read-only mount, copied out and unmapped before returning.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-    // SAFETY: `map` is readable for `len` bytes until the munmap below.
-    let out = unsafe { std::slice::from_raw_parts(map.cast::<u8>(), len) }.to_vec();
-    // SAFETY: unmaps exactly the mapping made above.
-    unsafe { libc::munmap(map, len) };
-    out
+    with_mapping(path, |map, len| {
+        // SAFETY: `map` is readable for `len` bytes while mapped.
+        unsafe { std::slice::from_raw_parts(map.cast::<u8>(), len) }.to_vec()
+    })
 }
 
 /// A 4 KiB read in a file with large pclusters decodes a whole extent; the
