@@ -18,6 +18,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{self, OutHeader};
 use super::sink::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
+use super::splice::SplicePipe;
 use super::{uring, Server};
 use crate::erofs::Span;
 
@@ -445,113 +446,6 @@ struct DevSink {
     max_payload: usize,
 }
 
-/// A non-blocking pipe big enough for one whole reply (header and
-/// `max_payload` bytes, in as many page-sized buffers as the pieces need).
-struct SplicePipe {
-    r: OwnedFd,
-    w: OwnedFd,
-    /// Buffers (pages) the pipe holds.
-    slots: usize,
-}
-
-/// Pipe size asked for spliced replies: room for a 1 MiB payload split at
-/// every page plus the pieces' partial pages and the header. Without
-/// CAP_SYS_RESOURCE the kernel allows `/proc/sys/fs/pipe-max-size` (1 MiB
-/// by default), and the largest replies take the copying path.
-const PIPE_BYTES: libc::c_int = 2 << 20;
-
-impl SplicePipe {
-    fn new() -> io::Result<Self> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 returned two new descriptors owned by nothing else.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let mut got = -1;
-        for bytes in [PIPE_BYTES, 1 << 20] {
-            // SAFETY: F_SETPIPE_SZ takes an int argument, touches no memory.
-            got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
-            if got > 0 {
-                break;
-            }
-        }
-        let slots = usize::try_from(got).unwrap_or(0) / 4096;
-        if slots < 64 {
-            return Err(io::Error::other("pipe too small for spliced replies"));
-        }
-        Ok(Self { r, w, slots })
-    }
-
-    /// Whether a reply of `total` payload bytes in `pieces` pieces fits:
-    /// each piece may start and end inside a page, the header takes a
-    /// buffer of its own.
-    fn fits(&self, total: usize, pieces: usize) -> bool {
-        let need = total
-            .div_ceil(4096)
-            .saturating_add(pieces.saturating_mul(2))
-            .saturating_add(1);
-        need <= self.slots
-    }
-
-    /// Empties the pipe (after a failed reply), so the next starts clean.
-    fn drain(&self) {
-        let mut scratch = [0u8; 4096];
-        loop {
-            // SAFETY: `scratch` is writable for its length.
-            let n = unsafe { libc::read(self.r.as_raw_fd(), scratch.as_mut_ptr().cast(), 4096) };
-            if n <= 0 {
-                break;
-            }
-        }
-    }
-
-    /// Writes all of `bytes` into the pipe (it has room: it is empty and
-    /// sized for a whole reply; a full pipe fails with EAGAIN).
-    fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            // SAFETY: `bytes` is readable for its length.
-            let n = unsafe { libc::write(self.w.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-            let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-            bytes = bytes.get(n..).unwrap_or(&[]);
-        }
-        Ok(())
-    }
-
-    /// Moves `len` bytes of `fd` at `offset` into the pipe (page
-    /// references, no copy).
-    fn splice_in(&self, fd: RawFd, offset: u64, len: usize) -> io::Result<()> {
-        let mut off = i64::try_from(offset).map_err(io::Error::other)?;
-        let mut left = len;
-        while left > 0 {
-            // SAFETY: `off` is a valid in/out offset for the call; no other
-            // memory is touched.
-            let n = unsafe {
-                libc::splice(
-                    fd,
-                    &mut off,
-                    self.w.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    left,
-                    libc::SPLICE_F_NONBLOCK,
-                )
-            };
-            match usize::try_from(n) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-                Ok(n) => left = left.saturating_sub(n),
-                Err(_) => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 impl DevSink {
     fn new(fd: RawFd, max_payload: usize) -> Self {
         let pages = max_payload.div_ceil(4096).max(1);
@@ -561,25 +455,6 @@ impl DevSink {
             pipe: None,
             max_payload,
         }
-    }
-
-    /// Fills the pipe with one reply: header, then the spans.
-    fn fill_pipe(pipe: &SplicePipe, header: &OutHeader, spans: &[Span]) -> io::Result<()> {
-        static ZEROS: [u8; 4096] = [0; 4096];
-        pipe.write_all(header.as_bytes())?;
-        for span in spans {
-            match *span {
-                Span::File { fd, offset, len } => pipe.splice_in(fd, offset, len)?,
-                Span::Zero(mut n) => {
-                    while n > 0 {
-                        let k = n.min(ZEROS.len());
-                        pipe.write_all(ZEROS.get(..k).unwrap_or(&[]))?;
-                        n = n.saturating_sub(k);
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     fn writev(&self, parts: &[&[u8]]) -> io::Result<()> {
@@ -648,42 +523,20 @@ impl ReplySink for DevSink {
             return Ok(false);
         }
         let header = out_header(unique, 0, total);
-        if Self::fill_pipe(pipe, &header, spans).is_err() {
+        if pipe.load(&[header.as_bytes()], spans).is_err() {
             // A short file (truncated image) or a full pipe: nothing was
             // sent; the copying path answers (with EIO if the data is gone).
-            pipe.drain();
             return Ok(false);
         }
-        let msg = total.saturating_add(OUT_HEADER_LEN);
-        // No SPLICE_F_MOVE: with it the kernel steals whole page-cache
-        // pages of the image (removing them from the image file's cache)
-        // to put them in the mount's cache, which halved sequential reads
-        // (the stealing costs more than the copy) and left the image cold
-        // for every other reader of it.
-        // SAFETY: plain descriptors, no memory is passed.
-        let n = unsafe {
-            libc::splice(
-                pipe.r.as_raw_fd(),
-                std::ptr::null_mut(),
-                self.fd,
-                std::ptr::null_mut(),
-                msg,
-                0,
-            )
-        };
-        if usize::try_from(n) == Ok(msg) {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        pipe.drain();
-        match e.raw_os_error() {
+        match pipe.send(self.fd, total.saturating_add(OUT_HEADER_LEN)) {
+            Ok(()) => Ok(true),
             // The request was interrupted or aborted: nobody waits.
-            Some(libc::ENOENT) if n < 0 => Ok(true),
-            Some(libc::ENODEV) if n < 0 => Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Err(e),
             // Anything else (EINTR, a short move): the copying path
             // answers; if the kernel already ended the request, its
             // write gets ENOENT, which is fine.
-            _ => Ok(false),
+            Err(_) => Ok(false),
         }
     }
 

@@ -26,6 +26,7 @@ use super::nodes::{Handle, HandleTable, NodeTable};
 use super::push::{Pusher, SMALL_READ};
 use super::request::{parse_header, BatchForget, Op};
 use super::sink::{out_header, Errno, ReplySink};
+use super::splice::MAX_SPANS;
 use crate::erofs::{ondisk, Image, Inode, InodeKind};
 
 /// How long the kernel may trust what it was told.
@@ -82,9 +83,6 @@ impl Default for ServerOptions {
 /// Reads at least this long are spliced when they can be: shorter ones
 /// cost fewer system calls with pread + writev.
 const SPLICE_MIN: usize = 32 << 10;
-
-/// Most pieces (extents, holes) one spliced reply may have.
-const MAX_SPANS: usize = 16;
 
 /// Failure of one operation: an errno for the reply, or the transport's own
 /// error (passed up).

@@ -21,6 +21,7 @@ mod nodes;
 pub mod push;
 pub mod request;
 mod sink;
+mod splice;
 #[cfg(test)]
 mod tests;
 #[cfg(any(test, feature = "test-utils"))]
