@@ -878,13 +878,19 @@ fn with_mapping<T>(path: &Path, f: impl FnOnce(*mut libc::c_void, usize) -> T) -
 /// has (`mincore` over a mapping that is never touched, so the count does
 /// not fault anything in).
 fn resident_pages(path: &Path) -> (usize, usize) {
+    let map = resident_map(path);
+    (map.iter().filter(|&&r| r).count(), map.len())
+}
+
+/// Which pages of `path` are in the page cache (mincore of a mapping).
+fn resident_map(path: &Path) -> Vec<bool> {
     with_mapping(path, |map, len| {
         let mut vec = vec![0u8; len.div_ceil(4096)];
         // SAFETY: `map` is a mapping of `len` bytes and `vec` has one byte
         // per page of it.
         let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
         assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-        (vec.iter().filter(|b| *b & 1 == 1).count(), vec.len())
+        vec.iter().map(|b| b & 1 == 1).collect()
     })
 }
 
@@ -1001,6 +1007,81 @@ fn test_fuse_pushes_decoded_extents_into_the_page_cache() {
         pushed_somewhere >= 10,
         "only {pushed_somewhere} files got pushed pages"
     );
+}
+
+/// Small reads at random places of an uncompressed file: once the file has
+/// had as many of them as half its 128 KiB windows, the daemon pushes the
+/// window around each further one into the page cache (a reader covering
+/// the file densely comes back next to where it read); before that, only
+/// the pages read are cached. Everything cached equals the kernel's file.
+#[test]
+fn test_fuse_reads_around_dense_random_reads() {
+    assert_kernel_erofs();
+    let scratch = image_dir("erofs-around-");
+    let tree = scratch.path().join("tree");
+    fs::create_dir_all(&tree).expect("mkdir");
+    // 2 MiB + a partial page: 17 windows, read-around after 8 small reads.
+    let mut rng = common::trees::XorShift64::new(5);
+    let mut data = vec![0u8; (2 << 20) + 1000];
+    rng.fill(&mut data);
+    fs::write(tree.join("data.bin"), &data).expect("write");
+    let img = mkfs(&tree, &scratch.path().join("a.erofs"), &["-U", FIXED_UUID]);
+    let kernel =
+        KernelMount::mount(&img, &MountOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let want = fs::read(kernel.path().join("data.bin")).expect("kernel read");
+    assert_eq!(want, data, "the kernel reads the file back");
+    let fuse = FuseMount::new(&img, &[], &[]);
+    let path = fuse.path().join("data.bin");
+    let f = fs::File::open(&path).expect("open through FUSE");
+    const WINDOW: usize = 128 << 10;
+    let window_pages = |w: usize| -> usize {
+        resident_map(&path)
+            .iter()
+            .skip(w * WINDOW / 4096)
+            .take(WINDOW / 4096)
+            .filter(|&&r| r)
+            .count()
+    };
+    let mut page = [0u8; 4096];
+    let mut read_at = |w: usize| {
+        // A page in the middle of window `w`.
+        let at = w * WINDOW + 16 * 4096;
+        let n = common::rangeread::pread_full(&f, &mut page, at as u64).expect("pread");
+        assert_eq!(&page[..n], &want[at..at + n], "read at {at}");
+    };
+    // Seven small reads in odd windows: nothing around them is pushed.
+    for w in [1, 3, 5, 7, 9, 11, 13] {
+        read_at(w);
+    }
+    // The eighth starts read-around: its window fills.
+    read_at(15);
+    assert!(
+        wait_for(Duration::from_secs(5), || window_pages(15) == WINDOW / 4096),
+        "window 15 not pushed: {} pages",
+        window_pages(15)
+    );
+    // Pushes go out in order, one thread: the earlier windows would be
+    // complete by now if they had been pushed.
+    for w in [1, 3, 5, 7, 9, 11, 13] {
+        assert!(
+            window_pages(w) < 8,
+            "window {w} was read around before the file was read densely: {} pages",
+            window_pages(w)
+        );
+    }
+    // From now on every small read pushes its window.
+    read_at(2);
+    assert!(
+        wait_for(Duration::from_secs(5), || window_pages(2) == WINDOW / 4096),
+        "window 2 not pushed: {} pages",
+        window_pages(2)
+    );
+    drop(f);
+    assert!(
+        read_mapped(&path) == want,
+        "the page cache differs from the kernel's file"
+    );
+    fuse.finish("around");
 }
 
 /// A reader going through a directory in listing order (tar, cp -r) gets

@@ -2,12 +2,15 @@
 //! mounts and compare every byte with the kernel's EROFS mount of the same
 //! image, for `EROFS_FUSE_SOAK_SECS` seconds (default 30).
 //!
-//! Four images, each mounted with a different cache mode so that every read
+//! Seven images, each mounted with a cache mode chosen so that every read
 //! path is exercised: compressed with 1 MiB pclusters (`--cache never`:
 //! direct I/O, every read reaches the daemon, up to 1 MiB per request),
 //! compressed with many small files (`--cache auto`), chunk-based with a
-//! blob device (`--cache always`: page cache, readahead, async reads) and
-//! flat with 512-byte blocks (`--cache never`). Reads are 1 byte to 2 MiB,
+//! blob device (`--cache always`: page cache, readahead, async reads),
+//! flat with 512-byte blocks (`--cache never`), flat with 4 KiB blocks
+//! (`--cache always`: windows pushed around small reads, spliced from the
+//! image file) and two compressed ones with the page cache kept (the rest
+//! of decoded extents pushed). Reads are 1 byte to 2 MiB,
 //! anywhere in the file, block or pcluster aligned, near and past the end.
 //! Files are opened anew for each few reads (lookups, opens, releases).
 //!
@@ -116,6 +119,7 @@ fn test_fuse_soak_random_ranges_match_kernel() {
         target("usr_zstd15-ztailpack", "auto"),
         target("big_chunk64k-blobdev", "always"),
         target("edge_plain-b512", "never"),
+        target("edge_plain-b4096", "always"),
         // Compressed with the page cache kept: reads then also land in
         // pages the daemon pushed after decoding a neighbour.
         target("big_zstd-dedupe-fragments", "always"),

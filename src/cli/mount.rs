@@ -22,8 +22,10 @@ pub enum CacheArg {
     /// Short (1 s) timeouts.
     Auto,
     /// Long timeouts, page and directory cache kept (the image is immutable);
-    /// the rest of each decoded extent, and the next small files of a
-    /// directory read in listing order, are pushed into the page cache.
+    /// the rest of each decoded extent, the next small files of a directory
+    /// read in listing order, and the 128 KiB around small reads of an
+    /// uncompressed file read densely at random are pushed into the page
+    /// cache.
     Always,
 }
 

@@ -742,8 +742,12 @@ impl Server {
         sink.send_with(h.unique, len, &mut fill)?;
         if let Some(p) = self.pusher.get() {
             if (len as u64) < SMALL_READ {
-                if let Ok(Some(range)) = img.decoded_range(&inode, r.offset, len as u64) {
-                    p.offer(h.nodeid, &inode, r.offset, len as u64, range);
+                if inode.is_compressed() {
+                    if let Ok(Some(range)) = img.decoded_range(&inode, r.offset, len as u64) {
+                        p.offer(h.nodeid, &inode, r.offset, len as u64, range);
+                    }
+                } else {
+                    p.read_around(h.nodeid, &inode, r.offset, len as u64);
                 }
             }
             if r.offset == 0 {

@@ -14,12 +14,16 @@
 //! needs a worker to answer it.
 //!
 //! The same thread pushes whole small files ahead of a reader going
-//! through a directory in listing order (`Server::follow_listing`).
+//! through a directory in listing order (`Server::follow_listing`), and
+//! the [window](AROUND) around small reads of uncompressed files once a
+//! file is read densely enough at random ([`Pusher::read_around`]).
+//! Uncompressed data is spliced from the image file's page cache, as READ
+//! replies are.
 //!
 //! Only for `/dev/fuse` mounts with the page cache kept (`--cache always`):
 //! virtio-fs has no notifications.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -27,11 +31,12 @@ use std::sync::{Arc, Mutex};
 
 use zerocopy::IntoBytes;
 
-use crate::erofs::{Image, Inode};
+use crate::erofs::{Image, Inode, Span};
 
 use super::abi::{NotifyStoreOut, OutHeader, NOTIFY_STORE};
 use super::devfuse::write_message;
 use super::sink::OUT_HEADER_LEN;
+use super::splice::{SplicePipe, MAX_SPANS};
 
 /// Most bytes pushed on either side of one read.
 pub const MAX_PUSH: u64 = 1 << 20;
@@ -44,6 +49,22 @@ pub const MIN_PUSH: u64 = 64 << 10;
 /// readahead, whose next requests ask for the rest anyway (pushing it too
 /// made sequential reads of 1 MiB pclusters 15-20% slower).
 pub const SMALL_READ: u64 = 64 << 10;
+
+/// The window pushed around a small read of an uncompressed file: the
+/// kernel's default readahead, which is also what it reads around a page
+/// fault in a mapped file.
+pub const AROUND: u64 = 128 << 10;
+
+/// Read-around starts for a file once it had small reads (each one a miss
+/// in the page cache: hits never reach us) numbering its windows divided
+/// by this: a reader touching half of the file's windows at random will
+/// likely come back to pages next to those it read, one touching a few
+/// places of a big file will not, and pushing for it would only cost CPU
+/// and page cache.
+const AROUND_DENSITY: u64 = 2;
+
+/// Files whose small reads are counted; past that the counts start over.
+const COUNTED: usize = 4096;
 
 /// Offers waiting for the pushing thread; more are dropped.
 const QUEUE: usize = 256;
@@ -77,6 +98,8 @@ pub struct Pusher {
     recent: Mutex<VecDeque<(u64, u64)>>,
     stats: Arc<Mutex<PushStats>>,
     page: u64,
+    /// Small reads of uncompressed files so far, by node.
+    misses: Mutex<HashMap<u64, u64, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for Push {
@@ -102,6 +125,7 @@ impl Pusher {
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             stats,
             page: page_size(),
+            misses: Mutex::new(HashMap::default()),
         })
     }
 
@@ -135,6 +159,30 @@ impl Pusher {
             if b > a {
                 self.send(nodeid, inode, a, b.saturating_sub(a));
             }
+        }
+    }
+
+    /// A small read (under [`SMALL_READ`]) of `offset..offset + len` of
+    /// uncompressed `inode` (node `nodeid`) was answered: counts it, and
+    /// once the file has had enough of them ([`AROUND_DENSITY`]) offers
+    /// the rest of the [`AROUND`]-aligned window holding `offset`.
+    pub fn read_around(&self, nodeid: u64, inode: &Arc<Inode>, offset: u64, len: u64) {
+        if len >= SMALL_READ || inode.is_compressed() {
+            return;
+        }
+        let misses = {
+            let Ok(mut m) = self.misses.lock() else {
+                return;
+            };
+            if m.len() >= COUNTED && !m.contains_key(&nodeid) {
+                m.clear();
+            }
+            let n = m.entry(nodeid).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        if let Some(window) = around_window(inode.size, offset, misses) {
+            self.offer(nodeid, inode, offset, len, window);
         }
     }
 
@@ -218,6 +266,17 @@ fn push_ranges(
     [after, before]
 }
 
+/// The window to read around `offset` in a file of `size` bytes after its
+/// `misses`-th small read, if read-around has started for it.
+fn around_window(size: u64, offset: u64, misses: u64) -> Option<(u64, u64)> {
+    let windows = size.div_ceil(AROUND);
+    if misses < windows / AROUND_DENSITY || offset >= size {
+        return None;
+    }
+    let start = offset.saturating_sub(offset.checked_rem(AROUND).unwrap_or(0));
+    Some((start, start.saturating_add(AROUND).min(size)))
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf only reads its argument.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -226,18 +285,28 @@ fn page_size() -> u64 {
 
 fn run(rx: &Receiver<Push>, img: &Image, fd: &OwnedFd, stats: &Mutex<PushStats>) {
     let mut buf = Vec::new();
+    let pipe = SplicePipe::new().ok();
     while let Ok(p) = rx.recv() {
-        let Ok(len) = usize::try_from(p.len) else {
-            continue;
+        let spliced = pipe
+            .as_ref()
+            .and_then(|pipe| store_spliced(pipe, img, fd, &p));
+        let sent = match spliced {
+            Some(r) => r,
+            None => {
+                let Ok(len) = usize::try_from(p.len) else {
+                    continue;
+                };
+                buf.resize(len, 0);
+                // Anything the image cannot give is simply not pushed: the
+                // reader asks for it and gets the error then.
+                match img.read(&p.inode, p.offset, &mut buf) {
+                    Ok(n) if n == len => {}
+                    _ => continue,
+                }
+                store(fd, p.nodeid, p.offset, &buf)
+            }
         };
-        buf.resize(len, 0);
-        // Anything the image cannot give is simply not pushed: the reader
-        // asks for it and gets the error then.
-        match img.read(&p.inode, p.offset, &mut buf) {
-            Ok(n) if n == len => {}
-            _ => continue,
-        }
-        match store(fd, p.nodeid, p.offset, &buf) {
+        match sent {
             Ok(()) => {
                 if let Ok(mut s) = stats.lock() {
                     s.stored = s.stored.saturating_add(1);
@@ -251,22 +320,52 @@ fn run(rx: &Receiver<Push>, img: &Image, fd: &OwnedFd, stats: &Mutex<PushStats>)
     }
 }
 
-/// Writes one `FUSE_NOTIFY_STORE` of `data` at `offset` of node `nodeid`.
-fn store(fd: &OwnedFd, nodeid: u64, offset: u64, data: &[u8]) -> io::Result<()> {
-    let size = u32::try_from(data.len()).map_err(io::Error::other)?;
+/// The headers of a `FUSE_NOTIFY_STORE` of `size` bytes at `offset` of
+/// node `nodeid`.
+fn store_head(nodeid: u64, offset: u64, size: usize) -> io::Result<(OutHeader, NotifyStoreOut)> {
     let out = NotifyStoreOut {
         nodeid,
         offset,
-        size,
+        size: u32::try_from(size).map_err(io::Error::other)?,
         padding: 0,
     };
-    let body = std::mem::size_of::<NotifyStoreOut>().saturating_add(data.len());
+    let body = std::mem::size_of::<NotifyStoreOut>().saturating_add(size);
     let header = OutHeader {
         len: u32::try_from(body.saturating_add(OUT_HEADER_LEN)).map_err(io::Error::other)?,
         error: NOTIFY_STORE,
         unique: 0,
     };
+    Ok((header, out))
+}
+
+/// Writes one `FUSE_NOTIFY_STORE` of `data` at `offset` of node `nodeid`.
+fn store(fd: &OwnedFd, nodeid: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+    let (header, out) = store_head(nodeid, offset, data.len())?;
     write_message(fd.as_raw_fd(), &[header.as_bytes(), out.as_bytes(), data])
+}
+
+/// Sends push `p` spliced from the image file's page cache, when its data
+/// is uncompressed and in that file (`None` otherwise, and when the spans
+/// turn out shorter than the file says: the copying path then decides).
+fn store_spliced(pipe: &SplicePipe, img: &Image, fd: &OwnedFd, p: &Push) -> Option<io::Result<()>> {
+    let len = usize::try_from(p.len).ok()?;
+    let spans = img.plain_spans(&p.inode, p.offset, len, MAX_SPANS).ok()??;
+    let total = spans
+        .iter()
+        .map(|s| match *s {
+            Span::File { len, .. } | Span::Zero(len) => len,
+        })
+        .fold(0usize, usize::saturating_add);
+    if total != len || !pipe.fits(total, spans.len()) {
+        return None;
+    }
+    let (header, out) = store_head(p.nodeid, p.offset, len).ok()?;
+    pipe.load(&[header.as_bytes(), out.as_bytes()], &spans)
+        .ok()?;
+    let msg = OUT_HEADER_LEN
+        .saturating_add(std::mem::size_of::<NotifyStoreOut>())
+        .saturating_add(len);
+    Some(pipe.send(fd.as_raw_fd(), msg))
 }
 
 #[cfg(test)]
@@ -312,6 +411,35 @@ mod tests {
         // next anyway.
         let none = push_ranges(p, 4 << 20, 0, 128 * K, (0, 1 << 20));
         assert!(none.iter().all(|(a, b)| a == b), "{none:?}");
+    }
+
+    #[test]
+    fn test_around_window() {
+        let w = AROUND;
+        // A 2 MiB file has 16 windows: read-around from the 8th small read.
+        let size = 2 << 20;
+        assert_eq!(around_window(size, 5 * w + 100, 7), None);
+        assert_eq!(around_window(size, 5 * w + 100, 8), Some((5 * w, 6 * w)));
+        assert_eq!(around_window(size, 0, 9), Some((0, w)));
+        // The last window stops at the end of the file.
+        assert_eq!(
+            around_window(size + 10, size + 5, 9),
+            Some((size, size + 10))
+        );
+        // Files of one window (or less) get it from the first read.
+        assert_eq!(around_window(100 << 10, 4096, 1), Some((0, 100 << 10)));
+        // Nothing past the end, nothing at the edge of u64.
+        assert_eq!(around_window(size, size, 100), None);
+        assert_eq!(
+            around_window(u64::MAX, u64::MAX - 1, u64::MAX).map(|r| r.1),
+            Some(u64::MAX)
+        );
+        // The read's own page is not pushed, and under MIN_PUSH nothing is.
+        let p = 4096;
+        assert_eq!(
+            push_ranges(p, size, 5 * w + 100, 4 * K, (5 * w, 6 * w)),
+            [(5 * w + 8 * K, 6 * w), (5 * w, 5 * w)]
+        );
     }
 
     #[test]
