@@ -18,7 +18,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{self, OutHeader};
 use super::sink::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
-use super::splice::SplicePipe;
+use super::splice::{spans_len, SplicePipe};
 use super::{uring, Server};
 use crate::erofs::Span;
 
@@ -503,12 +503,7 @@ impl ReplySink for DevSink {
     }
 
     fn send_spans(&mut self, unique: u64, spans: &[Span]) -> io::Result<bool> {
-        let total = spans
-            .iter()
-            .map(|s| match *s {
-                Span::File { len, .. } | Span::Zero(len) => len,
-            })
-            .fold(0usize, usize::saturating_add);
+        let total = spans_len(spans);
         if total > self.max_payload {
             return Ok(false);
         }

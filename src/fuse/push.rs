@@ -31,12 +31,12 @@ use std::sync::{Arc, Mutex};
 
 use zerocopy::IntoBytes;
 
-use crate::erofs::{Image, Inode, Span};
+use crate::erofs::{Image, Inode};
 
 use super::abi::{NotifyStoreOut, OutHeader, NOTIFY_STORE};
 use super::devfuse::write_message;
 use super::sink::OUT_HEADER_LEN;
-use super::splice::{SplicePipe, MAX_SPANS};
+use super::splice::{spans_len, SplicePipe, MAX_SPANS};
 
 /// Most bytes pushed on either side of one read.
 pub const MAX_PUSH: u64 = 1 << 20;
@@ -350,12 +350,7 @@ fn store(fd: &OwnedFd, nodeid: u64, offset: u64, data: &[u8]) -> io::Result<()> 
 fn store_spliced(pipe: &SplicePipe, img: &Image, fd: &OwnedFd, p: &Push) -> Option<io::Result<()>> {
     let len = usize::try_from(p.len).ok()?;
     let spans = img.plain_spans(&p.inode, p.offset, len, MAX_SPANS).ok()??;
-    let total = spans
-        .iter()
-        .map(|s| match *s {
-            Span::File { len, .. } | Span::Zero(len) => len,
-        })
-        .fold(0usize, usize::saturating_add);
+    let total = spans_len(&spans);
     if total != len || !pipe.fits(total, spans.len()) {
         return None;
     }

@@ -14,6 +14,16 @@ use crate::erofs::Span;
 /// take the copying path.
 pub(crate) const MAX_SPANS: usize = 16;
 
+/// Bytes `spans` stand for.
+pub(crate) fn spans_len(spans: &[Span]) -> usize {
+    spans
+        .iter()
+        .map(|s| match *s {
+            Span::File { len, .. } | Span::Zero(len) => len,
+        })
+        .fold(0usize, usize::saturating_add)
+}
+
 /// Pipe size asked for: room for a 1 MiB payload split at every page plus
 /// the pieces' partial pages and the header. Without CAP_SYS_RESOURCE the
 /// kernel allows `/proc/sys/fs/pipe-max-size` (1 MiB by default), and the
