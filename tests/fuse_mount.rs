@@ -907,26 +907,37 @@ fn test_fuse_reads_leave_the_image_cached() {
     let data = common::trees::XorShift64::new(7).bytes(24 << 20);
     fs::write(tree.join("big"), &data).expect("write");
     let img_path = mkfs(&tree, &scratch.path().join("p.erofs"), &["-U", FIXED_UUID]);
-    let image_bytes = fs::read(&img_path).expect("read image");
-    assert!(image_bytes.len() >= data.len());
-    let (before, pages) = resident_pages(&img_path);
-    assert_eq!(
-        before, pages,
-        "the image is not all cached after reading it"
-    );
-    let fuse = FuseMount::new(&img_path, &[], &[]);
-    assert!(
-        fs::read(fuse.path().join("big")).expect("read through the mount") == data,
-        "content differs"
-    );
-    let (after, _) = resident_pages(&img_path);
-    fuse.finish("plain image");
-    assert_eq!(
-        after,
-        pages,
-        "reading through the mount took {} of the image's {pages} pages out of the page cache",
-        pages - after
-    );
+    // Something outside the test reclaims page-cache pages now and then on
+    // this VM (its page cache shrank from 3 GB to 0.5 GB within minutes with
+    // 23 GB free; under load about one run in 40 lost 50-130 of these
+    // pages, with the daemons of before and after this comment alike): a
+    // fresh mount gets another try then. Stealing takes nearly every page
+    // on every run (5,500-6,000 of 6,145 each try), so it still fails.
+    let mut lost = Vec::new();
+    for attempt in 0..3 {
+        let image_bytes = fs::read(&img_path).expect("read image");
+        assert!(image_bytes.len() >= data.len());
+        let (before, pages) = resident_pages(&img_path);
+        assert_eq!(
+            before, pages,
+            "the image is not all cached after reading it"
+        );
+        let fuse = FuseMount::new(&img_path, &[], &[]);
+        assert!(
+            fs::read(fuse.path().join("big")).expect("read through the mount") == data,
+            "content differs"
+        );
+        let (after, _) = resident_pages(&img_path);
+        fuse.finish("plain image");
+        if after == pages {
+            if attempt > 0 {
+                eprintln!("image pages lost to something else in earlier tries: {lost:?}");
+            }
+            return;
+        }
+        lost.push(format!("{} of {pages}", pages - after));
+    }
+    panic!("reading through the mount took image pages out of the page cache, every try: {lost:?}");
 }
 
 /// The bytes of `path` as the page cache sees them: read through a shared
