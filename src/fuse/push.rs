@@ -63,6 +63,11 @@ pub const AROUND: u64 = 128 << 10;
 /// and page cache.
 const AROUND_DENSITY: u64 = 2;
 
+/// And not before this many small reads of it: a file of a window or two
+/// read once from its start (`head`, `file`, a loader sniffing a header)
+/// is not being read at random.
+const AROUND_MIN_READS: u64 = 4;
+
 /// Files whose small reads are counted; past that the counts start over.
 const COUNTED: usize = 4096;
 
@@ -164,8 +169,9 @@ impl Pusher {
 
     /// A small read (under [`SMALL_READ`]) of `offset..offset + len` of
     /// uncompressed `inode` (node `nodeid`) was answered: counts it, and
-    /// once the file has had enough of them ([`AROUND_DENSITY`]) offers
-    /// the rest of the [`AROUND`]-aligned window holding `offset`.
+    /// once the file has had enough of them (`AROUND_DENSITY`,
+    /// `AROUND_MIN_READS`) offers the rest of the [`AROUND`]-aligned
+    /// window holding `offset`.
     pub fn read_around(&self, nodeid: u64, inode: &Arc<Inode>, offset: u64, len: u64) {
         if len >= SMALL_READ || inode.is_compressed() {
             return;
@@ -270,7 +276,7 @@ fn push_ranges(
 /// `misses`-th small read, if read-around has started for it.
 fn around_window(size: u64, offset: u64, misses: u64) -> Option<(u64, u64)> {
     let windows = size.div_ceil(AROUND);
-    if misses < windows / AROUND_DENSITY || offset >= size {
+    if misses < (windows / AROUND_DENSITY).max(AROUND_MIN_READS) || offset >= size {
         return None;
     }
     let start = offset.saturating_sub(offset.checked_rem(AROUND).unwrap_or(0));
@@ -421,8 +427,10 @@ mod tests {
             around_window(size + 10, size + 5, 9),
             Some((size, size + 10))
         );
-        // Files of one window (or less) get it from the first read.
-        assert_eq!(around_window(100 << 10, 4096, 1), Some((0, 100 << 10)));
+        // Files of a window or two get it from the fourth read on.
+        assert_eq!(around_window(100 << 10, 4096, 3), None);
+        assert_eq!(around_window(100 << 10, 4096, 4), Some((0, 100 << 10)));
+        assert_eq!(around_window(200 << 10, 150 << 10, 4), Some((w, 200 << 10)));
         // Nothing past the end, nothing at the edge of u64.
         assert_eq!(around_window(size, size, 100), None);
         assert_eq!(
