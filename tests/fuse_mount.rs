@@ -1212,3 +1212,52 @@ fn test_fuse_pushes_files_read_in_listing_order() {
         fuse.finish(what);
     }
 }
+
+/// Files whose reads are answered by splicing from the image (uncompressed,
+/// whole blocks, 32 KiB or more) continue a listing-order stream like any
+/// other: after the first file of a directory is read, the next one is
+/// pushed into the page cache.
+#[test]
+fn test_fuse_spliced_reads_follow_the_listing() {
+    assert_kernel_erofs();
+    let scratch = image_dir("erofs-spliced-stream-");
+    let dir = scratch.path().join("tree/d");
+    fs::create_dir_all(&dir).expect("mkdir");
+    let mut rng = common::trees::XorShift64::new(3);
+    for i in 0..10 {
+        // Ten blocks each: no inline tail, so the whole file is spliced.
+        let mut data = vec![0u8; 40960];
+        rng.fill(&mut data);
+        fs::write(dir.join(format!("f{i}")), data).expect("write");
+    }
+    let img = mkfs(
+        &scratch.path().join("tree"),
+        &scratch.path().join("s.erofs"),
+        &["-U", FIXED_UUID],
+    );
+    let kernel =
+        KernelMount::mount(&img, &MountOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let fuse = FuseMount::new(&img, &[], &[]);
+    let listing: Vec<PathBuf> = fs::read_dir(fuse.path().join("d"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(listing.len(), 10);
+    let full = |p: &Path| {
+        let (held, pages) = resident_pages(p);
+        held == pages
+    };
+    assert!(!full(&listing[1]), "cached before anything was read");
+    fs::read(&listing[0]).expect("read");
+    assert!(
+        wait_for(Duration::from_secs(5), || full(&listing[1])),
+        "the file after a spliced read in listing order was not pushed: {:?}",
+        resident_pages(&listing[1])
+    );
+    for p in &listing[..2] {
+        let rel = p.strip_prefix(fuse.path()).expect("under the mount");
+        let want = fs::read(kernel.path().join(rel)).expect("kernel read");
+        assert!(read_mapped(p) == want, "{rel:?} differs from the kernel's");
+    }
+    fuse.finish("spliced");
+}

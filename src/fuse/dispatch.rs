@@ -727,6 +727,7 @@ impl Server {
             // anything else (or any doubt) takes the copying path below.
             if let Ok(Some(spans)) = img.plain_spans(&inode, r.offset, len, MAX_SPANS) {
                 if sink.send_spans(h.unique, &spans)? {
+                    self.after_read(h.nodeid, &inode, r.offset, len as u64);
                     return Ok(());
                 }
             }
@@ -740,21 +741,30 @@ impl Server {
                 })
         };
         sink.send_with(h.unique, len, &mut fill)?;
-        if let Some(p) = self.pusher.get() {
-            if (len as u64) < SMALL_READ {
-                if inode.is_compressed() {
-                    if let Ok(Some(range)) = img.decoded_range(&inode, r.offset, len as u64) {
-                        p.offer(h.nodeid, &inode, r.offset, len as u64, range);
-                    }
-                } else {
-                    p.read_around(h.nodeid, &inode, r.offset, len as u64);
+        self.after_read(h.nodeid, &inode, r.offset, len as u64);
+        Ok(())
+    }
+
+    /// After a READ of `offset..offset + len` of `inode` (node `nodeid`)
+    /// was answered, by either path: offers the pushes it calls for (the
+    /// rest of a decoded extent, the window around a small read, the next
+    /// files of a directory read in order).
+    fn after_read(&self, nodeid: u64, inode: &Arc<Inode>, offset: u64, len: u64) {
+        let Some(p) = self.pusher.get() else {
+            return;
+        };
+        if len < SMALL_READ {
+            if inode.is_compressed() {
+                if let Ok(Some(range)) = self.img.decoded_range(inode, offset, len) {
+                    p.offer(nodeid, inode, offset, len, range);
                 }
-            }
-            if r.offset == 0 {
-                self.follow_listing(p, h.nodeid);
+            } else {
+                p.read_around(nodeid, inode, offset, len);
             }
         }
-        Ok(())
+        if offset == 0 {
+            self.follow_listing(p, nodeid);
+        }
     }
 
     fn lseek(&self, h: &InHeader, l: &LseekIn, sink: &mut dyn ReplySink) -> OpResult {
