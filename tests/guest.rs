@@ -75,10 +75,14 @@ impl Daemon {
             child,
             log: log.to_path_buf(),
         };
-        // Wait for the listening socket (polling a condition, with a
-        // deadline; the daemon's exit ends the wait at once).
+        // Wait for the line the daemon prints once its socket listens (the
+        // socket file alone appears at bind(2), before listen(2)); polling
+        // a condition with a deadline, the daemon's exit ends it at once.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
+        while !d
+            .log_text()
+            .contains("Waiting for vhost-user socket connection...")
+        {
             if let Ok(Some(status)) = d.child.try_wait() {
                 panic!(
                     "the daemon exited ({status}) before listening:\n{}",

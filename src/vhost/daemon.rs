@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -82,6 +82,10 @@ fn session_loop(
             VhostUserDaemon::new("erofs-virtiofsd".to_string(), Arc::clone(&backend), mem)
                 .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
         info!("waiting for a vhost-user frontend");
+        // The readiness line VMM launchers wait for on stderr (Kata's
+        // runtime-rs, as with virtiofsd): not a log message, so it is
+        // written whatever the log level. The socket is listening by now.
+        let _ = writeln!(io::stderr(), "Waiting for vhost-user socket connection...");
         daemon
             .start(listener)
             .map_err(|e| DaemonError::VhostUser(e.to_string()))?;

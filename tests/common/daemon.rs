@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// What the daemon prints on stderr once its socket listens.
+pub const READY_LINE: &str = "Waiting for vhost-user socket connection...";
+
 /// A running `erofs-virtiofsd --socket-path ... --image ...`, killed on
 /// drop. Its stderr goes to a file in its directory (see [`Self::log`]).
 #[derive(Debug)]
@@ -67,7 +70,9 @@ impl Daemon {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !d.socket.exists() {
+        // The socket file appears at bind(2), before listen(2): wait for the
+        // line the daemon prints once it listens.
+        while !d.log().contains(READY_LINE) {
             if let Some(status) = d.try_wait() {
                 panic!("daemon exited with {status} before listening:\n{}", d.log());
             }
