@@ -594,45 +594,6 @@ fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit) -> io::R
     }
 }
 
-/// The signals that end the daemon: SIGINT, SIGTERM, SIGHUP.
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it fully
-    // before sigaddset reads it, and both only touch `set`.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-/// Blocks the stop signals in this thread and the threads it spawns later,
-/// so that only [`wait_signal`] sees them (call before mounting).
-pub fn block_signals() -> io::Result<()> {
-    let set = stop_signals();
-    // SAFETY: `set` is an initialised signal set; the old mask is not
-    // wanted (null).
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
-}
-
-/// Waits for one of the (blocked) stop signals; returns its number.
-pub fn wait_signal() -> io::Result<i32> {
-    let set = stop_signals();
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
-    let rc = unsafe { libc::sigwait(&set, &mut sig) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(sig)
-}
-
 /// Detaches from the caller once the mount is up: forks, the parent exits
 /// 0 at once, the child goes on in a new session with stdio on /dev/null.
 /// Must be called before any thread is spawned.

@@ -17,6 +17,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::{DeviceOptions, FsBackend, GuestMem, Session};
 use super::error::DaemonError;
+use crate::os;
+use crate::os::signal::SignalSet;
 
 /// Where frontends connect.
 #[derive(Debug, Clone)]
@@ -56,7 +58,11 @@ pub struct ServeOptions {
 /// SIGINT for the whole process and handles them on a thread of its own
 /// (removing the socket file and exiting with status 0).
 pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), DaemonError> {
-    let signals = block_signals()?;
+    let signals = SignalSet::new(&[libc::SIGTERM, libc::SIGINT]);
+    signals.block().map_err(|source| DaemonError::Os {
+        what: "blocking SIGTERM/SIGINT",
+        source,
+    })?;
     let (listener, created) = listen(&opts.listen)?;
     spawn_signal_thread(signals, created.clone())?;
     let mut listener = Listener::from(listener);
@@ -231,49 +237,17 @@ fn adopt_listening_fd(fd: RawFd) -> Result<UnixListener, DaemonError> {
     Ok(l)
 }
 
-/// The set {SIGTERM, SIGINT}, blocked in the calling thread (and so in
-/// every thread it starts afterwards).
-fn block_signals() -> Result<libc::sigset_t, DaemonError> {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set it is given; sigaddset and
-    // pthread_sigmask get a pointer to that initialised set.
-    let rc = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(DaemonError::Os {
-            what: "blocking SIGTERM/SIGINT",
-            source: io::Error::from_raw_os_error(rc),
-        });
-    }
-    // SAFETY: initialised by sigemptyset above.
-    Ok(unsafe { set.assume_init() })
-}
-
 /// Waits for SIGTERM/SIGINT; then removes the socket and exits (status 0).
-fn spawn_signal_thread(set: libc::sigset_t, socket: Option<PathBuf>) -> Result<(), DaemonError> {
-    std::thread::Builder::new()
-        .name("signals".to_string())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is an initialised signal set blocked in every
-            // thread; `sig` is valid for one write.
-            let rc = unsafe { libc::sigwait(&set, &mut sig) };
-            if rc != 0 {
-                continue;
-            }
-            info!("signal {sig} received, shutting down");
-            if let Some(p) = &socket {
-                let _ = fs::remove_file(p);
-            }
-            std::process::exit(0);
-        })
-        .map(drop)
-        .map_err(|source| DaemonError::Os {
-            what: "starting the signal thread",
-            source,
-        })
+fn spawn_signal_thread(set: SignalSet, socket: Option<PathBuf>) -> Result<(), DaemonError> {
+    os::signal::spawn_handler(set, "signals", move |sig| {
+        info!("signal {sig} received, shutting down");
+        if let Some(p) = &socket {
+            let _ = fs::remove_file(p);
+        }
+        std::process::exit(0);
+    })
+    .map_err(|source| DaemonError::Os {
+        what: "starting the signal thread",
+        source,
+    })
 }
