@@ -119,7 +119,7 @@ impl MountArgs {
             readahead_kb: (self.readahead_kb != 0).then_some(self.readahead_kb),
         })?;
         if !self.foreground {
-            if let Err(e) = devfuse::daemonize() {
+            if let Err(e) = crate::os::proc::daemonize() {
                 let _ = devfuse::unmount(&mountpoint);
                 return Err(e).context("detaching from the terminal");
             }
