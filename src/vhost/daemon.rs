@@ -1,10 +1,9 @@
 //! The daemon around the device: the listening socket, one session per
 //! frontend connection, and clean shutdown on SIGTERM/SIGINT.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -164,33 +163,7 @@ fn group_id(group: &str) -> io::Result<u32> {
     if let Ok(n) = group.parse::<u32>() {
         return Ok(n);
     }
-    let name = CString::new(group)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name has a NUL byte"))?;
-    let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `name` is a
-    // NUL-terminated string, `grp` has room for one `struct group`, `buf`
-    // for `buf.len()` bytes, and `result` for one pointer; the strings
-    // getgrnam_r stores point into `buf`, which we do not read.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            grp.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    if result.is_null() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "no such group"));
-    }
-    // SAFETY: getgrnam_r returned 0 with a non-null result, so it filled
-    // in `grp`.
-    Ok(unsafe { grp.assume_init() }.gr_gid)
+    os::proc::group_id(group)
 }
 
 /// Takes over `fd` after checking that it is a listening Unix socket.
@@ -199,42 +172,16 @@ fn adopt_listening_fd(fd: RawFd) -> Result<UnixListener, DaemonError> {
     if fd < 0 {
         return Err(bad("not a file descriptor".to_string()));
     }
-    let int_opt = |opt: libc::c_int| -> io::Result<libc::c_int> {
-        let mut val: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `val` and `len` are valid for writes of the sizes given;
-        // getsockopt only reads `fd` (invalid fds fail with EBADF/ENOTSOCK).
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut val as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(val)
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
-    let domain = int_opt(libc::SO_DOMAIN).map_err(|e| bad(e.to_string()))?;
-    if domain != libc::AF_UNIX {
+    // A close-on-exec descriptor of our own for the inherited socket.
+    let sock = os::fd::dup_inherited(fd).map_err(|e| bad(e.to_string()))?;
+    let int_opt = |opt| os::fd::socket_option(&sock, opt).map_err(|e| bad(e.to_string()));
+    if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
         return Err(bad("not a Unix domain socket".to_string()));
     }
-    let listening = int_opt(libc::SO_ACCEPTCONN).map_err(|e| bad(e.to_string()))?;
-    if listening == 0 {
+    if int_opt(libc::SO_ACCEPTCONN)? == 0 {
         return Err(bad("socket is not listening".to_string()));
     }
-    // SAFETY: `fd` is an open Unix socket (getsockopt succeeded on it) that
-    // the caller handed to us (--fd) and nothing else in this process owns.
-    let l = unsafe { UnixListener::from_raw_fd(fd) };
-    // SAFETY: fcntl on an fd we own; F_SETFD takes an int argument.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        warn!("--fd {fd}: cannot set close-on-exec");
-    }
-    Ok(l)
+    Ok(UnixListener::from(sock))
 }
 
 /// Waits for SIGTERM/SIGINT; then removes the socket and exits (status 0).
