@@ -6,7 +6,8 @@
 //! - [`fuse`]: the FUSE protocol and the /dev/fuse transport;
 //! - [`cli`]: the command line;
 //! - [`vhost`]: the vhost-user-fs device and daemon;
-//! - [`os`]: the system calls, behind a small safe API.
+//! - [`os`]: the system calls, the only module allowed `unsafe` code.
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod erofs;

@@ -1,4 +1,5 @@
 //! The command line: argument parsing and the human-facing commands.
+#![forbid(unsafe_code)]
 
 mod image;
 pub mod json;
