@@ -1529,8 +1529,7 @@ fn print_results(workloads: &[Workload], rows: &[Row]) {
 }
 
 fn run() -> Res<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if erofs_virtiofsd::os::proc::euid() != 0 {
         return Err(
             "this benchmark mounts images and drops caches: run it as root \
              (e.g. `sudo scripts/bench-compressed.sh`)"

@@ -809,8 +809,7 @@ fn runs_from_env(default: usize) -> Res<usize> {
 }
 
 fn run() -> Res<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if erofs_virtiofsd::os::proc::euid() != 0 {
         return Err(
             "this benchmark mounts images with the kernel's EROFS driver: run it as root \
              (e.g. `sudo scripts/bench-reader.sh`)"

@@ -1,4 +1,5 @@
 //! erofs-virtiofsd command line entry point.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

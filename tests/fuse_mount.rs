@@ -536,8 +536,7 @@ fn test_fuse_lifecycle_background_mode() {
     };
     assert_eq!(pids_of(dir.path()).len(), 1, "one daemon serves the mount");
     let c = std::ffi::CString::new(dir.path().as_os_str().as_bytes()).expect("path");
-    // SAFETY: `c` is a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    erofs_virtiofsd::os::mount::umount(&c, false).expect("umount");
     assert!(
         wait_for(Duration::from_secs(10), || pids_of(dir.path()).is_empty()),
         "the daemon did not exit after umount"

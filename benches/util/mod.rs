@@ -24,15 +24,8 @@ pub fn cstr(p: &Path) -> Res<CString> {
 /// Unmounts `dir`.
 pub fn umount(dir: &Path) -> Res<()> {
     let tgt = cstr(dir)?;
-    // SAFETY: `tgt` is NUL-terminated and outlives the call.
-    if unsafe { libc::umount2(tgt.as_ptr(), 0) } != 0 {
-        return Err(format!(
-            "umount {}: {}",
-            dir.display(),
-            io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+    erofs_virtiofsd::os::mount::umount(&tgt, false)
+        .map_err(|e| format!("umount {}: {e}", dir.display()))
 }
 
 /// A source that counts and logs every read of the one it wraps.

@@ -1,4 +1,5 @@
 //! The command line: argument parsing and the human-facing commands.
+#![forbid(unsafe_code)]
 
 mod image;
 pub mod json;
@@ -9,12 +10,13 @@ mod serve;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::erofs::{Image, ImageOptions};
-use crate::source;
+use crate::source::{self, Source};
 
 /// Serve read-only EROFS images to virtual machines over vhost-user
 /// virtio-fs, and inspect them.
@@ -80,26 +82,34 @@ pub fn default_decode_cache() -> u64 {
     (total / 16).clamp(64 << 20, 1 << 30)
 }
 
+/// How every command opens an image's extra devices (`--device`), in
+/// order, and sizes its decoded-data cache (`--decode-cache`).
+pub fn image_options(
+    devices: &[PathBuf],
+    direct_io: bool,
+    decode_cache: Option<u64>,
+) -> anyhow::Result<ImageOptions> {
+    let devices = devices
+        .iter()
+        .map(|d| {
+            source::open_path_with(d, 0, direct_io)
+                .with_context(|| format!("cannot open device {}", d.display()))
+        })
+        .collect::<anyhow::Result<Vec<Arc<dyn Source>>>>()?;
+    Ok(ImageOptions {
+        devices,
+        decode_cache_bytes: Some(decode_cache.unwrap_or_else(default_decode_cache)),
+        ..Default::default()
+    })
+}
+
 impl ImageSource {
     /// Opens the image and its devices.
     pub fn open(&self) -> anyhow::Result<Image> {
         let src = source::open_path_with(&self.image, self.offset, self.direct_io)
             .with_context(|| format!("cannot open image {}", self.image.display()))?;
-        let mut devices = Vec::new();
-        for d in &self.devices {
-            let s = source::open_path_with(d, 0, self.direct_io)
-                .with_context(|| format!("cannot open device {}", d.display()))?;
-            devices.push(s);
-        }
-        Image::open(
-            src,
-            ImageOptions {
-                devices,
-                decode_cache_bytes: Some(self.decode_cache.unwrap_or_else(default_decode_cache)),
-                ..Default::default()
-            },
-        )
-        .with_context(|| format!("{}", self.image.display()))
+        let options = image_options(&self.devices, self.direct_io, self.decode_cache)?;
+        Image::open(src, options).with_context(|| format!("{}", self.image.display()))
     }
 }
 

@@ -13,6 +13,7 @@ use super::ImageSource;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
 use crate::fuse::{CachePolicy, Server, ServerOptions};
+use crate::os::signal::{self, SignalSet};
 
 /// `--cache` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,7 +109,8 @@ impl MountArgs {
         let mountpoint = devfuse::preflight(&self.mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
         // signal between mount and serve cannot kill us with the mount up.
-        devfuse::block_signals().context("blocking signals")?;
+        let signals = SignalSet::new(&STOP_SIGNALS);
+        signals.block().context("blocking signals")?;
         let mount = devfuse::mount(&MountConfig {
             mountpoint: mountpoint.clone(),
             fsname: "erofs-virtiofsd".into(),
@@ -117,12 +119,12 @@ impl MountArgs {
             readahead_kb: (self.readahead_kb != 0).then_some(self.readahead_kb),
         })?;
         if !self.foreground {
-            if let Err(e) = devfuse::daemonize() {
+            if let Err(e) = crate::os::proc::daemonize() {
                 let _ = devfuse::unmount(&mountpoint);
                 return Err(e).context("detaching from the terminal");
             }
         }
-        spawn_signal_thread(mountpoint.clone())?;
+        spawn_signal_thread(signals, mountpoint.clone())?;
         mount.serve(&server, self.threads, queues)?;
         Ok(ExitCode::SUCCESS)
     }
@@ -158,23 +160,20 @@ impl MountArgs {
     }
 }
 
+/// The signals that end the mount: SIGINT, SIGTERM, SIGHUP.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
 /// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and unmounts;
 /// the workers then see ENODEV and the process exits.
-fn spawn_signal_thread(mountpoint: PathBuf) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let Ok(sig) = devfuse::wait_signal() else {
-                continue;
-            };
-            if let Err(e) = devfuse::unmount(&mountpoint) {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "erofs-virtiofsd: unmounting {} on signal {sig}: {e}",
-                    mountpoint.display()
-                );
-            }
-        })
-        .context("spawning the signal thread")?;
-    Ok(())
+fn spawn_signal_thread(signals: SignalSet, mountpoint: PathBuf) -> anyhow::Result<()> {
+    signal::spawn_handler(signals, "signals", move |sig| {
+        if let Err(e) = devfuse::unmount(&mountpoint) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "erofs-virtiofsd: unmounting {} on signal {sig}: {e}",
+                mountpoint.display()
+            );
+        }
+    })
+    .context("spawning the signal thread")
 }

@@ -176,23 +176,10 @@ impl ServeArgs {
         if self.direct_io {
             bail!("--direct-io does not apply to a guest image");
         }
-        let mut devices = Vec::new();
-        for d in &self.devices {
-            let s = crate::source::open_path(d, 0)
-                .with_context(|| format!("cannot open device {}", d.display()))?;
-            devices.push(s);
-        }
         Ok(vhost::GuestImage {
             gpa,
             len,
-            options: crate::erofs::ImageOptions {
-                devices,
-                decode_cache_bytes: Some(
-                    self.decode_cache
-                        .unwrap_or_else(super::default_decode_cache),
-                ),
-                ..Default::default()
-            },
+            options: super::image_options(&self.devices, false, self.decode_cache)?,
         })
     }
 }

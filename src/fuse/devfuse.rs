@@ -6,9 +6,8 @@
 //! through the dispatcher's checks.
 
 use std::ffi::CString;
-use std::fs::File;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +20,7 @@ use super::sink::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
 use super::splice::{spans_len, SplicePipe};
 use super::{uring, Server};
 use crate::erofs::Span;
+use crate::os;
 
 /// Why mounting or serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,22 +89,18 @@ fn cstring(p: &Path) -> io::Result<CString> {
 
 /// Opens /dev/fuse read-write, close-on-exec.
 fn open_dev() -> io::Result<OwnedFd> {
-    let path = c"/dev/fuse";
-    // SAFETY: `path` is a valid NUL-terminated string; open has no other
-    // preconditions.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by open(2) and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // std opens with O_CLOEXEC.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map(OwnedFd::from)
 }
 
 /// Checks what mounting needs before anything is mounted: root, /dev/fuse
 /// and a directory to mount on (returned absolute).
 pub fn preflight(mountpoint: &Path) -> Result<PathBuf, DevFuseError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = os::proc::euid();
     if euid != 0 {
         return Err(DevFuseError::NotRoot { euid });
     }
@@ -130,8 +126,7 @@ pub fn mount(cfg: &MountConfig) -> Result<FuseMount, DevFuseError> {
         path: cfg.mountpoint.clone(),
         source,
     };
-    // SAFETY: getuid/getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = os::proc::uid_gid();
     let data = format!(
         "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions,allow_other,max_read={}",
         fd.as_raw_fd(),
@@ -143,20 +138,14 @@ pub fn mount(cfg: &MountConfig) -> Result<FuseMount, DevFuseError> {
     let fstype = CString::new(format!("fuse.{}", cfg.subtype)).map_err(bad_str)?;
     let data = CString::new(data).map_err(bad_str)?;
     let target = cstring(&cfg.mountpoint).map_err(mount_err)?;
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives
-    // the call; the kernel only reads them.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_RDONLY | libc::MS_NOSUID,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(mount_err(io::Error::last_os_error()));
-    }
+    os::mount::mount(
+        &source,
+        &target,
+        &fstype,
+        libc::MS_RDONLY | libc::MS_NOSUID,
+        &data,
+    )
+    .map_err(mount_err)?;
     Ok(FuseMount {
         fd,
         mountpoint: cfg.mountpoint.clone(),
@@ -222,21 +211,9 @@ pub fn set_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
 /// keeps serving open files until they are closed).
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
     let target = cstring(mountpoint)?;
-    // SAFETY: `target` is a valid NUL-terminated path for the whole call.
-    let rc = unsafe { libc::umount2(target.as_ptr(), 0) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EBUSY) {
-        return Err(err);
-    }
-    // SAFETY: as above.
-    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    match os::mount::umount(&target, false) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => os::mount::umount(&target, true),
+        r => r,
     }
 }
 
@@ -250,19 +227,7 @@ impl FuseMount {
     /// worker gets its own request queue.
     fn clone_fd(&self) -> io::Result<OwnedFd> {
         let new = open_dev()?;
-        let src = u32::try_from(self.fd.as_raw_fd()).map_err(io::Error::other)?;
-        // SAFETY: `new` is an open /dev/fuse fd; the ioctl reads one u32
-        // from the pointer, which is valid for the call.
-        let rc = unsafe {
-            libc::ioctl(
-                new.as_raw_fd(),
-                abi::DEV_IOC_CLONE as libc::c_ulong,
-                &src as *const u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        os::mount::clone_fuse_fd(&new, self.fd.as_raw_fd())?;
         Ok(new)
     }
 
@@ -474,25 +439,16 @@ pub(crate) fn write_message(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
     if parts.len() > MAX_IOV {
         return Err(io::Error::other("too many message parts"));
     }
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_IOV];
+    let mut iov = [IoSlice::new(&[]); MAX_IOV];
     for (v, p) in iov.iter_mut().zip(parts) {
-        v.iov_base = p.as_ptr().cast_mut().cast();
-        v.iov_len = p.len();
+        *v = IoSlice::new(p);
     }
-    let cnt = libc::c_int::try_from(parts.len()).unwrap_or(0);
+    let iov = iov.get(..parts.len()).unwrap_or(&[]);
     loop {
-        // SAFETY: the first `cnt` iovecs point at live slices borrowed for
-        // this call; writev only reads them.
-        let rc = unsafe { libc::writev(fd, iov.as_ptr(), cnt) };
-        if rc >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match os::fd::writev(fd, iov) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -570,18 +526,13 @@ fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit) -> io::R
     let mut req = vec![0u8; bufsize];
     let mut sink = DevSink::new(fd, bufsize);
     loop {
-        // SAFETY: `req` is a live, writable buffer of `req.len()` bytes.
-        let n = unsafe { libc::read(fd, req.as_mut_ptr().cast(), req.len()) };
-        let n = match usize::try_from(n) {
+        let n = match os::fd::read(fd, &mut req) {
             Ok(n) => n,
-            Err(_) => {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
-                    Some(libc::ENODEV) => return Ok(()),
-                    _ => return Err(e),
-                }
-            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
+                Some(libc::ENODEV) => return Ok(()),
+                _ => return Err(e),
+            },
         };
         let msg = req.get(..n).unwrap_or(&[]);
         if let Err(e) = server.handle(msg, &mut sink) {
@@ -592,76 +543,6 @@ fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit) -> io::R
         }
         init.check(server);
     }
-}
-
-/// The signals that end the daemon: SIGINT, SIGTERM, SIGHUP.
-fn stop_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it fully
-    // before sigaddset reads it, and both only touch `set`.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-/// Blocks the stop signals in this thread and the threads it spawns later,
-/// so that only [`wait_signal`] sees them (call before mounting).
-pub fn block_signals() -> io::Result<()> {
-    let set = stop_signals();
-    // SAFETY: `set` is an initialised signal set; the old mask is not
-    // wanted (null).
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
-}
-
-/// Waits for one of the (blocked) stop signals; returns its number.
-pub fn wait_signal() -> io::Result<i32> {
-    let set = stop_signals();
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
-    let rc = unsafe { libc::sigwait(&set, &mut sig) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(sig)
-}
-
-/// Detaches from the caller once the mount is up: forks, the parent exits
-/// 0 at once, the child goes on in a new session with stdio on /dev/null.
-/// Must be called before any thread is spawned.
-pub fn daemonize() -> io::Result<()> {
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    // SAFETY: the caller has spawned no thread yet, so the child is a
-    // complete copy of this single-threaded process.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid > 0 {
-        // SAFETY: _exit ends the parent without running destructors that
-        // could touch state the child now owns (the mount).
-        unsafe { libc::_exit(0) };
-    }
-    // SAFETY: setsid has no preconditions; failure (already a session
-    // leader) is harmless.
-    unsafe { libc::setsid() };
-    let _ = std::env::set_current_dir("/");
-    for fd in 0..3 {
-        // SAFETY: both fds are open; dup2 replaces stdio atomically.
-        unsafe { libc::dup2(null.as_raw_fd(), fd) };
-    }
-    drop::<File>(null);
-    Ok(())
 }
 
 #[cfg(test)]

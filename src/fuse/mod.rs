@@ -10,7 +10,9 @@
 //!
 //! Trusts: the image only through [`crate::erofs`] (which validates it);
 //! requests not at all (any byte string gets a reply or is dropped, never a
-//! panic). Owns: the session state of one mount.
+//! panic). Owns: the session state of one mount. System calls go through
+//! [`crate::os`].
+#![forbid(unsafe_code)]
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod abi;

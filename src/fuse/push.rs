@@ -129,7 +129,7 @@ impl Pusher {
             tx: Mutex::new(Some(tx)),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             stats,
-            page: page_size(),
+            page: crate::os::proc::page_size(),
             misses: Mutex::new(HashMap::default()),
         })
     }
@@ -283,12 +283,6 @@ fn around_window(size: u64, offset: u64, misses: u64) -> Option<(u64, u64)> {
     Some((start, start.saturating_add(AROUND).min(size)))
 }
 
-fn page_size() -> u64 {
-    // SAFETY: sysconf only reads its argument.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
-}
-
 fn run(rx: &Receiver<Push>, img: &Image, fd: &OwnedFd, stats: &Mutex<PushStats>) {
     let mut buf = Vec::new();
     let pipe = SplicePipe::new().ok();
@@ -375,7 +369,6 @@ mod tests {
     use super::*;
     use crate::fuse::testutil::{memory_image, TINY_IMAGE};
     use std::io::Read;
-    use std::os::fd::FromRawFd;
 
     const K: u64 = 1024;
 
@@ -453,11 +446,7 @@ mod tests {
         let inode = Arc::new(img.inode(nid).unwrap());
         let mut want = vec![0u8; 8204];
         assert_eq!(img.read(&inode, 4096, &mut want).unwrap(), want.len());
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe returns.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: both descriptors were just made and are owned here only.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, w) = crate::os::fd::pipe(false).unwrap();
         let pusher = Pusher::start(Arc::clone(&img), w).unwrap();
         pusher.send(77, &inode, 4096, 8204);
         // The same range again is not pushed twice.

@@ -36,10 +36,11 @@ pub const OUT_HEADER_LEN: usize = std::mem::size_of::<OutHeader>();
 ///   to be sent back to back; or
 /// - [`send_with`](Self::send_with): a payload produced in place, straight
 ///   into the transport's own memory: the sink hands out writable buffers
-///   and the dispatcher fills them (file data from `Image::read`), so the
-///   data is written once and never copied again in user space. On
+///   and the dispatcher fills them (file data from `Image::read`). On
 ///   /dev/fuse those buffers are a per-thread aligned buffer sent with one
-///   `writev(2)`; on virtio-fs they are the guest's writable descriptors.
+///   `writev(2)`; on virtio-fs a per-thread bounce buffer copied into the
+///   guest's writable descriptors (guest memory is never lent out as
+///   `&mut [u8]`: the guest may write it at any time).
 ///
 /// Requests that get no reply (FORGET, BATCH_FORGET, INTERRUPT) make no call
 /// at all. Errors returned are the transport's own (the device went away);
@@ -62,7 +63,9 @@ pub trait ReplySink {
     fn send_with(&mut self, unique: u64, len: usize, fill: &mut Fill<'_>) -> io::Result<()>;
 
     /// Whether [`send_spans`](Self::send_spans) may take file data as host
-    /// file ranges (worth asking the image for them).
+    /// file ranges (worth asking the image for them): spliced on
+    /// /dev/fuse, read by the kernel into the guest's buffers on
+    /// virtio-fs.
     fn can_splice(&self) -> bool {
         false
     }

@@ -6,9 +6,10 @@
 //! uncompressed data.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::erofs::Span;
+use crate::os;
 
 /// Most pieces (file ranges, holes) one spliced message is made of; more
 /// take the copying path.
@@ -41,22 +42,15 @@ pub(crate) struct SplicePipe {
 
 impl SplicePipe {
     pub(crate) fn new() -> io::Result<Self> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 returned two new descriptors owned by nothing else.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let mut got = -1;
+        let (r, w) = os::fd::pipe(true)?;
+        let mut got = 0;
         for bytes in [PIPE_BYTES, 1 << 20] {
-            // SAFETY: F_SETPIPE_SZ takes an int argument, touches no memory.
-            got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
-            if got > 0 {
+            if let Ok(n) = os::fd::set_pipe_size(&w, bytes) {
+                got = n;
                 break;
             }
         }
-        let slots = usize::try_from(got).unwrap_or(0) / 4096;
+        let slots = got / 4096;
         if slots < 64 {
             return Err(io::Error::other("pipe too small for spliced messages"));
         }
@@ -110,29 +104,11 @@ impl SplicePipe {
     /// [`io::ErrorKind::WriteZero`] when only part of it moved; either way
     /// the pipe is empty afterwards.
     pub(crate) fn send(&self, fd: RawFd, len: usize) -> io::Result<()> {
-        // No SPLICE_F_MOVE: with it the kernel steals whole page-cache
-        // pages of the image (removing them from the image file's cache)
-        // to put them in the mount's cache, which halved sequential reads
-        // (the stealing costs more than the copy) and left the image cold
-        // for every other reader of it.
-        // SAFETY: plain descriptors, no memory is passed.
-        let n = unsafe {
-            libc::splice(
-                self.r.as_raw_fd(),
-                std::ptr::null_mut(),
-                fd,
-                std::ptr::null_mut(),
-                len,
-                0,
-            )
-        };
-        if usize::try_from(n) == Ok(len) {
-            return Ok(());
-        }
-        let e = if n < 0 {
-            io::Error::last_os_error()
-        } else {
-            io::Error::from(io::ErrorKind::WriteZero)
+        // (Without SPLICE_F_MOVE: see `os::splice::pipe_to`.)
+        let e = match os::splice::pipe_to(self.r.as_raw_fd(), fd, len) {
+            Ok(n) if n == len => return Ok(()),
+            Ok(_) => io::Error::from(io::ErrorKind::WriteZero),
+            Err(e) => e,
         };
         self.drain();
         Err(e)
@@ -141,22 +117,14 @@ impl SplicePipe {
     /// Empties the pipe (after a failed message), so the next starts clean.
     fn drain(&self) {
         let mut scratch = [0u8; 4096];
-        loop {
-            // SAFETY: `scratch` is writable for its length.
-            let n = unsafe { libc::read(self.r.as_raw_fd(), scratch.as_mut_ptr().cast(), 4096) };
-            if n <= 0 {
-                break;
-            }
-        }
+        while matches!(os::fd::read(self.r.as_raw_fd(), &mut scratch), Ok(n) if n > 0) {}
     }
 
     /// Writes all of `bytes` into the pipe (it has room: it is empty and
     /// sized for a whole message; a full pipe fails with EAGAIN).
     fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            // SAFETY: `bytes` is readable for its length.
-            let n = unsafe { libc::write(self.w.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-            let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+            let n = os::fd::write(self.w.as_raw_fd(), bytes)?;
             bytes = bytes.get(n..).unwrap_or(&[]);
         }
         Ok(())
@@ -165,30 +133,14 @@ impl SplicePipe {
     /// Moves `len` bytes of `fd` at `offset` into the pipe (page
     /// references, no copy).
     fn splice_in(&self, fd: RawFd, offset: u64, len: usize) -> io::Result<()> {
-        let mut off = i64::try_from(offset).map_err(io::Error::other)?;
+        let mut off = offset;
         let mut left = len;
         while left > 0 {
-            // SAFETY: `off` is a valid in/out offset for the call; no other
-            // memory is touched.
-            let n = unsafe {
-                libc::splice(
-                    fd,
-                    &mut off,
-                    self.w.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    left,
-                    libc::SPLICE_F_NONBLOCK,
-                )
-            };
-            match usize::try_from(n) {
+            match os::splice::file_to_pipe(fd, &mut off, self.w.as_raw_fd(), left) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
                 Ok(n) => left = left.saturating_sub(n),
-                Err(_) => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())

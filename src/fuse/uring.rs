@@ -23,17 +23,13 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{InHeader, OutHeader};
 use super::sink::{out_header, Errno, Fill, ReplySink};
 use super::Server;
+use crate::os::uring::FuseRing;
 
-/// `FUSE_IO_URING_CMD_REGISTER`: register an entry's buffers, fetch a request.
-const CMD_REGISTER: u32 = 1;
-/// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`: send the reply, fetch the next one.
-const CMD_COMMIT_AND_FETCH: u32 = 2;
 /// Size of the in/out header area of an entry.
 const IN_OUT_HEADER_SZ: usize = 128;
 /// Size of the per-op header area of an entry.
@@ -61,58 +57,6 @@ struct ReqHeader {
     ent: EntInOut,
 }
 
-/// `struct fuse_uring_cmd_req`, in the SQE's command area.
-#[derive(Debug, Default, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C)]
-struct CmdReq {
-    flags: u64,
-    commit_id: u64,
-    qid: u16,
-    padding: [u8; 6],
-}
-
-/// One page of a payload buffer.
-#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C, align(4096))]
-struct Page([u8; 4096]);
-
-/// One ring entry: its header and payload buffers and the iovecs REGISTER
-/// reads. The buffers are heap memory that never moves while the ring
-/// lives; the kernel writes into them only while this thread is inside
-/// io_uring_enter(2), and they are read only after a completion.
-struct Entry {
-    header: Box<ReqHeader>,
-    payload: Vec<Page>,
-    iov: Box<[libc::iovec; 2]>,
-}
-
-// SAFETY: the iovecs' raw pointers point into this entry's own heap
-// buffers (boxed, never reallocated), which move with it to the queue's
-// thread; nothing else holds them.
-unsafe impl Send for Entry {}
-
-impl Entry {
-    fn new(payload_len: usize) -> Self {
-        let mut header = Box::new(ReqHeader::new_zeroed());
-        let mut payload = vec![Page([0; 4096]); payload_len.div_ceil(4096).max(1)];
-        let iov = Box::new([
-            libc::iovec {
-                iov_base: std::ptr::from_mut(&mut *header).cast(),
-                iov_len: std::mem::size_of::<ReqHeader>(),
-            },
-            libc::iovec {
-                iov_base: payload.as_mut_ptr().cast(),
-                iov_len: payload.len().saturating_mul(4096),
-            },
-        ]);
-        Self {
-            header,
-            payload,
-            iov,
-        }
-    }
-}
-
 /// The queue count the kernel uses: one per possible CPU id
 /// (`/sys/devices/system/cpu/possible`, e.g. `0-3` or `0,2-5`).
 pub fn possible_cpus() -> io::Result<usize> {
@@ -134,20 +78,11 @@ pub fn kernel_enabled() -> bool {
         .is_ok_and(|s| s.trim() == "Y")
 }
 
-/// One queue: its ring (made before INIT) and entries.
+/// One queue: its ring and entries (made before INIT).
+#[derive(Debug)]
 pub struct Queue {
     qid: u16,
-    ring: IoUring<squeue::Entry128, cqueue::Entry>,
-    entries: Vec<Entry>,
-}
-
-impl std::fmt::Debug for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("qid", &self.qid)
-            .field("entries", &self.entries.len())
-            .finish_non_exhaustive()
-    }
+    ring: FuseRing<ReqHeader>,
 }
 
 /// Makes one queue per possible CPU, each with `depth` entries whose
@@ -155,74 +90,13 @@ impl std::fmt::Debug for Queue {
 /// `max_pages` worth: the kernel refuses smaller ones).
 pub fn make_queues(depth: usize, payload_len: usize) -> io::Result<Vec<Queue>> {
     let n = possible_cpus()?;
-    let depth = depth.max(1);
-    let sq = u32::try_from(depth.saturating_mul(2)).unwrap_or(u32::MAX);
     (0..n)
         .map(|q| {
             let qid = u16::try_from(q).map_err(io::Error::other)?;
-            let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-                .setup_coop_taskrun()
-                .build(sq)?;
-            let entries = (0..depth).map(|_| Entry::new(payload_len)).collect();
-            Ok(Queue { qid, ring, entries })
+            let ring = FuseRing::new(depth, payload_len)?;
+            Ok(Queue { qid, ring })
         })
         .collect()
-}
-
-/// An SQE for `cmd` on `fd` with the command area set to `req`.
-fn uring_cmd(fd: RawFd, cmd: u32, req: &CmdReq, user_data: u64) -> squeue::Entry128 {
-    let mut area = [0u8; 80];
-    if let Some(dst) = area.get_mut(..std::mem::size_of::<CmdReq>()) {
-        dst.copy_from_slice(req.as_bytes());
-    }
-    opcode::UringCmd80::new(types::Fd(fd), cmd)
-        .cmd(area)
-        .build()
-        .user_data(user_data)
-}
-
-/// REGISTER's SQE: like [`uring_cmd`] plus `addr` = the entry's two iovecs
-/// and `len` = 2, which the io-uring crate's builder cannot set.
-fn register_sqe(fd: RawFd, qid: u16, e: &Entry, user_data: u64) -> squeue::Entry128 {
-    let req = CmdReq {
-        qid,
-        ..CmdReq::default()
-    };
-    let mut area = [0u8; 80];
-    if let Some(dst) = area.get_mut(..std::mem::size_of::<CmdReq>()) {
-        dst.copy_from_slice(req.as_bytes());
-    }
-    let sqe = opcode::UringCmd80::new(types::Fd(fd), CMD_REGISTER)
-        .cmd(area)
-        .addr(Some(e.iov.as_ptr() as u64))
-        .build()
-        .user_data(user_data);
-    // SAFETY: `Entry128` is `repr(C)`: a 64-byte `io_uring_sqe` followed by
-    // 64 bytes of command data, 128 initialised bytes with no padding, so
-    // it can be viewed as bytes and any byte pattern is a valid value.
-    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
-    // `len` is the u32 at offset 24 of the SQE: the number of iovecs.
-    if let Some(len) = raw.get_mut(24..28) {
-        len.copy_from_slice(&2u32.to_ne_bytes());
-    }
-    // SAFETY: as above, in the other direction.
-    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
-}
-
-/// Pins the calling thread to `cpu`; failure (a cpuset without it) leaves
-/// it unpinned.
-fn pin_to(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write into
-    // `set`, and sched_setaffinity reads `size_of::<cpu_set_t>()` bytes
-    // of it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        if cpu < libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
-    }
 }
 
 /// Replies written into a ring entry: the out-header into the in/out area,
@@ -286,32 +160,17 @@ impl ReplySink for EntrySink<'_> {
 /// then answers each completion and commits it. Runs on its own thread,
 /// pinned to the queue's CPU.
 pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Server) -> io::Result<()> {
-    pin_to(usize::from(q.qid));
+    crate::os::proc::pin_to_cpu(usize::from(q.qid));
     let qid = q.qid;
-    for (i, e) in q.entries.iter().enumerate() {
-        let sqe = register_sqe(fd, qid, e, i as u64);
-        // SAFETY: the SQE points at the entry's iovecs and buffers, which
-        // live in `q` until this function returns, after the ring (which
-        // is dropped with `q`) stops using them.
-        unsafe { q.ring.submission().push(&sqe) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-    }
-    let mut live = q.entries.len();
+    q.ring.register(fd, qid)?;
+    let mut live = q.ring.depth();
     let mut req = Vec::with_capacity(4096);
     // Completions of one wait (the ring is borrowed again to commit them).
-    let mut done: Vec<(u64, i32)> = Vec::with_capacity(q.entries.len());
+    let mut done: Vec<(usize, i32)> = Vec::with_capacity(live);
     while live > 0 {
-        match q.ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
         done.clear();
-        done.extend(q.ring.completion().map(|c| (c.user_data(), c.result())));
-        for &(ud, res) in &done {
-            let Some(e) = usize::try_from(ud).ok().and_then(|i| q.entries.get_mut(i)) else {
-                continue;
-            };
+        q.ring.wait(&mut done)?;
+        for &(i, res) in &done {
             if res < 0 {
                 // The connection is gone (ENOTCONN, ECONNABORTED, ...) or
                 // registration was refused (the kernel then falls back to
@@ -324,27 +183,20 @@ pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Server) -> io::Result<()> {
                 }
                 continue;
             }
-            let commit_id = answer(e, server, &mut req);
-            let creq = CmdReq {
-                commit_id,
-                qid,
-                ..CmdReq::default()
+            let Some((header, payload)) = q.ring.entry_mut(i) else {
+                continue;
             };
-            let sqe = uring_cmd(fd, CMD_COMMIT_AND_FETCH, &creq, ud);
-            // SAFETY: as for REGISTER: the entry's buffers outlive the ring.
-            if unsafe { q.ring.submission().push(&sqe) }.is_err() {
-                return Err(io::Error::other("io_uring submission queue full"));
-            }
+            let commit_id = answer(header, payload, server, &mut req);
+            q.ring.commit_and_fetch(i, qid, commit_id)?;
         }
     }
     Ok(())
 }
 
-/// Answers the request in entry `e`; returns its commit id.
-fn answer(e: &mut Entry, server: &Server, req: &mut Vec<u8>) -> u64 {
-    let h = &*e.header;
+/// Answers the request in an entry (`h`, `payload`); returns its commit
+/// id.
+fn answer(h: &mut ReqHeader, payload: &mut [u8], server: &Server, req: &mut Vec<u8>) -> u64 {
     let commit_id = h.ent.commit_id;
-    let payload = e.payload.as_bytes();
     let payload_sz = usize::try_from(h.ent.payload_sz)
         .unwrap_or(usize::MAX)
         .min(payload.len());
@@ -369,8 +221,8 @@ fn answer(e: &mut Entry, server: &Server, req: &mut Vec<u8>) -> u64 {
         _ => {
             // A frame this transport does not understand: refuse it.
             let mut sink = EntrySink {
-                header: &mut e.header,
-                payload: e.payload.as_mut_bytes(),
+                header: h,
+                payload,
                 sent: false,
             };
             sink.set(&out_header(unique, libc::EIO, 0), 0);
@@ -378,8 +230,8 @@ fn answer(e: &mut Entry, server: &Server, req: &mut Vec<u8>) -> u64 {
         }
     }
     let mut sink = EntrySink {
-        header: &mut e.header,
-        payload: e.payload.as_mut_bytes(),
+        header: h,
+        payload,
         sent: false,
     };
     // Transport errors cannot happen here (the reply is only memory), and
@@ -399,24 +251,6 @@ mod tests {
     fn layouts_match_the_uapi() {
         assert_eq!(std::mem::size_of::<EntInOut>(), 32);
         assert_eq!(std::mem::size_of::<ReqHeader>(), 128 + 128 + 32);
-        assert_eq!(std::mem::size_of::<CmdReq>(), 24);
-        assert_eq!(std::mem::size_of::<squeue::Entry128>(), 128);
-    }
-
-    #[test]
-    fn register_sqe_sets_addr_and_len() {
-        let e = Entry::new(8192);
-        let sqe = register_sqe(7, 3, &e, 9);
-        // SAFETY: see `register_sqe`.
-        let raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
-        assert_eq!(raw[0], 46, "IORING_OP_URING_CMD");
-        assert_eq!(&raw[4..8], &7i32.to_ne_bytes(), "fd");
-        assert_eq!(&raw[8..12], &CMD_REGISTER.to_ne_bytes(), "cmd_op");
-        assert_eq!(&raw[16..24], &(e.iov.as_ptr() as u64).to_ne_bytes(), "addr");
-        assert_eq!(&raw[24..28], &2u32.to_ne_bytes(), "len");
-        assert_eq!(&raw[32..40], &9u64.to_ne_bytes(), "user_data");
-        // The command area starts at byte 48: flags, commit_id, qid.
-        assert_eq!(&raw[64..66], &3u16.to_ne_bytes(), "qid");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! A [`Source`] answers "give me N bytes at offset O" for one image or
 //! extra device. It owns the underlying file or memory and trusts nothing
 //! about the bytes it returns: the EROFS layer validates them.
+#![forbid(unsafe_code)]
 
 mod direct;
 mod fd;

@@ -1,10 +1,9 @@
 //! The daemon around the device: the listening socket, one session per
 //! frontend connection, and clean shutdown on SIGTERM/SIGINT.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::{DeviceOptions, FsBackend, GuestMem, Session};
 use super::error::DaemonError;
+use crate::os;
+use crate::os::signal::SignalSet;
 
 /// Where frontends connect.
 #[derive(Debug, Clone)]
@@ -56,7 +57,11 @@ pub struct ServeOptions {
 /// SIGINT for the whole process and handles them on a thread of its own
 /// (removing the socket file and exiting with status 0).
 pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), DaemonError> {
-    let signals = block_signals()?;
+    let signals = SignalSet::new(&[libc::SIGTERM, libc::SIGINT]);
+    signals.block().map_err(|source| DaemonError::Os {
+        what: "blocking SIGTERM/SIGINT",
+        source,
+    })?;
     let (listener, created) = listen(&opts.listen)?;
     spawn_signal_thread(signals, created.clone())?;
     let mut listener = Listener::from(listener);
@@ -162,33 +167,7 @@ fn group_id(group: &str) -> io::Result<u32> {
     if let Ok(n) = group.parse::<u32>() {
         return Ok(n);
     }
-    let name = CString::new(group)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "group name has a NUL byte"))?;
-    let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `name` is a
-    // NUL-terminated string, `grp` has room for one `struct group`, `buf`
-    // for `buf.len()` bytes, and `result` for one pointer; the strings
-    // getgrnam_r stores point into `buf`, which we do not read.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            grp.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    if result.is_null() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "no such group"));
-    }
-    // SAFETY: getgrnam_r returned 0 with a non-null result, so it filled
-    // in `grp`.
-    Ok(unsafe { grp.assume_init() }.gr_gid)
+    os::proc::group_id(group)
 }
 
 /// Takes over `fd` after checking that it is a listening Unix socket.
@@ -197,87 +176,29 @@ fn adopt_listening_fd(fd: RawFd) -> Result<UnixListener, DaemonError> {
     if fd < 0 {
         return Err(bad("not a file descriptor".to_string()));
     }
-    let int_opt = |opt: libc::c_int| -> io::Result<libc::c_int> {
-        let mut val: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `val` and `len` are valid for writes of the sizes given;
-        // getsockopt only reads `fd` (invalid fds fail with EBADF/ENOTSOCK).
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&mut val as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(val)
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
-    let domain = int_opt(libc::SO_DOMAIN).map_err(|e| bad(e.to_string()))?;
-    if domain != libc::AF_UNIX {
+    // A close-on-exec descriptor of our own for the inherited socket.
+    let sock = os::fd::dup_inherited(fd).map_err(|e| bad(e.to_string()))?;
+    let int_opt = |opt| os::fd::socket_option(&sock, opt).map_err(|e| bad(e.to_string()));
+    if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
         return Err(bad("not a Unix domain socket".to_string()));
     }
-    let listening = int_opt(libc::SO_ACCEPTCONN).map_err(|e| bad(e.to_string()))?;
-    if listening == 0 {
+    if int_opt(libc::SO_ACCEPTCONN)? == 0 {
         return Err(bad("socket is not listening".to_string()));
     }
-    // SAFETY: `fd` is an open Unix socket (getsockopt succeeded on it) that
-    // the caller handed to us (--fd) and nothing else in this process owns.
-    let l = unsafe { UnixListener::from_raw_fd(fd) };
-    // SAFETY: fcntl on an fd we own; F_SETFD takes an int argument.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-        warn!("--fd {fd}: cannot set close-on-exec");
-    }
-    Ok(l)
-}
-
-/// The set {SIGTERM, SIGINT}, blocked in the calling thread (and so in
-/// every thread it starts afterwards).
-fn block_signals() -> Result<libc::sigset_t, DaemonError> {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set it is given; sigaddset and
-    // pthread_sigmask get a pointer to that initialised set.
-    let rc = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(DaemonError::Os {
-            what: "blocking SIGTERM/SIGINT",
-            source: io::Error::from_raw_os_error(rc),
-        });
-    }
-    // SAFETY: initialised by sigemptyset above.
-    Ok(unsafe { set.assume_init() })
+    Ok(UnixListener::from(sock))
 }
 
 /// Waits for SIGTERM/SIGINT; then removes the socket and exits (status 0).
-fn spawn_signal_thread(set: libc::sigset_t, socket: Option<PathBuf>) -> Result<(), DaemonError> {
-    std::thread::Builder::new()
-        .name("signals".to_string())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is an initialised signal set blocked in every
-            // thread; `sig` is valid for one write.
-            let rc = unsafe { libc::sigwait(&set, &mut sig) };
-            if rc != 0 {
-                continue;
-            }
-            info!("signal {sig} received, shutting down");
-            if let Some(p) = &socket {
-                let _ = fs::remove_file(p);
-            }
-            std::process::exit(0);
-        })
-        .map(drop)
-        .map_err(|source| DaemonError::Os {
-            what: "starting the signal thread",
-            source,
-        })
+fn spawn_signal_thread(set: SignalSet, socket: Option<PathBuf>) -> Result<(), DaemonError> {
+    os::signal::spawn_handler(set, "signals", move |sig| {
+        info!("signal {sig} received, shutting down");
+        if let Some(p) = &socket {
+            let _ = fs::remove_file(p);
+        }
+        std::process::exit(0);
+    })
+    .map_err(|source| DaemonError::Os {
+        what: "starting the signal thread",
+        source,
+    })
 }

@@ -4,8 +4,8 @@
 //! - [`config`]: feature bits, protocol features, config space;
 //! - [`chain`]: one descriptor chain split into request and reply space,
 //!   every length and direction checked;
-//! - [`GuestWriter`]: the reply space, into which file data is read in
-//!   place;
+//! - [`GuestWriter`]: the reply space, written with volatile copies and,
+//!   for file data, by the kernel (`preadv` into the guest's buffers);
 //! - [`FsBackend`]: the `VhostUserBackend` of one connection;
 //! - [`serve`]: the listening socket, one fresh session per frontend,
 //!   signals.
@@ -13,9 +13,8 @@
 //! Trusts the rust-vmm crates for the vhost-user control plane and guest
 //! memory bounds; trusts nothing the guest puts in the virtqueues. Owns
 //! the listening socket (removed on exit) and the per-connection session.
-//! All of the crate's `unsafe` lives here: handing guest buffers out as
-//! byte slices, and the fd/signal calls of the daemon.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+//! System calls go through [`crate::os`].
+#![forbid(unsafe_code)]
 
 mod backend;
 pub mod chain;

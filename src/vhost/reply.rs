@@ -1,13 +1,49 @@
-//! The FUSE dispatcher's reply sink over a chain's writable buffers: the
-//! reply header and payloads are copied in, file data is produced in place.
+//! The FUSE dispatcher's reply sink over a chain's writable buffers.
+//!
+//! The reply header and payloads are copied in with volatile copies.
+//! File data comes two ways: uncompressed data of a buffered image file,
+//! given as file ranges ([`ReplySink::send_spans`]), is read by the kernel
+//! straight into the guest's buffers; anything else (compressed data,
+//! images in memory, `O_DIRECT` files, small reads) is produced into a
+//! per-thread bounce buffer and copied in. Guest memory is never lent out
+//! as `&mut [u8]` (the guest may write it at any time).
 
+use std::cell::RefCell;
 use std::io;
 
 use zerocopy::IntoBytes;
 
 use super::writer::GuestWriter;
+use crate::erofs::Span;
 use crate::fuse::abi::OutHeader;
 use crate::fuse::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
+
+/// Most bounce-buffer bytes a thread keeps between replies (READs are at
+/// most 1 MiB; a larger buffer is freed after use).
+const BOUNCE_KEEP: usize = 2 << 20;
+
+thread_local! {
+    /// The calling thread's bounce buffer for [`ReplySink::send_with`].
+    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with a buffer of `len` bytes: the thread's bounce buffer (a
+/// fresh one if that is in use).
+fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BOUNCE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => {
+            if b.len() < len {
+                b.resize(len, 0);
+            }
+            let r = f(b.get_mut(..len).unwrap_or(&mut []));
+            if b.capacity() > BOUNCE_KEEP {
+                *b = Vec::new();
+            }
+            r
+        }
+        Err(_) => f(&mut vec![0; len]),
+    })
+}
 
 impl ReplySink for GuestWriter<'_> {
     fn send(&mut self, header: &OutHeader, body: &[&[u8]]) -> io::Result<()> {
@@ -44,25 +80,16 @@ impl ReplySink for GuestWriter<'_> {
         })?;
         let want = len.min(room);
         let mut failed = None;
-        let done = self.with_slices(OUT_HEADER_LEN, want, |bufs| {
-            let mut done = 0usize;
-            for buf in bufs.iter_mut() {
-                let size = buf.len();
-                match fill(buf, done) {
-                    Ok(n) => {
-                        let n = n.min(size);
-                        done = done.saturating_add(n);
-                        if n < size {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
+        let done = with_bounce(want, |buf| match fill(buf, 0) {
+            Ok(n) => {
+                let n = n.min(buf.len());
+                self.write_at(OUT_HEADER_LEN, buf.get(..n).unwrap_or(&[]))
+                    .map(|()| n)
             }
-            Ok((done, done))
+            Err(e) => {
+                failed = Some(e);
+                Ok(0)
+            }
         })?;
         if let Some(Errno(e)) = failed {
             self.reset();
@@ -72,6 +99,44 @@ impl ReplySink for GuestWriter<'_> {
         }
         self.write_at(0, out_header(unique, 0, done).as_bytes())
             .map_err(Into::into)
+    }
+
+    fn can_splice(&self) -> bool {
+        true
+    }
+
+    /// File ranges are read by the kernel straight into the guest's
+    /// buffers (preadv), holes written as zeros; the payload is cut to the
+    /// room the chain has. If a file read fails, nothing is sent and the
+    /// caller's copying path answers (with the error, if it persists).
+    fn send_spans(&mut self, unique: u64, spans: &[Span]) -> io::Result<bool> {
+        self.reset();
+        let Some(room) = self.capacity().checked_sub(OUT_HEADER_LEN) else {
+            return Ok(false);
+        };
+        let mut done = 0usize;
+        for span in spans {
+            let at = OUT_HEADER_LEN.saturating_add(done);
+            let left = room.saturating_sub(done);
+            let n = match *span {
+                Span::File { fd, offset, len } => {
+                    let n = len.min(left);
+                    if self.read_file_at(at, fd, offset, n).is_err() {
+                        self.reset();
+                        return Ok(false);
+                    }
+                    n
+                }
+                Span::Zero(len) => {
+                    let n = len.min(left);
+                    self.zero_at(at, n)?;
+                    n
+                }
+            };
+            done = done.saturating_add(n);
+        }
+        self.write_at(0, out_header(unique, 0, done).as_bytes())?;
+        Ok(true)
     }
 }
 
@@ -165,6 +230,54 @@ mod tests {
         });
         r.unwrap();
         assert_eq!(header(&out), (16, -libc::EIO, 5));
+    }
+
+    #[test]
+    fn test_send_spans_reads_files_and_zeros_into_the_buffers() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"abcdefghij").unwrap();
+        let fd = f.as_raw_fd();
+        let spans = [
+            Span::File {
+                fd,
+                offset: 2,
+                len: 3,
+            },
+            Span::Zero(2),
+            Span::File {
+                fd,
+                offset: 7,
+                len: 3,
+            },
+        ];
+        let (r, out) = with_writer(&[10, 8, 100], |w| w.send_spans(4, &spans));
+        assert!(r.unwrap());
+        assert_eq!(header(&out), (24, 0, 4));
+        assert_eq!(&out[16..], b"cde\0\0hij");
+        // Cut to the room of the chain.
+        let (r, out) = with_writer(&[16, 4], |w| w.send_spans(4, &spans));
+        assert!(r.unwrap());
+        assert_eq!(header(&out), (20, 0, 4));
+        assert_eq!(&out[16..], b"cde\0");
+    }
+
+    #[test]
+    fn test_send_spans_past_the_file_end_sends_nothing() {
+        let f = tempfile::tempfile().unwrap();
+        let spans = [Span::File {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&f),
+            offset: 0,
+            len: 8,
+        }];
+        let (r, out) = with_writer(&[64], |w| w.send_spans(4, &spans));
+        assert!(!r.unwrap());
+        assert!(out.is_empty());
+        // No room for a header: not sent either.
+        let (r, out) = with_writer(&[15], |w| w.send_spans(4, &[Span::Zero(1)]));
+        assert!(!r.unwrap());
+        assert!(out.is_empty());
     }
 
     #[test]

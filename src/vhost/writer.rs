@@ -4,12 +4,20 @@
 //! Owns nothing: it borrows the guest memory (kept mapped by the memory
 //! guard of the chain) and trusts only what [`super::chain`] checked: every
 //! slice lies inside guest memory and the total fits `usize`.
+//!
+//! Guest memory is only ever written through vm-memory's volatile copies
+//! or by the kernel (file bytes read straight into it, see
+//! [`crate::os::guestmem`]); it is never lent out as `&mut [u8]`, since the
+//! guest may write the same bytes at any moment.
 
 use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
 
 use vm_memory::VolatileSlice;
 
 use super::error::ReplyTooLong;
+use crate::os::guestmem;
 
 /// Device-writable guest buffers of one chain, in chain order.
 ///
@@ -115,50 +123,41 @@ impl<'a> GuestWriter<'a> {
         Ok(())
     }
 
-    /// Hands out the guest memory of `offset..offset + len` as mutable byte
-    /// slices (one per guest buffer, in order) so that data is produced
-    /// straight into the guest's buffers, without a bounce copy. `f`
-    /// returns how many bytes it produced from the start of the range; the
-    /// used length grows by that much.
-    ///
-    /// The slices alias memory the guest can also write. A well-behaved
-    /// driver does not touch buffers it has made available to the device
-    /// until they are returned (virtio spec 2.7.13); a driver that does
-    /// only corrupts its own data: we never read these bytes back and `u8`
-    /// has no invalid values.
-    pub fn with_slices<R>(
+    /// Reads `len` bytes of file `fd` at `file_offset` into `offset..`:
+    /// the kernel writes them straight into the guest's buffers (no copy
+    /// through our memory). Fails with `UnexpectedEof` if the file ends
+    /// first; the used length grows only when all of it was read.
+    pub fn read_file_at(
         &mut self,
         offset: usize,
+        fd: RawFd,
+        file_offset: u64,
         len: usize,
-        f: impl FnOnce(&mut [&mut [u8]]) -> std::io::Result<(usize, R)>,
-    ) -> std::io::Result<R> {
-        self.check(offset, len)?;
+    ) -> io::Result<()> {
+        let end = self.check(offset, len)?;
         let mut parts: Vec<VolatileSlice<'a>> = Vec::new();
         self.for_each_slice(offset, len, |vs| parts.push(vs));
-        let guards: Vec<_> = parts.iter().map(VolatileSlice::ptr_guard_mut).collect();
-        let mut slices: Vec<&mut [u8]> = guards
-            .iter()
-            .map(|g| {
-                // SAFETY: `g` points at `g.len()` bytes of guest memory that
-                // `check` and `subslice` placed inside one mapped region;
-                // the mapping outlives this call (the slices borrow `self`,
-                // whose lifetime `'a` is that of the memory guard), the
-                // guard is held until the slices are dropped, the slices
-                // are disjoint (distinct descriptors' ranges are taken in
-                // order, and overlap between descriptors only aliases the
-                // guest's own buffers) and `u8` needs no alignment and has
-                // no invalid values. See the method documentation for why
-                // concurrent guest writes are acceptable.
-                unsafe { std::slice::from_raw_parts_mut(g.as_ptr(), g.len()) }
-            })
-            .collect();
-        let (produced, r) = f(&mut slices)?;
-        drop(slices);
-        drop(guards);
-        let produced = produced.min(len);
-        let end = offset.saturating_add(produced);
+        guestmem::pread_exact(fd, &parts, file_offset)?;
         self.used = self.used.max(end);
-        Ok(r)
+        Ok(())
+    }
+
+    /// Writes `len` zero bytes at `offset`.
+    pub fn zero_at(&mut self, offset: usize, len: usize) -> Result<(), ReplyTooLong> {
+        static ZEROS: [u8; 4096] = [0; 4096];
+        let end = self.check(offset, len)?;
+        self.for_each_slice(offset, len, |vs| {
+            let mut at = 0;
+            while at < vs.len() {
+                let n = (vs.len() - at).min(ZEROS.len());
+                if let Ok(part) = vs.subslice(at, n) {
+                    part.copy_from(&ZEROS[..n]);
+                }
+                at += n;
+            }
+        });
+        self.used = self.used.max(end);
+        Ok(())
     }
 }
 
@@ -207,28 +206,45 @@ mod tests {
     }
 
     #[test]
-    fn test_with_slices_exposes_guest_buffers_in_order() {
+    fn test_read_file_at_spans_segments() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"0123456789").unwrap();
         let mut bufs = vec![vec![0u8; 3], vec![0u8; 5]];
         let mut w = writer_over(&mut bufs);
-        let lens = w
-            .with_slices(1, 6, |s| {
-                let lens: Vec<usize> = s.iter().map(|x| x.len()).collect();
-                s[0].fill(7);
-                s[1][..2].fill(8);
-                Ok((4, lens))
-            })
-            .unwrap();
-        assert_eq!(lens, vec![2, 4]);
-        assert_eq!(w.used(), 5);
+        w.read_file_at(1, f.as_raw_fd(), 2, 6).unwrap();
+        assert_eq!(w.used(), 7);
+        // Past the end of the file: an error, the used length unchanged.
+        let e = w.read_file_at(0, f.as_raw_fd(), 8, 4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(w.used(), 7);
+        // Past the end of the buffers: refused before reading.
+        assert!(w.read_file_at(7, f.as_raw_fd(), 0, 2).is_err());
         drop(w);
-        assert_eq!(bufs, vec![vec![0, 7, 7], vec![8, 8, 0, 0, 0]]);
+        // The failed read still wrote what the file had ("89").
+        assert_eq!(bufs, vec![b"893".to_vec(), b"4567\0".to_vec()]);
+    }
+
+    #[test]
+    fn test_zero_at_spans_segments() {
+        let mut bufs = vec![vec![1u8; 3], vec![1u8; 5000]];
+        let mut w = writer_over(&mut bufs);
+        w.zero_at(2, 4999).unwrap();
+        assert_eq!(w.used(), 5001);
+        assert!(w.zero_at(5000, 4).is_err());
+        drop(w);
+        assert_eq!(bufs[0], vec![1, 1, 0]);
+        assert!(bufs[1][..4998].iter().all(|&b| b == 0));
+        assert_eq!(bufs[1][4998..], [1, 1]);
     }
 
     #[test]
     fn test_empty_writer_takes_nothing() {
         let mut w = GuestWriter::empty();
         assert!(w.write_at(0, b"x").is_err());
-        assert!(w.with_slices(0, 1, |_| Ok((0, ()))).is_err());
+        assert!(w.zero_at(0, 1).is_err());
+        assert!(w.read_file_at(0, 0, 0, 1).is_err());
         assert_eq!(w.capacity(), 0);
     }
 }

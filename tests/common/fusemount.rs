@@ -50,12 +50,7 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 fn umount(dir: &Path, flags: libc::c_int) -> io::Result<()> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    // SAFETY: `c` is a valid NUL-terminated path for the whole call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    erofs_virtiofsd::os::mount::umount(&c, flags & libc::MNT_DETACH != 0)
 }
 
 impl FuseMount {

@@ -151,21 +151,10 @@ fn mount_erofs(image: &Path, dir: &Path, opts: &MountOptions) -> Result<Vec<Stri
     let target = cstring(dir)?;
     let fstype = CString::new("erofs").expect("no NUL in a literal");
     let data_c = CString::new(data).map_err(|_| "mount options contain NUL".to_string())?;
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives the
-    // call; the kernel only reads them.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_RDONLY,
-            data_c.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
+    let rc = erofs_virtiofsd::os::mount::mount(&source, &target, &fstype, libc::MS_RDONLY, &data_c);
+    let Err(err) = rc else {
         return Ok(Vec::new());
-    }
-    let err = io::Error::last_os_error();
+    };
     if err.raw_os_error() != Some(libc::ENOTBLK) {
         return Err(format!("mount(2): {err}"));
     }
@@ -252,13 +241,7 @@ pub fn detach_loops(loops: &[String]) {
 
 fn umount(dir: &Path, flags: libc::c_int) -> io::Result<()> {
     let target = cstring(dir).map_err(io::Error::other)?;
-    // SAFETY: `target` is a valid NUL-terminated path for the whole call.
-    let rc = unsafe { libc::umount2(target.as_ptr(), flags) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    erofs_virtiofsd::os::mount::umount(&target, flags & libc::MNT_DETACH != 0)
 }
 
 /// The last `n` kernel log lines that mention erofs or loop devices (or a note
@@ -296,8 +279,7 @@ pub fn kernel_erofs_available() -> Result<(), String> {
 }
 
 fn check_kernel_erofs() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = erofs_virtiofsd::os::proc::euid();
     if euid != 0 {
         return Err(format!(
             "not running as root (euid {euid}); mounting needs CAP_SYS_ADMIN"
