@@ -4,10 +4,12 @@
 //! - [`erofs`]: the on-disk format (parsing and mapping only);
 //! - [`source`]: where image bytes come from;
 //! - [`cli`]: the command line;
+//! - [`metrics`]: counters of the request paths, as JSON and Prometheus text;
 //! - [`vhost`]: the vhost-user-fs device and daemon.
 
 pub mod cli;
 pub mod erofs;
 pub mod fuse;
+pub mod metrics;
 pub mod source;
 pub mod vhost;
