@@ -5,8 +5,10 @@
 //! - [`source`]: where image bytes come from;
 //! - [`cli`]: the command line;
 //! - [`metrics`]: counters of the request paths, as JSON and Prometheus text;
+//! - [`api`]: the HTTP API socket (images added and removed, metrics);
 //! - [`vhost`]: the vhost-user-fs device and daemon.
 
+pub mod api;
 pub mod cli;
 pub mod erofs;
 pub mod fuse;
