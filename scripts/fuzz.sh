@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Fuzzes the FUSE request decoder and dispatcher (fuzz/, target `dispatch`)
-# for SECONDS (default 20). Installs cargo-fuzz if missing. Uses the nightly
-# toolchain when rustup has one (AddressSanitizer on); otherwise stable with
-# RUSTC_BOOTSTRAP=1 and no sanitizer (panics and protocol violations are
-# still caught). Set EROFS_FUZZ_STABLE=1 to force the stable route.
+# Fuzzes for SECONDS each (default 20) the targets named (default all):
+#   dispatch  the FUSE request decoder and dispatcher
+#   api       the HTTP API's router and mount-config parser
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
+# Installs cargo-fuzz if missing. Uses the nightly toolchain when rustup has
+# one (AddressSanitizer on); otherwise stable with RUSTC_BOOTSTRAP=1 and no
+# sanitizer (panics and protocol violations are still caught). Set
+# EROFS_FUZZ_STABLE=1 to force the stable route.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-20}
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=(dispatch api)
+fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz.sh: installing cargo-fuzz"
   cargo install cargo-fuzz --locked
 fi
 
-if [ -z "${EROFS_FUZZ_STABLE:-}" ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  echo "fuzz.sh: nightly, AddressSanitizer, ${secs} s"
-  exec cargo +nightly fuzz run dispatch -- -max_total_time="$secs"
-fi
-echo "fuzz.sh: stable (RUSTC_BOOTSTRAP=1), no sanitizer, ${secs} s"
-RUSTC_BOOTSTRAP=1 exec cargo fuzz run --sanitizer none dispatch -- -max_total_time="$secs"
+for t in "${targets[@]}"; do
+  if [ -z "${EROFS_FUZZ_STABLE:-}" ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "fuzz.sh: $t: nightly, AddressSanitizer, ${secs} s"
+    cargo +nightly fuzz run "$t" -- -max_total_time="$secs"
+  else
+    echo "fuzz.sh: $t: stable (RUSTC_BOOTSTRAP=1), no sanitizer, ${secs} s"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$t" -- -max_total_time="$secs"
+  fi
+done

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in erofs-utils attr acl fio squashfs-tools jq bc openssl; do
+for pkg in erofs-utils attr acl fio squashfs-tools jq bc openssl curl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
