@@ -13,6 +13,8 @@
 //! - [`mount`]: mount(2), umount2(2) and the /dev/fuse clone ioctl;
 //! - [`proc`]: process-wide calls (ids, page size, CPU pinning, group
 //!   lookup, detaching into the background);
+//! - [`sandbox`]: namespaces, pivot_root, the supervising parent's fork
+//!   and wait, capabilities and `no_new_privs`;
 //! - [`uring`]: the FUSE-over-io_uring ring, whose entries' buffers the
 //!   kernel writes while it holds them;
 //! - [`guestmem`]: reading file bytes straight into guest memory
@@ -36,6 +38,7 @@ pub mod guestmem;
 pub mod mmap;
 pub mod mount;
 pub mod proc;
+pub mod sandbox;
 pub mod signal;
 pub mod splice;
 pub mod uring;

@@ -76,7 +76,7 @@ pub fn group_id(name: &str) -> io::Result<u32> {
 }
 
 /// Threads of this process (entries of /proc/self/task).
-fn thread_count() -> io::Result<usize> {
+pub(crate) fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 

@@ -59,6 +59,35 @@ impl SignalSet {
         Ok(())
     }
 
+    /// Unblocks the set in the calling thread.
+    pub fn unblock(&self) -> io::Result<()> {
+        self.change_mask(libc::SIG_UNBLOCK).map(drop)
+    }
+
+    /// Blocks the set in the calling thread and returns the whole mask the
+    /// thread had before (to restore with [`SignalSet::set_mask`]).
+    pub fn block_saving(&self) -> io::Result<SignalSet> {
+        self.change_mask(libc::SIG_BLOCK)
+    }
+
+    /// Makes this set the calling thread's whole signal mask.
+    pub fn set_mask(&self) -> io::Result<()> {
+        self.change_mask(libc::SIG_SETMASK).map(drop)
+    }
+
+    fn change_mask(&self, how: libc::c_int) -> io::Result<SignalSet> {
+        let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: `self.set` is initialised and `old` has room for one
+        // set, which pthread_sigmask fills in whenever it succeeds.
+        let rc = unsafe { libc::pthread_sigmask(how, &self.set, old.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: pthread_sigmask succeeded, so it wrote the old mask.
+        let set = unsafe { old.assume_init() };
+        Ok(Self { set })
+    }
+
     /// Waits until one of the (blocked) signals of the set is pending and
     /// takes it; returns its number.
     pub fn wait(&self) -> io::Result<libc::c_int> {
