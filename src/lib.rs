@@ -8,6 +8,8 @@
 //! - [`metrics`]: counters of the request paths, as JSON and Prometheus text;
 //! - [`api`]: the HTTP API socket (images added and removed, metrics);
 //! - [`vhost`]: the vhost-user-fs device and daemon;
+//! - [`sandbox`]: namespaces, capabilities and the seccomp allow-list the
+//!   daemons enter before serving;
 //! - [`os`]: the system calls, the only module allowed `unsafe` code.
 #![deny(unsafe_code)]
 
@@ -17,5 +19,6 @@ pub mod erofs;
 pub mod fuse;
 pub mod metrics;
 pub mod os;
+pub mod sandbox;
 pub mod source;
 pub mod vhost;

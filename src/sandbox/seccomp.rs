@@ -1,0 +1,461 @@
+//! The seccomp allow-list: every system call the daemon makes once it
+//! serves, by group, and the filter built from it with rust-vmm's
+//! `seccompiler`.
+//!
+//! Policy: a call is on the list only if a serving path makes it (found
+//! with `strace -f` over the test suites and checked with `--seccomp log`,
+//! see docs/sandbox.md); setup calls (opening images, binding sockets,
+//! mounting, the sandbox's own calls) happen before the filter and are not
+//! listed. Arguments are checked where that closes a real door: `clone`
+//! only makes threads (no new processes or namespaces), memory is never
+//! made executable, `tgkill` and `prctl` only reach this process. Anything
+//! else is `SECCOMP_RET_KILL_PROCESS` with `--seccomp kill` or logged
+//! (`SECCOMP_RET_LOG`) with `--seccomp log`.
+//!
+//! One filter for the whole process (`SECCOMP_FILTER_FLAG_TSYNC`), plus a
+//! second one that answers `clone3` with `ENOSYS`: its flags are in memory
+//! where a filter cannot look, and glibc then falls back to `clone`, whose
+//! flags it can.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+use super::SandboxError;
+
+/// What the process serves after the filter is on: selects the groups of
+/// the list beyond the common ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// vhost-user: guest memory mappings, the vring eventfds, messages with
+    /// descriptors on the frontend socket.
+    pub vhost: bool,
+    /// /dev/fuse: replies spliced from the image through pipes.
+    pub dev_fuse: bool,
+    /// FUSE over io_uring queues.
+    pub io_uring: bool,
+    /// The process unmounts its own FUSE mount on a stop signal (no
+    /// supervisor outside does it: `--sandbox none`).
+    pub unmounts: bool,
+}
+
+/// The filter's verdict for calls off the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// `SECCOMP_RET_KILL_PROCESS`.
+    Kill,
+    /// `SECCOMP_RET_LOG`: allowed, and logged by the kernel's audit.
+    Log,
+}
+
+/// A rule list that allows a call whatever its arguments.
+fn any() -> Vec<SeccompRule> {
+    Vec::new()
+}
+
+/// One condition: argument `arg` compared with `op` to `value`.
+fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<SeccompCondition, SandboxError> {
+    SeccompCondition::new(arg, len, op, value).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+/// A rule list allowing the call when argument `arg` (a 32-bit int) is one
+/// of `values`.
+fn arg_in(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, SandboxError> {
+    values
+        .iter()
+        .map(|&v| {
+            SeccompRule::new(vec![cond(arg, Len::Dword, Op::Eq, v)?])
+                .map_err(|e| SandboxError::Seccomp(e.to_string()))
+        })
+        .collect()
+}
+
+/// A rule list allowing the call when argument `arg` has none of the bits
+/// of `mask` set.
+fn arg_without(arg: u8, mask: u64) -> Result<Vec<SeccompRule>, SandboxError> {
+    Ok(vec![SeccompRule::new(vec![cond(
+        arg,
+        Len::Qword,
+        Op::MaskedEq(mask),
+        0,
+    )?])
+    .map_err(|e| SandboxError::Seccomp(e.to_string()))?])
+}
+
+/// Adds `calls`, each allowed whatever its arguments.
+fn allow(rules: &mut BTreeMap<i64, Vec<SeccompRule>>, calls: &[libc::c_long]) {
+    for &c in calls {
+        rules.insert(c, any());
+    }
+}
+
+/// An ioctl request number as a filter value (the type of `libc::Ioctl`
+/// differs between C libraries).
+#[allow(clippy::unnecessary_cast)]
+fn ioctl_request(r: libc::Ioctl) -> u64 {
+    r as u64
+}
+
+/// The flags glibc's pthread_create passes to clone (and nothing else may).
+const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
+
+/// The allow-list for `profile`, in a process whose pid (as it sees it) is
+/// `pid`.
+pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
+    let mut r = BTreeMap::new();
+
+    // Memory: the allocator, thread stacks, decoded-extent buffers, the
+    // guest's RAM mappings. Nothing may become executable.
+    allow(
+        &mut r,
+        &[
+            libc::SYS_brk,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_madvise,
+        ],
+    );
+    let no_exec = u64::try_from(libc::PROT_EXEC).unwrap_or(4);
+    r.insert(libc::SYS_mmap, arg_without(2, no_exec)?);
+    r.insert(libc::SYS_mprotect, arg_without(2, no_exec)?);
+
+    // Threads: worker pools, the API's runtime and handler threads, the
+    // signal thread. clone only with exactly the thread flags of glibc's
+    // pthread_create (no fork, no namespaces); clone3 is answered ENOSYS
+    // by the second filter (see the module header).
+    r.insert(
+        libc::SYS_clone,
+        vec![
+            SeccompRule::new(vec![cond(0, Len::Qword, Op::Eq, THREAD_CLONE_FLAGS)?])
+                .map_err(|e| SandboxError::Seccomp(e.to_string()))?,
+        ],
+    );
+    // clone3 is listed so that the second filter's ENOSYS is what it gets
+    // (a kill here would take precedence).
+    allow(
+        &mut r,
+        &[
+            libc::SYS_clone3,
+            libc::SYS_futex,
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
+            libc::SYS_sched_yield,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_gettid,
+            libc::SYS_getpid,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    );
+    // Thread names (std names its threads with PR_SET_NAME).
+    r.insert(
+        libc::SYS_prctl,
+        arg_in(0, &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64])?,
+    );
+
+    // Signals: the signal thread's sigwait, the per-thread alternate stack
+    // std sets up for its stack-overflow report, masks of new threads, and
+    // abort() (tgkill of this process only).
+    allow(
+        &mut r,
+        &[
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigtimedwait,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_rt_sigaction,
+            libc::SYS_sigaltstack,
+        ],
+    );
+    r.insert(
+        libc::SYS_tgkill,
+        vec![
+            SeccompRule::new(vec![cond(0, Len::Dword, Op::Eq, u64::from(pid))?])
+                .map_err(|e| SandboxError::Seccomp(e.to_string()))?,
+        ],
+    );
+
+    // Time and randomness: timeouts, sleeps of back-off loops, HashMap
+    // seeds (mostly the vDSO; these are its fallbacks).
+    allow(
+        &mut r,
+        &[
+            libc::SYS_clock_gettime,
+            libc::SYS_clock_getres,
+            libc::SYS_gettimeofday,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_nanosleep,
+            libc::SYS_getrandom,
+        ],
+    );
+
+    // Descriptors: reading images (pread, preadv into guest memory for
+    // vhost), writing replies and logs, closing, duplicating.
+    allow(
+        &mut r,
+        &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_readv,
+            libc::SYS_writev,
+            libc::SYS_pread64,
+            libc::SYS_preadv,
+            libc::SYS_preadv2,
+            libc::SYS_pwrite64,
+            libc::SYS_lseek,
+            libc::SYS_close,
+            libc::SYS_dup,
+            libc::SYS_dup3,
+            libc::SYS_fcntl,
+            libc::SYS_ppoll,
+        ],
+    );
+
+    // Files by path: images added at runtime (under --allow-dir) and the
+    // content store (its entries, claims, temporary files, usage and
+    // counters, re-opened through /proc/self/fd): open, stat, list, lock,
+    // link, rename, remove, sync, size, touch.
+    allow(
+        &mut r,
+        &[
+            libc::SYS_openat,
+            libc::SYS_statx,
+            libc::SYS_newfstatat,
+            libc::SYS_fstat,
+            libc::SYS_fstatfs,
+            libc::SYS_statfs,
+            libc::SYS_getdents64,
+            libc::SYS_readlinkat,
+            libc::SYS_flock,
+            libc::SYS_linkat,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+            libc::SYS_unlinkat,
+            libc::SYS_mkdirat,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            libc::SYS_ftruncate,
+            libc::SYS_fallocate,
+            libc::SYS_utimensat,
+            libc::SYS_fchmod,
+        ],
+    );
+    #[cfg(target_arch = "x86_64")]
+    allow(
+        &mut r,
+        &[
+            libc::SYS_open,
+            libc::SYS_stat,
+            libc::SYS_lstat,
+            libc::SYS_unlink,
+            libc::SYS_link,
+            libc::SYS_rename,
+            libc::SYS_mkdir,
+            libc::SYS_rmdir,
+            libc::SYS_readlink,
+            libc::SYS_poll,
+            libc::SYS_epoll_wait,
+        ],
+    );
+
+    // Event loops and sockets: the vhost-user epoll threads, the API's
+    // tokio reactor, accepting on the sockets opened before the sandbox
+    // (no new socket can be made or connected).
+    allow(
+        &mut r,
+        &[
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_pwait2,
+            libc::SYS_eventfd2,
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmsg,
+            libc::SYS_shutdown,
+            libc::SYS_getsockopt,
+            libc::SYS_getsockname,
+            libc::SYS_getpeername,
+        ],
+    );
+    // ioctl: only making a descriptor (non-)blocking or close-on-exec.
+    r.insert(
+        libc::SYS_ioctl,
+        arg_in(
+            1,
+            &[
+                ioctl_request(libc::FIONBIO),
+                ioctl_request(libc::FIOCLEX),
+                ioctl_request(libc::FIONCLEX),
+            ],
+        )?,
+    );
+
+    // Memory size for the default decoded-data cache of images added at
+    // runtime (sysinfo, as /proc/meminfo is not in the sandbox).
+    allow(&mut r, &[libc::SYS_sysinfo]);
+
+    if profile.dev_fuse {
+        // /dev/fuse: replies spliced from image files through a pipe per
+        // worker (and its size).
+        allow(&mut r, &[libc::SYS_splice, libc::SYS_pipe2]);
+    }
+    if profile.io_uring {
+        // FUSE over io_uring: queue threads pinned to their CPU, submitting
+        // and reaping on rings made before the sandbox.
+        allow(
+            &mut r,
+            &[
+                libc::SYS_io_uring_enter,
+                libc::SYS_io_uring_register,
+                libc::SYS_sched_setaffinity,
+            ],
+        );
+    }
+    if profile.unmounts {
+        // `mount --sandbox none`: the signal thread unmounts.
+        allow(&mut r, &[libc::SYS_umount2]);
+    }
+    if profile.vhost {
+        // Nothing beyond the groups above: guest memory is mmap'd shared
+        // from the frontend's descriptors, vrings are eventfds, DAX and
+        // backend requests go over sendmsg.
+    }
+    Ok(r)
+}
+
+/// The target of the filters: the architecture we were built for.
+fn arch() -> Result<TargetArch, SandboxError> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|_| {
+        SandboxError::Seccomp(format!(
+            "no seccomp filter for {} (x86_64, aarch64 and riscv64 only); use --seccomp none",
+            std::env::consts::ARCH
+        ))
+    })
+}
+
+/// The two filters for `profile` in process `pid`: the allow-list, and the
+/// one answering `clone3` with `ENOSYS`.
+pub fn programs(
+    profile: Profile,
+    pid: u32,
+    verdict: Verdict,
+) -> Result<[BpfProgram; 2], SandboxError> {
+    let arch = arch()?;
+    let mismatch = match verdict {
+        Verdict::Kill => SeccompAction::KillProcess,
+        Verdict::Log => SeccompAction::Log,
+    };
+    let list = SeccompFilter::new(rules(profile, pid)?, mismatch, SeccompAction::Allow, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    let mut clone3 = BTreeMap::new();
+    clone3.insert(libc::SYS_clone3, any());
+    let enosys = u32::try_from(libc::ENOSYS).unwrap_or(38);
+    let clone3 = SeccompFilter::new(
+        clone3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(enosys),
+        arch,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    Ok([list, clone3])
+}
+
+/// Installs the filters for `profile` on every thread of the process
+/// (sets `no_new_privs`, which installing a filter needs).
+pub fn install(profile: Profile, verdict: Verdict) -> Result<(), SandboxError> {
+    let [list, clone3] = programs(profile, std::process::id(), verdict)?;
+    for p in [&clone3, &list] {
+        seccompiler::apply_filter_all_threads(p)
+            .map_err(|e| SandboxError::Seccomp(format!("installing the filter: {e}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_rules_grow_with_the_profile() {
+        let base = rules(Profile::default(), 1).unwrap();
+        let fuse = rules(
+            Profile {
+                dev_fuse: true,
+                io_uring: true,
+                unmounts: true,
+                ..Profile::default()
+            },
+            1,
+        )
+        .unwrap();
+        for c in [
+            libc::SYS_splice,
+            libc::SYS_io_uring_enter,
+            libc::SYS_umount2,
+        ] {
+            assert!(!base.contains_key(&c), "{c}");
+            assert!(fuse.contains_key(&c), "{c}");
+        }
+    }
+
+    #[test]
+    fn test_no_process_or_privilege_calls_on_the_list() {
+        let all = rules(
+            Profile {
+                vhost: true,
+                dev_fuse: true,
+                io_uring: true,
+                unmounts: true,
+            },
+            1,
+        )
+        .unwrap();
+        for c in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_mount,
+            libc::SYS_pivot_root,
+            libc::SYS_chroot,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_capset,
+            libc::SYS_setuid,
+            libc::SYS_open_by_handle_at,
+            libc::SYS_bpf,
+            libc::SYS_personality,
+            libc::SYS_io_uring_setup,
+        ] {
+            assert!(!all.contains_key(&c), "{c} is on the list");
+        }
+    }
+
+    #[test]
+    fn test_programs_compile_for_both_verdicts() {
+        for v in [Verdict::Kill, Verdict::Log] {
+            let [list, clone3] = programs(Profile::default(), 42, v).unwrap();
+            assert!(list.len() > clone3.len());
+        }
+    }
+}
