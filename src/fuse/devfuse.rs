@@ -79,7 +79,12 @@ pub struct FuseMount {
     fd: OwnedFd,
     mountpoint: PathBuf,
     max_read: u32,
-    readahead_kb: Option<u32>,
+    /// The mount's `read_ahead_kb` in sysfs, opened at mount (the serving
+    /// process may no longer see sysfs), and the value to write there once
+    /// INIT is answered.
+    readahead: Option<(std::fs::File, u32)>,
+    /// Worker descriptors cloned ahead by [`FuseMount::open_clones`].
+    clones: Vec<OwnedFd>,
 }
 
 fn cstring(p: &Path) -> io::Result<CString> {
@@ -146,11 +151,24 @@ pub fn mount(cfg: &MountConfig) -> Result<FuseMount, DevFuseError> {
         &data,
     )
     .map_err(mount_err)?;
+    let readahead = cfg
+        .readahead_kb
+        .and_then(|kb| match open_readahead(&cfg.mountpoint) {
+            Ok(f) => Some((f, kb)),
+            Err(e) => {
+                warn(format_args!(
+                    "cannot set the readahead of {} to {kb} KiB: {e}",
+                    cfg.mountpoint.display()
+                ));
+                None
+            }
+        });
     Ok(FuseMount {
         fd,
         mountpoint: cfg.mountpoint.clone(),
         max_read: cfg.max_read,
-        readahead_kb: cfg.readahead_kb,
+        readahead,
+        clones: Vec::new(),
     })
 }
 
@@ -200,11 +218,21 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 /// to `max_read` bytes, several at a time, which the workers serve in
 /// parallel. Call it after INIT is answered: the INIT reply caps it.
 pub fn set_readahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
+    write_readahead(&mut open_readahead(mountpoint)?, kb)
+}
+
+/// Opens the `read_ahead_kb` file of the FUSE mount on `mountpoint` for
+/// writing (see [`set_readahead`]).
+fn open_readahead(mountpoint: &Path) -> io::Result<std::fs::File> {
     let dev = mount_device(mountpoint)?;
-    std::fs::write(
-        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
-        format!("{kb}\n"),
-    )
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/sys/class/bdi/{dev}/read_ahead_kb"))
+}
+
+fn write_readahead(file: &mut std::fs::File, kb: u32) -> io::Result<()> {
+    use std::io::Write;
+    file.write_all(format!("{kb}\n").as_bytes())
 }
 
 /// Unmounts `mountpoint`; when it is busy, detaches it lazily (the kernel
@@ -231,6 +259,18 @@ impl FuseMount {
         Ok(new)
     }
 
+    /// Clones the descriptors of a [`FuseMount::serve`] with `threads`
+    /// workers now, while /dev/fuse can still be opened (before the
+    /// sandbox). Without it, `serve` clones them itself.
+    pub fn open_clones(&mut self, threads: usize) {
+        while self.clones.len().saturating_add(1) < threads {
+            match self.clone_fd() {
+                Ok(fd) => self.clones.push(fd),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Serves requests with `threads` workers until the filesystem is
     /// unmounted (the device then reads ENODEV). Workers past the first
     /// use cloned fds; if cloning fails they share the main one.
@@ -241,16 +281,18 @@ impl FuseMount {
     /// the kernel puts there; the workers keep serving FORGET and INTERRUPT
     /// (and everything, if io_uring was not agreed).
     pub fn serve(
-        &self,
+        &mut self,
         server: &Arc<Server>,
         threads: usize,
         queues: Vec<uring::Queue>,
     ) -> Result<(), DevFuseError> {
         let threads = threads.max(1);
-        let mut fds: Vec<Option<OwnedFd>> = Vec::with_capacity(threads);
-        for _ in 1..threads {
-            fds.push(self.clone_fd().ok());
-        }
+        self.open_clones(threads);
+        let mut fds: Vec<Option<OwnedFd>> = std::mem::take(&mut self.clones)
+            .into_iter()
+            .map(Some)
+            .collect();
+        fds.resize_with(threads.saturating_sub(1), || None);
         let bufsize = usize::try_from(self.max_read)
             .unwrap_or(usize::MAX)
             .saturating_add(2 * 4096)
@@ -261,7 +303,7 @@ impl FuseMount {
             state: Mutex::new(InitState::Pending),
             changed: Condvar::new(),
             mountpoint: self.mountpoint.clone(),
-            readahead_kb: self.readahead_kb,
+            readahead: Mutex::new(self.readahead.take()),
         });
         // Decoded pages nobody read yet go to the page cache through a
         // descriptor of the pushing thread's own.
@@ -344,7 +386,7 @@ struct AfterInit {
     state: Mutex<InitState>,
     changed: Condvar,
     mountpoint: PathBuf,
-    readahead_kb: Option<u32>,
+    readahead: Mutex<Option<(std::fs::File, u32)>>,
 }
 
 impl AfterInit {
@@ -371,8 +413,13 @@ impl AfterInit {
         {
             return;
         }
-        if let Some(kb) = self.readahead_kb {
-            if let Err(e) = set_readahead(&self.mountpoint, kb) {
+        let readahead = self
+            .readahead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some((mut file, kb)) = readahead {
+            if let Err(e) = write_readahead(&mut file, kb) {
                 warn(format_args!(
                     "cannot set the readahead of {} to {kb} KiB: {e}",
                     self.mountpoint.display()

@@ -51,25 +51,72 @@ pub struct ServeOptions {
 /// Serves frontends one after another, each with a session from
 /// `new_session` (given the connection's guest memory, which the
 /// vhost-user control plane updates on SET_MEM_TABLE), until the first
-/// disconnect with `once`, or a signal.
+/// disconnect with `once`, or a signal: [`bind`], then [`Bound::serve`].
 ///
 /// Must be called before any other thread is started: it blocks SIGTERM and
 /// SIGINT for the whole process and handles them on a thread of its own
 /// (removing the socket file and exiting with status 0).
 pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), DaemonError> {
+    bind(&opts.listen)?.serve(opts, new_session)
+}
+
+/// The listening socket, made (or adopted) but not served yet: bound before
+/// the daemon enters its sandbox, served after. Dropped unserved (setup
+/// failed), it removes the socket file it made.
+#[derive(Debug)]
+pub struct Bound {
+    listener: Option<UnixListener>,
+    created: Option<PathBuf>,
+    signals: SignalSet,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(p) = self.created.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Blocks SIGTERM and SIGINT (call it before any other thread is started:
+/// they are handled by a thread of [`Bound::serve`]) and makes or adopts
+/// the listening socket.
+pub fn bind(how: &Listen) -> Result<Bound, DaemonError> {
     let signals = SignalSet::new(&[libc::SIGTERM, libc::SIGINT]);
     signals.block().map_err(|source| DaemonError::Os {
         what: "blocking SIGTERM/SIGINT",
         source,
     })?;
-    let (listener, created) = listen(&opts.listen)?;
-    spawn_signal_thread(signals, created.clone())?;
-    let mut listener = Listener::from(listener);
-    let result = session_loop(opts, new_session, &mut listener);
-    if let Some(p) = &created {
-        let _ = fs::remove_file(p);
+    let (listener, created) = listen(how)?;
+    Ok(Bound {
+        listener: Some(listener),
+        created,
+        signals,
+    })
+}
+
+impl Bound {
+    /// The socket file made by [`bind`] (none for an inherited socket).
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.created.as_deref()
     }
-    result
+
+    /// Serves frontends on the socket (see [`serve`]); starts the thread
+    /// that handles SIGTERM and SIGINT.
+    pub fn serve(
+        mut self,
+        opts: &ServeOptions,
+        new_session: &NewSession<'_>,
+    ) -> Result<(), DaemonError> {
+        let listener = self.listener.take().ok_or_else(|| DaemonError::Os {
+            what: "serving the socket",
+            source: io::Error::other("already served"),
+        })?;
+        spawn_signal_thread(self.signals, self.created.clone())?;
+        let mut listener = Listener::from(listener);
+        // The socket file is removed when `self` is dropped, on return.
+        session_loop(opts, new_session, &mut listener)
+    }
 }
 
 fn session_loop(

@@ -27,7 +27,7 @@ mod session;
 mod writer;
 
 pub use backend::{DeviceOptions, FsBackend, GuestMem, Session, MAX_REQUEST};
-pub use daemon::{serve, Listen, NewSession, ServeOptions};
+pub use daemon::{bind, serve, Bound, Listen, NewSession, ServeOptions};
 pub use error::{ChainError, DaemonError, ReplyTooLong};
 pub use session::{fuse_session, guest_image_session, GuestImage};
 pub use writer::GuestWriter;
