@@ -5,6 +5,7 @@ mod image;
 pub mod json;
 mod manifest;
 mod mount;
+mod sandbox;
 mod serve;
 
 use std::io::Write;

@@ -2,18 +2,20 @@
 //! /dev/fuse.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use super::sandbox::SandboxArgs;
 use super::ImageSource;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
 use crate::fuse::{CachePolicy, Server, ServerOptions};
 use crate::os::signal::{self, SignalSet};
+use crate::sandbox::{Profile, Supervision};
 
 /// `--cache` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +71,8 @@ pub struct MountArgs {
     /// reader's CPU), so it is off by default. `auto`: use it when allowed.
     #[arg(long, value_enum, default_value_t = UringArg::Off)]
     io_uring: UringArg,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 /// `--io-uring` values.
@@ -111,7 +115,7 @@ impl MountArgs {
         // signal between mount and serve cannot kill us with the mount up.
         let signals = SignalSet::new(&STOP_SIGNALS);
         signals.block().context("blocking signals")?;
-        let mount = devfuse::mount(&MountConfig {
+        let mut mount = devfuse::mount(&MountConfig {
             mountpoint: mountpoint.clone(),
             fsname: "erofs-virtiofsd".into(),
             subtype: "erofs-virtiofsd".into(),
@@ -124,6 +128,19 @@ impl MountArgs {
                 return Err(e).context("detaching from the terminal");
             }
         }
+        mount.open_clones(self.threads);
+        // Everything is open: from here on the daemon runs in its sandbox.
+        // Unmounting needs the host's view and CAP_SYS_ADMIN: the
+        // supervisor outside the sandbox does it.
+        let stop_at = mountpoint.clone();
+        self.sandbox.options().enter(
+            Profile {
+                dev_fuse: true,
+                io_uring: !queues.is_empty(),
+                ..Profile::default()
+            },
+            Supervision::run_on_stop(move || unmount_on_signal(&stop_at)),
+        )?;
         spawn_signal_thread(signals, mountpoint.clone())?;
         mount.serve(&server, self.threads, queues)?;
         Ok(ExitCode::SUCCESS)
@@ -166,14 +183,21 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHU
 /// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and unmounts;
 /// the workers then see ENODEV and the process exits.
 fn spawn_signal_thread(signals: SignalSet, mountpoint: PathBuf) -> anyhow::Result<()> {
-    signal::spawn_handler(signals, "signals", move |sig| {
-        if let Err(e) = devfuse::unmount(&mountpoint) {
+    signal::spawn_handler(signals, "signals", move |_| unmount_on_signal(&mountpoint))
+        .context("spawning the signal thread")
+}
+
+/// Unmounts on a stop signal (or, outside the sandbox, once the daemon in
+/// it has failed); a failure is reported on stderr.
+fn unmount_on_signal(mountpoint: &Path) {
+    if let Err(e) = devfuse::unmount(mountpoint) {
+        // Not mounted any more (already unmounted by someone): nothing to say.
+        if e.raw_os_error() != Some(libc::EINVAL) {
             let _ = writeln!(
                 std::io::stderr(),
-                "erofs-virtiofsd: unmounting {} on signal {sig}: {e}",
+                "erofs-virtiofsd: unmounting {}: {e}",
                 mountpoint.display()
             );
         }
-    })
-    .context("spawning the signal thread")
+    }
 }

@@ -12,8 +12,10 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
 use super::mount::CacheArg;
+use super::sandbox::SandboxArgs;
 use super::ImageSource;
 use crate::fuse::ServerOptions;
+use crate::sandbox::{Profile, Supervision};
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
 /// Options of serve mode (the default without a subcommand).
@@ -75,6 +77,8 @@ pub struct ServeArgs {
     /// Serve one frontend, then exit (default: wait for the next one).
     #[arg(long)]
     once: bool,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 /// `--log-level`.
@@ -136,31 +140,42 @@ impl ServeArgs {
             },
             once: self.once,
         };
-        if let Some(spec) = image.to_str().and_then(|s| s.strip_prefix("guest:")) {
-            let guest = self.guest_image(spec)?;
-            init_logger(self.log_level);
-            log::info!(
-                "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
-                guest.gpa,
-                guest.len
-            );
-            vhost::serve(&opts, &|mem| {
-                Ok(vhost::guest_image_session(&guest, &server_opts, mem))
-            })?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        init_logger(self.log_level);
-        let src = ImageSource {
-            image,
-            devices: self.devices.clone(),
-            offset: self.offset,
-            decode_cache: self.decode_cache,
-            direct_io: self.direct_io,
-        };
-        let img = Arc::new(src.open()?);
-        // Fail now, not at the first connection, if the root is unusable.
-        vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;
-        vhost::serve(&opts, &|_| vhost::fuse_session(&img, &server_opts))?;
+        let new_session: Box<vhost::NewSession<'_>> =
+            if let Some(spec) = image.to_str().and_then(|s| s.strip_prefix("guest:")) {
+                let guest = self.guest_image(spec)?;
+                init_logger(self.log_level);
+                log::info!(
+                    "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
+                    guest.gpa,
+                    guest.len
+                );
+                let server_opts = server_opts.clone();
+                Box::new(move |mem| Ok(vhost::guest_image_session(&guest, &server_opts, mem)))
+            } else {
+                init_logger(self.log_level);
+                let src = ImageSource {
+                    image,
+                    devices: self.devices.clone(),
+                    offset: self.offset,
+                    decode_cache: self.decode_cache,
+                    direct_io: self.direct_io,
+                };
+                let img = Arc::new(src.open()?);
+                // Fail now, not at the first connection, if the root is unusable.
+                vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;
+                let server_opts = server_opts.clone();
+                Box::new(move |_| vhost::fuse_session(&img, &server_opts))
+            };
+        let bound = vhost::bind(&opts.listen)?;
+        // Everything is open: from here on the daemon runs in its sandbox.
+        self.sandbox.options().enter(
+            Profile {
+                vhost: true,
+                ..Profile::default()
+            },
+            Supervision::forward().remove_on_exit(bound.socket_path()),
+        )?;
+        bound.serve(&opts, &*new_session)?;
         Ok(ExitCode::SUCCESS)
     }
 
