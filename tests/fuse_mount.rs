@@ -534,7 +534,16 @@ fn test_fuse_lifecycle_background_mode() {
             })
             .collect()
     };
-    assert_eq!(pids_of(dir.path()).len(), 1, "one daemon serves the mount");
+    // One daemon serves the mount: the detached process, which supervises
+    // from outside the sandbox (the default), and the one child it forked
+    // into the sandbox, which serves.
+    let pids = pids_of(dir.path());
+    assert_eq!(pids.len(), 2, "supervisor and sandboxed server: {pids:?}");
+    let (a, b) = (pids[0], pids[1]);
+    assert!(
+        common::procs::children(a) == [b] || common::procs::children(b) == [a],
+        "one of {pids:?} is the other's only child"
+    );
     let c = std::ffi::CString::new(dir.path().as_os_str().as_bytes()).expect("path");
     erofs_virtiofsd::os::mount::umount(&c, false).expect("umount");
     assert!(

@@ -69,13 +69,15 @@ impl Drop for Param {
     }
 }
 
-/// Voluntary context switches of the daemon's threads named `comm`.
+/// Voluntary context switches of the daemon's threads named `comm` (in
+/// its process and the sandboxed one it forked).
 fn switches(pid: u32, comm: &str) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
+    let tasks = common::procs::tree(pid)
+        .into_iter()
+        .filter_map(|p| fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|d| d.flatten());
     let mut total = 0;
-    for t in tasks.flatten() {
+    for t in tasks {
         let name = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
         if !name.trim().starts_with(comm) {
             continue;
@@ -90,17 +92,15 @@ fn switches(pid: u32, comm: &str) -> u64 {
     total
 }
 
-/// How many threads of `pid` are named `comm`.
+/// How many threads of the daemon `pid` (its process and the sandboxed one
+/// it forked) are named `comm`.
 fn threads_named(pid: u32, comm: &str) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter(|t| {
-                    fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == comm)
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    common::procs::tree(pid)
+        .into_iter()
+        .filter_map(|p| fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|d| d.flatten())
+        .filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == comm))
+        .count()
 }
 
 fn cpus() -> usize {

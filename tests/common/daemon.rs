@@ -112,15 +112,27 @@ impl Daemon {
         }
     }
 
-    /// CPU time (user + system) the daemon has used, in clock ticks.
+    /// The daemon's process id (with the default sandbox, its supervisor's;
+    /// see [`super::procs`]).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// CPU time (user + system) the daemon has used, in clock ticks: its
+    /// process and the sandboxed process it forked, if any.
     pub fn cpu_ticks(&self) -> u64 {
-        let pid = self.child.as_ref().expect("daemon running").id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-        // Fields after the ")" that ends the command name; utime and stime
-        // are fields 14 and 15 of the whole line.
-        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+        super::procs::tree(self.pid())
+            .into_iter()
+            .map(|pid| {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+                // Fields after the ")" that ends the command name; utime and
+                // stime are fields 14 and 15 of the whole line.
+                let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+                let f: Vec<&str> = rest.split(' ').collect();
+                f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+            })
+            .sum()
     }
 
     /// Sends `sig` to the daemon.

@@ -13,6 +13,8 @@
 //! - [`cli`]: run our own binary's `image manifest` command.
 //! - [`fusemount`]: mount an image through our own FUSE daemon (RAII guard).
 //! - [`daemon`]: run our binary in serve mode on a temporary socket.
+//! - [`procs`]: the processes of a daemon (a supervisor and its sandboxed
+//!   child by default).
 //! - [`frontend`]: a vhost-user frontend with memfd guest RAM and
 //!   hand-driven split virtqueues.
 //! - [`fuse_client`]: FUSE requests over that frontend, and a tree walk
@@ -32,6 +34,7 @@ pub mod fusemount;
 pub mod kmount;
 pub mod manifest;
 pub mod mkfs;
+pub mod procs;
 pub mod rangeread;
 pub mod trees;
 
