@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use erofs_virtiofsd::api::{
-    serve_api, serve_api_with, ApiError, ApiHandle, ApiOptions, Control, ControlError, DaemonState,
-    DaemonStatus, ImageInfo, ImageName, MountSpec,
+    serve_api, serve_api_with, ApiError, ApiHandle, ApiOptions, ApiSocket, Control, ControlError,
+    DaemonState, DaemonStatus, ImageInfo, ImageName, MountSpec,
 };
 use erofs_virtiofsd::metrics::{Metrics, MetricsSnapshot};
 use http_body_util::{BodyExt, Full};
@@ -571,6 +571,28 @@ fn test_socket_stale_replaced_live_refused_file_kept() {
     assert!(!stale.exists());
     let e = serve_api(&dir.path().join("no/such/dir.sock"), control).unwrap_err();
     assert!(matches!(e, ApiError::Socket { .. }), "{e}");
+}
+
+/// Bound before a sandbox, served after: the socket listens from the
+/// bind on (a client may connect before serving starts), and one dropped
+/// unserved removes its file.
+#[test]
+fn test_socket_bound_then_served_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let control: Arc<dyn Control> = Arc::new(TestControl::default());
+    let path = dir.path().join("api.sock");
+
+    let bound = ApiSocket::bind(&path).unwrap();
+    assert_eq!(bound.path(), path);
+    let early = UnixStream::connect(&path).expect("listening once bound");
+    let api = bound.serve(control.clone(), ApiOptions::default()).unwrap();
+    drop(early);
+    assert_eq!(request(&path, "GET", "/api/v1/daemon", b"").status, 200);
+    api.shutdown();
+    assert!(!path.exists());
+
+    drop(ApiSocket::bind(&path).unwrap());
+    assert!(!path.exists(), "an unserved socket removes its file");
 }
 
 #[test]

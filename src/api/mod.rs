@@ -15,7 +15,8 @@
 //! status. docs/api.md has the details.
 //!
 //! - [`Control`]: what the daemon implements for the API;
-//! - [`serve_api`]: binds the socket and serves it in background threads;
+//! - [`serve_api`]: binds the socket and serves it in background threads
+//!   ([`ApiSocket`]: the two steps apart, around a sandbox);
 //! - [`router::Router`]: requests to replies after HTTP parsing (what the
 //!   fuzz target drives);
 //! - [`types`]: image names, mount requests and their config, strictly
@@ -34,7 +35,7 @@ pub mod testutil;
 pub mod types;
 
 pub use error::{ApiError, ControlError, ErrorBody};
-pub use server::{serve_api, serve_api_with, ApiHandle, ApiOptions, MAX_HEAD};
+pub use server::{serve_api, serve_api_with, ApiHandle, ApiOptions, ApiSocket, MAX_HEAD};
 pub use types::{
     BuildInfo, DaemonState, DaemonStatus, ImageConfig, ImageInfo, ImageName, MountSpec,
 };

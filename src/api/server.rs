@@ -100,11 +100,7 @@ impl Drop for ApiHandle {
                 warn!("API server thread panicked");
             }
         }
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if m.file_type().is_socket() && (m.dev(), m.ino()) == self.ident {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
+        remove_if_ours(&self.path, self.ident);
     }
 }
 
@@ -116,68 +112,131 @@ pub fn serve_api(path: &Path, control: Arc<dyn Control>) -> Result<ApiHandle, Ap
 
 /// Serves the API on a unix socket at `path` (mode 0600) in background
 /// threads. A stale socket at `path` (nobody listening) is replaced; a live
-/// one, or anything that is not a socket, is refused.
+/// one, or anything that is not a socket, is refused. Same as
+/// [`ApiSocket::bind`] then [`ApiSocket::serve`].
 pub fn serve_api_with(
     path: &Path,
     control: Arc<dyn Control>,
     opts: ApiOptions,
 ) -> Result<ApiHandle, ApiError> {
-    let sock_err = |source| ApiError::Socket {
-        path: path.to_owned(),
-        source,
-    };
-    clear_stale(path)?;
-    let listener = StdListener::bind(path).map_err(sock_err)?;
-    let setup = || -> std::io::Result<(u64, u64)> {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        listener.set_nonblocking(true)?;
-        let m = std::fs::symlink_metadata(path)?;
-        Ok((m.dev(), m.ino()))
-    };
-    let ident = match setup() {
-        Ok(i) => i,
-        Err(e) => {
-            let _ = std::fs::remove_file(path);
-            return Err(sock_err(e));
-        }
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .max_blocking_threads(opts.max_connections.clamp(1, 64))
-        .thread_name("api-handler")
-        .build();
-    let started = rt.and_then(|rt| {
-        // Registering the listener needs the runtime's reactor.
-        let listener = {
-            let _enter = rt.enter();
-            UnixListener::from_std(listener)?
-        };
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let shared = Arc::new(Shared {
-            router: Arc::new(Router::new(control)),
-            handlers: Arc::new(Semaphore::new(opts.max_connections.max(1))),
-            opts,
-        });
-        let thread = std::thread::Builder::new()
-            .name("api".to_owned())
-            .spawn(move || {
-                rt.block_on(accept_loop(listener, shared, stop_rx));
-                // Handlers stuck in a Control call are not waited for long.
-                rt.shutdown_timeout(Duration::from_secs(1));
-            })?;
-        Ok((stop_tx, thread))
-    });
-    match started {
-        Ok((stop, thread)) => Ok(ApiHandle {
+    ApiSocket::bind(path)?.serve(control, opts)
+}
+
+/// The API socket, bound and listening but not served yet: a daemon binds
+/// it before entering its sandbox (which cannot make sockets) and serves
+/// it after (serving starts threads, which the sandbox must come before).
+/// Dropped unserved, it removes its socket file.
+#[derive(Debug)]
+pub struct ApiSocket {
+    path: PathBuf,
+    ident: (u64, u64),
+    listener: Option<StdListener>,
+}
+
+impl ApiSocket {
+    /// Binds a unix socket at `path` (mode 0600). A stale socket at `path`
+    /// (nobody listening) is replaced; a live one, or anything that is not
+    /// a socket, is refused.
+    pub fn bind(path: &Path) -> Result<ApiSocket, ApiError> {
+        let sock_err = |source| ApiError::Socket {
             path: path.to_owned(),
-            ident,
-            stop: Some(stop),
-            thread: Some(thread),
-        }),
-        Err(e) => {
+            source,
+        };
+        clear_stale(path)?;
+        let listener = StdListener::bind(path).map_err(sock_err)?;
+        let setup = || -> std::io::Result<(u64, u64)> {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            listener.set_nonblocking(true)?;
+            let m = std::fs::symlink_metadata(path)?;
+            Ok((m.dev(), m.ino()))
+        };
+        match setup() {
+            Ok(ident) => Ok(ApiSocket {
+                path: path.to_owned(),
+                ident,
+                listener: Some(listener),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(sock_err(e))
+            }
+        }
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves the API on the socket in background threads; the handle
+    /// stops them and removes the socket.
+    pub fn serve(
+        mut self,
+        control: Arc<dyn Control>,
+        opts: ApiOptions,
+    ) -> Result<ApiHandle, ApiError> {
+        let path = std::mem::take(&mut self.path);
+        let ident = self.ident;
+        let Some(listener) = self.listener.take() else {
+            return Err(ApiError::Start(std::io::Error::other("already served")));
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(opts.max_connections.clamp(1, 64))
+            .thread_name("api-handler")
+            .build();
+        let started = rt.and_then(|rt| {
+            // Registering the listener needs the runtime's reactor.
+            let listener = {
+                let _enter = rt.enter();
+                UnixListener::from_std(listener)?
+            };
+            let (stop_tx, stop_rx) = oneshot::channel();
+            let shared = Arc::new(Shared {
+                router: Arc::new(Router::new(control)),
+                handlers: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+                opts,
+            });
+            let thread = std::thread::Builder::new()
+                .name("api".to_owned())
+                .spawn(move || {
+                    rt.block_on(accept_loop(listener, shared, stop_rx));
+                    // Handlers stuck in a Control call are not waited for long.
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                })?;
+            Ok((stop_tx, thread))
+        });
+        match started {
+            // From here on the handle owns the socket file.
+            Ok((stop, thread)) => Ok(ApiHandle {
+                path,
+                ident,
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                remove_if_ours(&path, ident);
+                Err(ApiError::Start(e))
+            }
+        }
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            remove_if_ours(&self.path, self.ident);
+        }
+    }
+}
+
+/// Removes the socket at `path` if it is still the one with `ident`
+/// (st_dev, st_ino): never another process's socket that replaced ours.
+fn remove_if_ours(path: &Path, ident: (u64, u64)) {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_socket() && (m.dev(), m.ino()) == ident {
             let _ = std::fs::remove_file(path);
-            Err(ApiError::Start(e))
         }
     }
 }
