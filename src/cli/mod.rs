@@ -69,17 +69,11 @@ pub struct ImageSource {
 }
 
 /// The default decoded-data cache: 1/16 of physical memory, clamped to
-/// 64 MiB..1 GiB (64 MiB when memory size is unknown).
+/// 64 MiB..1 GiB (64 MiB when memory size is unknown). Asked with
+/// sysinfo(2), so images added in the sandbox (no /proc/meminfo) get the
+/// same default.
 pub fn default_decode_cache() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kb| kb.saturating_mul(1024))
-        .unwrap_or(0);
+    let total = crate::os::proc::total_memory().unwrap_or(0);
     (total / 16).clamp(64 << 20, 1 << 30)
 }
 

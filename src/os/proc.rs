@@ -26,6 +26,23 @@ pub fn page_size() -> u64 {
     u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
+/// Total physical memory in bytes (sysinfo(2), which works where /proc
+/// is not mounted, e.g. in the sandbox); `None` when the call fails.
+pub fn total_memory() -> Option<u64> {
+    let mut info = std::mem::MaybeUninit::<libc::sysinfo>::uninit();
+    // SAFETY: `info` has room for one `struct sysinfo`, which sysinfo fills
+    // in whenever it succeeds.
+    if unsafe { libc::sysinfo(info.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: sysinfo succeeded, so it wrote the whole struct.
+    let info = unsafe { info.assume_init() };
+    // c_ulong is u32 on 32-bit targets: the conversion is not useless there.
+    #[allow(clippy::useless_conversion)]
+    let total = u64::from(info.totalram);
+    total.checked_mul(u64::from(info.mem_unit))
+}
+
 /// Pins the calling thread to CPU `cpu`; failure (a cpuset without it, a
 /// number past `CPU_SETSIZE`) leaves it unpinned.
 pub fn pin_to_cpu(cpu: usize) {
@@ -128,6 +145,17 @@ mod tests {
     #[test]
     fn test_page_size_is_a_power_of_two() {
         assert!(page_size().is_power_of_two());
+    }
+
+    #[test]
+    fn test_total_memory_matches_meminfo() {
+        let kb: u64 = std::fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert_eq!(total_memory(), Some(kb * 1024));
     }
 
     #[test]
