@@ -92,13 +92,6 @@ fn allow(rules: &mut BTreeMap<i64, Vec<SeccompRule>>, calls: &[libc::c_long]) {
     }
 }
 
-/// An ioctl request number as a filter value (the type of `libc::Ioctl`
-/// differs between C libraries).
-#[allow(clippy::unnecessary_cast)]
-fn ioctl_request(r: libc::Ioctl) -> u64 {
-    r as u64
-}
-
 /// The flags glibc's pthread_create passes to clone (and nothing else may).
 const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_FS
@@ -116,7 +109,8 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
     let mut r = BTreeMap::new();
 
     // Memory: the allocator, thread stacks, decoded-extent buffers, the
-    // guest's RAM mappings. Nothing may become executable.
+    // guest's RAM mappings (shared, from the frontend's descriptors).
+    // Nothing may become executable.
     allow(
         &mut r,
         &[
@@ -130,10 +124,11 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
     r.insert(libc::SYS_mmap, arg_without(2, no_exec)?);
     r.insert(libc::SYS_mprotect, arg_without(2, no_exec)?);
 
-    // Threads: worker pools, the API's runtime and handler threads, the
+    // Threads: the vhost-user vring and worker threads, /dev/fuse workers,
+    // the page-cache pusher, the API's runtime and handler threads, the
     // signal thread. clone only with exactly the thread flags of glibc's
-    // pthread_create (no fork, no namespaces); clone3 is answered ENOSYS
-    // by the second filter (see the module header).
+    // pthread_create (no fork, no namespaces); clone3 is listed so that the
+    // second filter's ENOSYS is what it gets (a kill here would win).
     r.insert(
         libc::SYS_clone,
         vec![
@@ -141,8 +136,6 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
                 .map_err(|e| SandboxError::Seccomp(e.to_string()))?,
         ],
     );
-    // clone3 is listed so that the second filter's ENOSYS is what it gets
-    // (a kill here would take precedence).
     allow(
         &mut r,
         &[
@@ -150,31 +143,31 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
             libc::SYS_futex,
             libc::SYS_set_robust_list,
             libc::SYS_rseq,
-            libc::SYS_sched_yield,
-            libc::SYS_sched_getaffinity,
             libc::SYS_gettid,
-            libc::SYS_getpid,
             libc::SYS_exit,
             libc::SYS_exit_group,
+            // available_parallelism, and glibc sizing its malloc arenas.
+            libc::SYS_sched_getaffinity,
+            // Spin-then-yield fallbacks of locks.
+            libc::SYS_sched_yield,
         ],
     );
-    // Thread names (std names its threads with PR_SET_NAME).
-    r.insert(
-        libc::SYS_prctl,
-        arg_in(0, &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64])?,
-    );
+    // Naming the new thread (std does it with PR_SET_NAME), nothing else.
+    r.insert(libc::SYS_prctl, arg_in(0, &[libc::PR_SET_NAME as u64])?);
 
-    // Signals: the signal thread's sigwait, the per-thread alternate stack
-    // std sets up for its stack-overflow report, masks of new threads, and
-    // abort() (tgkill of this process only).
+    // Signals: the signal thread's sigwait, the masks of new threads,
+    // glibc's lazily installed internal handlers, the alternate stack std
+    // gives every thread for its stack-overflow report, returning from a
+    // handler, and abort() (tgkill of this process only).
     allow(
         &mut r,
         &[
             libc::SYS_rt_sigprocmask,
             libc::SYS_rt_sigtimedwait,
-            libc::SYS_rt_sigreturn,
             libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigreturn,
             libc::SYS_sigaltstack,
+            libc::SYS_getpid,
         ],
     );
     r.insert(
@@ -185,46 +178,39 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
         ],
     );
 
-    // Time and randomness: timeouts, sleeps of back-off loops, HashMap
-    // seeds (mostly the vDSO; these are its fallbacks).
+    // Time and randomness: the vDSO's fallbacks, HashMap seeds.
     allow(
         &mut r,
         &[
             libc::SYS_clock_gettime,
             libc::SYS_clock_getres,
             libc::SYS_gettimeofday,
-            libc::SYS_clock_nanosleep,
-            libc::SYS_nanosleep,
             libc::SYS_getrandom,
         ],
     );
 
-    // Descriptors: reading images (pread, preadv into guest memory for
-    // vhost), writing replies and logs, closing, duplicating.
+    // Descriptors: reading images (pread; preadv straight into guest
+    // memory for vhost), replies and logs (write, writev), the store's
+    // counters (pwrite), a block device's size (lseek), duplicating and
+    // flags (fcntl), closing.
     allow(
         &mut r,
         &[
             libc::SYS_read,
             libc::SYS_write,
-            libc::SYS_readv,
             libc::SYS_writev,
             libc::SYS_pread64,
             libc::SYS_preadv,
-            libc::SYS_preadv2,
             libc::SYS_pwrite64,
             libc::SYS_lseek,
-            libc::SYS_close,
-            libc::SYS_dup,
-            libc::SYS_dup3,
             libc::SYS_fcntl,
-            libc::SYS_ppoll,
+            libc::SYS_close,
         ],
     );
 
-    // Files by path: images added at runtime (under --allow-dir) and the
-    // content store (its entries, claims, temporary files, usage and
-    // counters, re-opened through /proc/self/fd): open, stat, list, lock,
-    // link, rename, remove, sync, size, touch.
+    // Opening images added at runtime (under --allow-dir) and their
+    // devices: open, stat (statx; fstat and fstatat are its fallbacks),
+    // and the RAM size for their default decode cache.
     allow(
         &mut r,
         &[
@@ -232,107 +218,72 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
             libc::SYS_statx,
             libc::SYS_newfstatat,
             libc::SYS_fstat,
-            libc::SYS_fstatfs,
-            libc::SYS_statfs,
-            libc::SYS_getdents64,
-            libc::SYS_readlinkat,
-            libc::SYS_flock,
-            libc::SYS_linkat,
-            libc::SYS_renameat,
-            libc::SYS_renameat2,
-            libc::SYS_unlinkat,
-            libc::SYS_mkdirat,
-            libc::SYS_fsync,
-            libc::SYS_fdatasync,
-            libc::SYS_ftruncate,
-            libc::SYS_fallocate,
-            libc::SYS_utimensat,
-            libc::SYS_fchmod,
-        ],
-    );
-    #[cfg(target_arch = "x86_64")]
-    allow(
-        &mut r,
-        &[
-            libc::SYS_open,
-            libc::SYS_stat,
-            libc::SYS_lstat,
-            libc::SYS_unlink,
-            libc::SYS_link,
-            libc::SYS_rename,
-            libc::SYS_mkdir,
-            libc::SYS_rmdir,
-            libc::SYS_readlink,
-            libc::SYS_poll,
-            libc::SYS_epoll_wait,
+            libc::SYS_sysinfo,
         ],
     );
 
-    // Event loops and sockets: the vhost-user epoll threads, the API's
-    // tokio reactor, accepting on the sockets opened before the sandbox
-    // (no new socket can be made or connected).
+    // The content store: entries locked while used (flock), loaded into
+    // tmp/ and published with link, synced on disks, touched on hits,
+    // evicted and swept (unlink, directory listing), domain directories
+    // made; entries re-opened through /proc/self/fd (openat above).
+    allow(
+        &mut r,
+        &[
+            libc::SYS_flock,
+            libc::SYS_linkat,
+            libc::SYS_unlinkat,
+            libc::SYS_mkdirat,
+            libc::SYS_getdents64,
+            libc::SYS_fdatasync,
+            libc::SYS_utimensat,
+        ],
+    );
+    // x86_64's glibc calls these where other architectures have only the
+    // *at forms.
+    #[cfg(target_arch = "x86_64")]
+    allow(&mut r, &[libc::SYS_unlink, libc::SYS_mkdir]);
+
+    // Event loops and sockets, all made before the sandbox (no socket can
+    // be made, bound or connected): the vhost-user epoll threads, frontend
+    // messages with descriptors (recvmsg, sendmsg), the API's tokio reactor
+    // accepting and answering (accept4, recvfrom, writev, shutdown).
     allow(
         &mut r,
         &[
             libc::SYS_epoll_create1,
             libc::SYS_epoll_ctl,
             libc::SYS_epoll_pwait,
-            libc::SYS_epoll_pwait2,
             libc::SYS_eventfd2,
             libc::SYS_accept4,
-            libc::SYS_recvfrom,
-            libc::SYS_sendto,
             libc::SYS_recvmsg,
             libc::SYS_sendmsg,
+            libc::SYS_recvfrom,
             libc::SYS_shutdown,
-            libc::SYS_getsockopt,
-            libc::SYS_getsockname,
-            libc::SYS_getpeername,
         ],
     );
-    // ioctl: only making a descriptor (non-)blocking or close-on-exec.
-    r.insert(
-        libc::SYS_ioctl,
-        arg_in(
-            1,
-            &[
-                ioctl_request(libc::FIONBIO),
-                ioctl_request(libc::FIOCLEX),
-                ioctl_request(libc::FIONCLEX),
-            ],
-        )?,
-    );
-
-    // Memory size for the default decoded-data cache of images added at
-    // runtime (sysinfo, as /proc/meminfo is not in the sandbox).
-    allow(&mut r, &[libc::SYS_sysinfo]);
+    #[cfg(target_arch = "x86_64")]
+    allow(&mut r, &[libc::SYS_epoll_wait]);
 
     if profile.dev_fuse {
         // /dev/fuse: replies spliced from image files through a pipe per
-        // worker (and its size).
+        // worker (sized with fcntl).
         allow(&mut r, &[libc::SYS_splice, libc::SYS_pipe2]);
     }
     if profile.io_uring {
         // FUSE over io_uring: queue threads pinned to their CPU, submitting
-        // and reaping on rings made before the sandbox.
+        // and reaping on rings made before the sandbox (registration is a
+        // ring command, not io_uring_register).
         allow(
             &mut r,
-            &[
-                libc::SYS_io_uring_enter,
-                libc::SYS_io_uring_register,
-                libc::SYS_sched_setaffinity,
-            ],
+            &[libc::SYS_io_uring_enter, libc::SYS_sched_setaffinity],
         );
     }
     if profile.unmounts {
         // `mount --sandbox none`: the signal thread unmounts.
         allow(&mut r, &[libc::SYS_umount2]);
     }
-    if profile.vhost {
-        // Nothing beyond the groups above: guest memory is mmap'd shared
-        // from the frontend's descriptors, vrings are eventfds, DAX and
-        // backend requests go over sendmsg.
-    }
+    // profile.vhost: nothing beyond the common groups (mmap of guest
+    // memory, eventfds, recvmsg and sendmsg are there).
     Ok(r)
 }
 
@@ -446,6 +397,8 @@ mod tests {
             libc::SYS_bpf,
             libc::SYS_personality,
             libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_register,
+            libc::SYS_ioctl,
         ] {
             assert!(!all.contains_key(&c), "{c} is on the list");
         }
