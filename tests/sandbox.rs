@@ -438,6 +438,30 @@ fn test_mount_server_killed_the_supervisor_unmounts_and_dies_alike() {
 }
 
 #[test]
+fn test_mount_without_sandbox_keeps_only_cap_sys_admin_to_unmount_itself() {
+    assert_kernel_erofs();
+    let mut m = FuseMount::new(&image(), &[], &["--sandbox", "none"]);
+    let pid = m.pid();
+    let filtered = wait_for(Duration::from_secs(20), || {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| s.lines().any(|l| l == "Seccomp:\t2"))
+    });
+    assert!(filtered, "no seccomp filter");
+    assert!(procs::children(pid).is_empty(), "no fork without a sandbox");
+    // CAP_SYS_ADMIN (bit 21) alone, for the unmount on a stop signal.
+    for set in ["CapPrm", "CapEff"] {
+        assert_eq!(status_field(pid, set), "0000000000200000", "{set}");
+    }
+    assert_eq!(status_field(pid, "CapInh"), "0000000000000000");
+    let dir = m.path().to_path_buf();
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let st = m.wait_exit().expect("exit after SIGTERM");
+    assert!(st.success(), "{st}: {}", m.stderr_text());
+    assert!(!is_mounted(&dir));
+}
+
+#[test]
 fn test_without_cap_sys_admin_namespace_fails_clearly_and_the_others_serve() {
     let start = |sandbox: Option<&str>| {
         let dir = tempfile::tempdir().expect("tempdir");
