@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use zerocopy::FromBytes;
 
-use super::decompress::{self, Configs};
+use super::decompress::{self, Configs, Decoder};
 use super::dir::{DirBlock, DirEntry, FileType};
 use super::inode::{Inode, InodeKind, MetaPos};
 use super::map::{map_flat, ChunkGeometry, Extent, ExtentKind};
@@ -152,9 +152,13 @@ impl Image {
         &self.zcache
     }
 
-    /// Decoder configuration of this image.
-    pub(super) fn zconfigs(&self) -> &Configs {
-        &self.zconfigs
+    /// How this image's pclusters are decoded.
+    pub(super) fn decoder(&self) -> Decoder {
+        Decoder {
+            configs: self.zconfigs,
+            zero_padding: self.sb.has_incompat(ondisk::INCOMPAT_ZERO_PADDING),
+            block_size: self.sb.block_size() as usize,
+        }
     }
 
     /// The packed inode (fragments, and long xattr prefixes of older images).

@@ -1,8 +1,10 @@
 //! Block maps of uncompressed inodes: where logical byte `la` of a file
 //! lives (flat, tail-inline and chunk-based layouts).
 
+use zerocopy::FromBytes;
+
 use super::inode::{Inode, MetaPos};
-use super::ondisk;
+use super::ondisk::{self, ChunkIndex};
 use super::{Error, Result};
 
 /// Where a logical extent of a file lives.
@@ -90,22 +92,19 @@ impl ChunkGeometry {
             .saturating_mul(bs);
         let len = (1u64 << self.chunkbits).min(rest);
         let (blk, device, mask) = if self.unit == 8 {
-            let r = rec.get(..8).ok_or_else(bad)?;
-            let hi = u16::from_le_bytes([r[0], r[1]]);
-            let dev = u16::from_le_bytes([r[2], r[3]]);
-            let lo = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+            let (index, _) = ChunkIndex::read_from_prefix(rec).map_err(|_| bad())?;
+            let lo = u64::from(index.startblk_lo.get());
+            let device = index.device_id.get();
             if self.addr48 {
-                (u64::from(lo) | (u64::from(hi) << 32), dev, (1u64 << 48) - 1)
+                let hi = u64::from(index.startblk_hi.get());
+                (lo | (hi << 32), device, (1u64 << 48) - 1)
             } else {
-                (u64::from(lo), dev, u64::from(u32::MAX))
+                (lo, device, u64::from(u32::MAX))
             }
         } else {
-            let r = rec.get(..4).ok_or_else(bad)?;
-            (
-                u64::from(u32::from_le_bytes([r[0], r[1], r[2], r[3]])),
-                0,
-                u64::from(u32::MAX),
-            )
+            // A block map: one 32-bit start block per chunk.
+            let blk = ondisk::le32(rec, 0).ok_or_else(bad)?;
+            (u64::from(blk), 0, u64::from(u32::MAX))
         };
         let kind = if blk & mask == mask {
             ExtentKind::Hole

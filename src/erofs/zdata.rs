@@ -1,10 +1,9 @@
 //! Reading compressed inodes: map each range to its pcluster, decode it
 //! (through the decoded-extent cache) and copy the requested bytes.
 
-use super::decompress::{self, Algorithm};
+use super::decompress::Algorithm;
 use super::image::Image;
 use super::inode::{Inode, MetaPos};
-use super::ondisk;
 use super::zcache::{Decoded, Key, Lookup};
 use super::zmap::{ZExtent, ZKind, ZMap, ALG_INTERLACED, ALG_SHIFTED};
 use super::{Error, Result};
@@ -429,18 +428,7 @@ impl Image {
                 let alg = Algorithm::from_u8(a).ok_or_else(|| {
                     Error::unsupported(Some(inode.nid), format!("compression algorithm {a}"))
                 })?;
-                let zero_padding = self
-                    .superblock()
-                    .has_incompat(ondisk::INCOMPAT_ZERO_PADDING);
-                decompress::decompress(
-                    alg,
-                    self.zconfigs(),
-                    input,
-                    out,
-                    partial,
-                    zero_padding,
-                    bs as usize,
-                )
+                self.decoder().decompress(alg, input, out, partial)
             }
         }
     }
