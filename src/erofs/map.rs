@@ -3,6 +3,7 @@
 
 use zerocopy::FromBytes;
 
+use super::access::MetaRead;
 use super::inode::{Inode, MetaPos};
 use super::ondisk::{self, ChunkIndex};
 use super::{Error, Result};
@@ -124,6 +125,28 @@ impl ChunkGeometry {
             }
         };
         Ok(Extent { la, len, kind })
+    }
+}
+
+/// Maps logical byte `la` of an uncompressed inode (flat, tail-inline or
+/// chunk-based), reading chunk records through `meta`.
+pub fn map_uncompressed<M: MetaRead + ?Sized>(meta: &M, inode: &Inode, la: u64) -> Result<Extent> {
+    let blkszbits = meta.superblock().blkszbits;
+    match inode.layout {
+        ondisk::LAYOUT_FLAT_PLAIN | ondisk::LAYOUT_FLAT_INLINE => map_flat(inode, blkszbits, la),
+        ondisk::LAYOUT_CHUNK_BASED => {
+            let g = ChunkGeometry::of(inode, blkszbits)?;
+            let chunknr = la >> g.chunkbits;
+            let pos = g.record_pos(inode, chunknr).ok_or_else(|| {
+                Error::corrupt(Some(inode.nid), "chunk index", "position overflows")
+            })?;
+            let rec = meta.meta("chunk index", pos, g.unit as usize)?;
+            g.extent(inode, blkszbits, chunknr, &rec)
+        }
+        _ => Err(Error::WrongKind {
+            nid: inode.nid,
+            what: "compressed inodes are mapped by ZMap, not the flat block map",
+        }),
     }
 }
 

@@ -9,14 +9,18 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::arithmetic_side_effects)]
 
+mod access;
 pub mod decompress;
+mod devices;
 mod dir;
+mod dirread;
 mod error;
 mod image;
 mod inode;
 mod map;
 mod metacache;
 pub mod ondisk;
+mod plain;
 mod superblock;
 mod walk;
 mod xattr;
@@ -24,9 +28,11 @@ mod zcache;
 mod zdata;
 pub mod zmap;
 
+pub use access::{ImageRead, MetaRead};
+pub use devices::{Device, Span};
 pub use dir::{DirBlock, DirEntry, FileType};
 pub use error::{Error, Result};
-pub use image::{Image, ImageOptions, Span};
+pub use image::{Image, ImageOptions};
 pub use inode::{Inode, InodeKind, MetaPos};
 pub use map::{Extent, ExtentKind};
 pub use metacache::MetaBytes;

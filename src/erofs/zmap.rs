@@ -12,7 +12,7 @@
 
 use zerocopy::FromBytes;
 
-use super::image::Image;
+use super::access::MetaRead;
 use super::inode::{Inode, MetaPos};
 use super::ondisk::{
     self, ExtentRecord, LclusterIndex, MapHeader, EXTENT_PLEN_FMT_BIT, EXTENT_PLEN_MASK,
@@ -119,29 +119,30 @@ struct Cursor {
     partial_ref: bool,
 }
 
-/// Maps the compressed inode `inode` of `img`.
+/// Maps the compressed inode `inode`, reading its indexes through `meta`
+/// (an [`super::Image`], or anything else that reads its metadata).
 #[derive(Debug)]
-pub struct ZMap<'a> {
-    img: &'a Image,
+pub struct ZMap<'a, M: MetaRead + ?Sized> {
+    meta: &'a M,
     inode: &'a Inode,
     info: ZInfo,
     /// log2 of the block size.
     blkbits: u32,
 }
 
-impl<'a> ZMap<'a> {
+impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
     /// Reads the map header and, for tail-packed or fragment files, finds
     /// the tail extent (the kernel's `z_erofs_fill_inode_lazy`).
-    pub fn new(img: &'a Image, inode: &'a Inode) -> Result<Self> {
-        let blkbits = u32::from(img.superblock().blkszbits);
+    pub fn new(meta: &'a M, inode: &'a Inode) -> Result<Self> {
+        let blkbits = u32::from(meta.superblock().blkszbits);
         let mut z = ZMap {
-            img,
+            meta,
             inode,
             info: ZInfo::default(),
             blkbits,
         };
         let header_pos = z.header_pos()?;
-        let raw = img.meta("compressed map header", header_pos, 8)?;
+        let raw = meta.meta("compressed map header", header_pos, 8)?;
         let h =
             MapHeader::read_from_bytes(&raw[..]).map_err(|_| z.bad("map header", "short read"))?;
         if h.whole_file_is_fragment() {
@@ -179,7 +180,7 @@ impl<'a> ZMap<'a> {
             }
         }
         if z.info.advise & BIG_PCLUSTERS != 0
-            && !img.superblock().has_incompat(ondisk::INCOMPAT_COMPR_CFGS)
+            && !meta.superblock().has_incompat(ondisk::INCOMPAT_COMPR_CFGS)
         {
             return Err(z.bad("h_advise", "big pcluster without the superblock feature"));
         }
@@ -278,7 +279,7 @@ impl<'a> ZMap<'a> {
             .checked_add(8)
             .and_then(|p| p.checked_add(lcn.checked_mul(8)?))
             .ok_or_else(|| self.bad("lcluster index", "position overflows"))?;
-        let raw = self.img.meta("lcluster index", self.meta_pos(pos), 8)?;
+        let raw = self.meta.meta("lcluster index", self.meta_pos(pos), 8)?;
         let index = LclusterIndex::read_from_bytes(&raw[..])
             .map_err(|_| self.bad("lcluster index", "short read"))?;
         c.lcn = lcn;
@@ -361,7 +362,7 @@ impl<'a> ZMap<'a> {
         let in_pack = pos & pack_size.wrapping_sub(1);
         let pack_start = pos.saturating_sub(in_pack);
         c.next_pack_pos = pack_start.saturating_add(pack_size);
-        let pack = self.img.meta(
+        let pack = self.meta.meta(
             "compact index",
             self.meta_pos(pack_start),
             pack_size as usize,
@@ -676,7 +677,7 @@ impl<'a> ZMap<'a> {
             } else {
                 info.head_algs[0]
             };
-            let sb = self.img.superblock();
+            let sb = self.meta.superblock();
             let avail = if sb.has_incompat(ondisk::INCOMPAT_COMPR_CFGS) {
                 sb.u1
             } else {
@@ -724,7 +725,7 @@ impl<'a> ZMap<'a> {
             let mut next_pa: Option<u64> = None;
             let mut l: u64;
             if rec_size <= 4 {
-                let b = self.img.meta("extent records", self.meta_pos(pos), 8)?;
+                let b = self.meta.meta("extent records", self.meta_pos(pos), 8)?;
                 next_pa = Some(
                     ondisk::le64(&b, 0).ok_or_else(|| self.bad("extent records", "short read"))?,
                 );
@@ -744,7 +745,7 @@ impl<'a> ZMap<'a> {
                 ));
             }
             let recs = self
-                .img
+                .meta
                 .meta("extent records", self.meta_pos(pos), total as usize)?;
             for raw in recs.chunks_exact(rec_size as usize) {
                 let rec: ExtentRecord = ondisk::read_zero_extended(raw);
@@ -776,7 +777,7 @@ impl<'a> ZMap<'a> {
                 let mid = lo.midpoint(hi);
                 let at = pos.saturating_add(mid.saturating_mul(rec_size));
                 let raw = self
-                    .img
+                    .meta
                     .meta("extent record", self.meta_pos(at), rec_size as usize)?;
                 let rec: ExtentRecord = ondisk::read_zero_extended(&raw);
                 // 16-byte records end before lstart_hi, which reads as 0.
