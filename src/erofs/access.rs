@@ -7,6 +7,7 @@
 //! and nothing more: metadata bytes for the maps, plus physical bytes and
 //! file content for data, directories and xattrs.
 
+use super::error::At;
 use super::inode::{Inode, MetaPos};
 use super::metacache::MetaBytes;
 use super::superblock::Superblock;
@@ -37,4 +38,9 @@ pub trait ImageRead: MetaRead {
     /// Reads `buf.len()` physical bytes at `pa` of device `device` (0: the
     /// unified address space), holding data of inode `nid`.
     fn read_physical(&self, nid: u64, device: u16, pa: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Where byte `offset` of `inode`'s content is stored, for messages:
+    /// its physical place, or its pcluster's when compressed. `None` in a
+    /// hole or a fragment, or when the map cannot say.
+    fn locate(&self, inode: &Inode, offset: u64) -> Option<At>;
 }

@@ -20,11 +20,21 @@ fn check_dir(dir: &Inode, max_size: u64) -> Result<()> {
     if dir.size > max_size {
         return Err(Error::corrupt(
             Some(dir.nid),
+            dir.loc,
             "directory size",
             format!("{} bytes is larger than the image could hold", dir.size),
         ));
     }
     Ok(())
+}
+
+/// Places an error found in directory block `blk` of `dir`: where the
+/// block is stored (its pcluster, for a compressed directory), else the
+/// directory's inode.
+fn place<I: ImageRead + ?Sized>(img: &I, dir: &Inode, blk: u64, e: Error) -> Error {
+    let start = blk.saturating_mul(img.superblock().block_size());
+    let at = img.locate(dir, start).unwrap_or(dir.loc.into());
+    e.placed(Some(dir.nid), at)
 }
 
 /// Reads directory block `blk` of `dir`.
@@ -33,12 +43,17 @@ pub(super) fn dir_block<I: ImageRead + ?Sized>(img: &I, dir: &Inode, blk: u64) -
     let start = blk
         .checked_mul(bs)
         .filter(|s| *s < dir.size)
-        .ok_or_else(|| Error::corrupt(Some(dir.nid), "directory", "block beyond size"))?;
+        .ok_or_else(|| Error::corrupt(Some(dir.nid), dir.loc, "directory", "block beyond size"))?;
     let len = dir.size.saturating_sub(start).min(bs) as usize;
     let mut v = vec![0u8; len];
     let n = img.read(dir, start, &mut v)?;
     if n != len {
-        return Err(Error::corrupt(Some(dir.nid), "directory", "short read"));
+        return Err(Error::corrupt(
+            Some(dir.nid),
+            img.locate(dir, start).unwrap_or(dir.loc.into()),
+            "directory",
+            "short read",
+        ));
     }
     Ok(v)
 }
@@ -55,19 +70,21 @@ pub(super) fn lookup<I: ImageRead + ?Sized>(
         return Ok(None);
     }
     let nblocks = usize::try_from(dir.size.div_ceil(img.superblock().block_size()))
-        .map_err(|_| Error::corrupt(Some(dir.nid), "directory size", "too many blocks"))?;
+        .map_err(|_| Error::corrupt(Some(dir.nid), dir.loc, "directory size", "too many blocks"))?;
     let mut failure = None;
     let mut exact = None;
-    let mut candidate: Option<Vec<u8>> = None;
+    let mut candidate: Option<(u64, Vec<u8>)> = None;
     let _ = bsearch(nblocks, |mid| {
         let r = dir_block(img, dir, mid as u64).and_then(|data| {
-            let first = DirBlock::parse(&data, dir.nid)?.entry(0, dir.nid)?;
+            let first = DirBlock::parse(&data, dir.nid)
+                .and_then(|b| b.entry(0, dir.nid))
+                .map_err(|e| place(img, dir, mid as u64, e))?;
             Ok((name.cmp(first.name), (first.nid, first.file_type), data))
         });
         match r {
             Ok((ord, hit, data)) => {
                 match ord {
-                    std::cmp::Ordering::Greater => candidate = Some(data),
+                    std::cmp::Ordering::Greater => candidate = Some((mid as u64, data)),
                     std::cmp::Ordering::Equal => exact = Some(hit),
                     std::cmp::Ordering::Less => {}
                 }
@@ -85,11 +102,13 @@ pub(super) fn lookup<I: ImageRead + ?Sized>(
     if exact.is_some() {
         return Ok(exact);
     }
-    let Some(data) = candidate else {
+    let Some((blk, data)) = candidate else {
         return Ok(None);
     };
-    let blk = DirBlock::parse(&data, dir.nid)?;
-    Ok(blk.find(name, dir.nid)?.map(|e| (e.nid, e.file_type)))
+    let found = DirBlock::parse(&data, dir.nid)
+        .and_then(|b| b.find(name, dir.nid))
+        .map_err(|e| place(img, dir, blk, e))?;
+    Ok(found.map(|e| (e.nid, e.file_type)))
 }
 
 /// Iterates the entries of `dir` (at most `max_size` bytes) from byte
@@ -110,12 +129,14 @@ pub(super) fn readdir<I: ImageRead + ?Sized>(
     while pos < dir.size {
         let blk = pos >> bits;
         let data = dir_block(img, dir, blk)?;
-        let block = DirBlock::parse(&data, dir.nid)?;
+        let block = DirBlock::parse(&data, dir.nid).map_err(|e| place(img, dir, blk, e))?;
         let blk_start = blk << bits;
         let first = usize::try_from(pos.saturating_sub(blk_start) / 12).unwrap_or(usize::MAX);
         let blk_end = blk_start.saturating_add(data.len() as u64);
         for i in first..block.len() {
-            let e = block.entry(i, dir.nid)?;
+            let e = block
+                .entry(i, dir.nid)
+                .map_err(|e| place(img, dir, blk, e))?;
             let next_i = i.saturating_add(1);
             let next = if next_i < block.len() {
                 blk_start.saturating_add((next_i as u64).saturating_mul(12))

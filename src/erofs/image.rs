@@ -9,6 +9,7 @@ use super::decompress::{self, Configs, Decoder};
 use super::devices::{Device, Devices, Span};
 use super::dir::{DirEntry, FileType};
 use super::dirread;
+use super::error::At;
 use super::inode::{Inode, InodeKind, MetaPos};
 use super::map::{self, Extent, ExtentKind};
 use super::metacache::{MetaBytes, MetaCache};
@@ -60,11 +61,8 @@ impl Image {
         let size = src.size();
         let head_len = size.min(4096) as usize;
         let mut head = vec![0u8; head_len];
-        read_exact_at(src.as_ref(), &mut head, 0).map_err(|e| Error::Io {
-            offset: 0,
-            len: head_len,
-            source: e,
-        })?;
+        read_exact_at(src.as_ref(), &mut head, 0)
+            .map_err(|e| Error::io(At::Image(0), head_len, e))?;
         let sb = Superblock::parse(&head)?;
         let meta_cache = MetaCache::new(
             opts.meta_cache_bytes.unwrap_or(DEFAULT_META_CACHE),
@@ -131,15 +129,14 @@ impl Image {
         let mb = self
             .metabox
             .as_ref()
-            .ok_or_else(|| Error::corrupt(None, what, "metabox reference without metabox"))?;
+            .ok_or_else(|| Error::corrupt(None, pos, what, "metabox reference without metabox"))?;
         let n = self.read(mb, pos.pos, buf)?;
         if n != buf.len() {
             return Err(Error::Truncated {
                 what,
-                offset: pos.pos,
+                at: At::Metabox(pos.pos),
                 end: pos.pos.saturating_add(buf.len() as u64),
                 size: mb.size,
-                device: "metabox inode".into(),
             });
         }
         Ok(())
@@ -149,11 +146,13 @@ impl Image {
     pub fn inode_pos(&self, nid: u64) -> Result<MetaPos> {
         let in_metabox = nid & ondisk::NID_METABOX_BIT != 0;
         let lo = nid & !ondisk::NID_METABOX_BIT;
-        let bad = || Error::corrupt(Some(nid), "nid", "inode position overflows");
+        // A nid names no place of its own: the dirent (or superblock
+        // field) that holds it is at fault, and its reader knows where.
+        let bad = || Error::corrupt_unplaced(Some(nid), "nid", "inode position overflows");
         let off = lo.checked_mul(32).ok_or_else(bad)?;
         if in_metabox {
             if self.sb.metabox_nid.is_none() {
-                return Err(Error::corrupt(
+                return Err(Error::corrupt_unplaced(
                     Some(nid),
                     "nid",
                     "metabox bit without metabox feature",
@@ -256,6 +255,7 @@ impl Image {
         if len == 0 || off < start || off.saturating_sub(start) >= len {
             return Err(Error::corrupt(
                 Some(inode.nid),
+                inode.loc,
                 "block map",
                 format!("extent {start}+{len} does not cover {off}"),
             ));
@@ -291,6 +291,35 @@ impl Image {
             pos = start.saturating_add(len);
         }
         Ok(inode.size.max(off))
+    }
+
+    /// Where byte `offset` of `inode`'s content is stored: its physical
+    /// place, or its pcluster's when compressed. `None` in a hole or a
+    /// fragment, or when the map cannot say (for messages).
+    pub fn locate(&self, inode: &Inode, offset: u64) -> Option<At> {
+        if inode.is_compressed() {
+            let e = ZMap::new(self, inode).ok()?.map(offset).ok()?;
+            return match e.kind {
+                ZKind::Encoded { pa, inline, .. } => Some(if inline {
+                    At::from(MetaPos {
+                        pos: pa,
+                        in_metabox: inode.loc.in_metabox,
+                    })
+                } else {
+                    self.devices.locate(0, pa)
+                }),
+                ZKind::Hole | ZKind::Fragment { .. } => None,
+            };
+        }
+        let e = self.map(inode, offset).ok()?;
+        let skip = offset.checked_sub(e.la)?;
+        match e.kind {
+            ExtentKind::Mapped { device, pa } => {
+                Some(self.devices.locate(device, pa.checked_add(skip)?))
+            }
+            ExtentKind::Inline(p) => p.offset(skip).map(At::from),
+            ExtentKind::Hole => None,
+        }
     }
 
     /// An upper bound for any sane directory size: 16 times the bytes of
@@ -387,6 +416,10 @@ impl ImageRead for Image {
     fn read_physical(&self, nid: u64, device: u16, pa: u64, buf: &mut [u8]) -> Result<()> {
         self.devices.read(nid, device, pa, buf)
     }
+
+    fn locate(&self, inode: &Inode, offset: u64) -> Option<At> {
+        Image::locate(self, inode, offset)
+    }
 }
 
 /// The compression configurations that follow the superblock (the legacy
@@ -401,7 +434,8 @@ fn load_configs(sb: &Superblock, src: &dyn Source) -> Result<Configs> {
         .saturating_sub(start)
         .min(decompress::MAX_CFGS_BYTES as u64) as usize;
     let mut buf = vec![0u8; len];
-    Devices::read_source(src, "image", "compression configs", start, &mut buf)?;
-    let (cfgs, _) = decompress::parse_cfgs(sb.u1, &buf, sb.blkszbits)?;
+    Devices::read_source(src, "compression configs", At::Image(start), &mut buf)?;
+    let (cfgs, _) = decompress::parse_cfgs(sb.u1, &buf, sb.blkszbits)
+        .map_err(|e| e.placed(None, At::Image(start)))?;
     Ok(cfgs)
 }

@@ -4,6 +4,7 @@
 use zerocopy::FromBytes;
 
 use super::access::MetaRead;
+use super::error::At;
 use super::inode::{Inode, MetaPos};
 use super::ondisk::{self, ChunkIndex};
 use super::{Error, Result};
@@ -56,6 +57,7 @@ impl ChunkGeometry {
         if chunkbits >= 63 {
             return Err(Error::corrupt(
                 Some(inode.nid),
+                inode.loc,
                 "chunk format",
                 format!("chunk size 2^{chunkbits}"),
             ));
@@ -80,11 +82,18 @@ impl ChunkGeometry {
 
     /// Decodes a chunk record into an extent for chunk `chunknr`.
     pub fn extent(&self, inode: &Inode, blkszbits: u8, chunknr: u64, rec: &[u8]) -> Result<Extent> {
-        let bad = || Error::corrupt(Some(inode.nid), "chunk index", "short record");
+        // Where the record is (the inode when its position overflows).
+        let at = || {
+            self.record_pos(inode, chunknr)
+                .map_or(At::from(inode.loc), At::from)
+        };
+        let bad = || Error::corrupt(Some(inode.nid), at(), "chunk index", "short record");
         let la = chunknr
             .checked_shl(self.chunkbits)
             .filter(|la| *la < inode.size)
-            .ok_or_else(|| Error::corrupt(Some(inode.nid), "chunk index", "chunk beyond size"))?;
+            .ok_or_else(|| {
+                Error::corrupt(Some(inode.nid), at(), "chunk index", "chunk beyond size")
+            })?;
         let bs = 1u64 << blkszbits;
         let rest = inode
             .size
@@ -118,6 +127,7 @@ impl ChunkGeometry {
                 pa: pa.ok_or_else(|| {
                     Error::corrupt(
                         Some(inode.nid),
+                        at(),
                         "chunk index",
                         format!("block {blk} overflows"),
                     )
@@ -138,7 +148,12 @@ pub fn map_uncompressed<M: MetaRead + ?Sized>(meta: &M, inode: &Inode, la: u64) 
             let g = ChunkGeometry::of(inode, blkszbits)?;
             let chunknr = la >> g.chunkbits;
             let pos = g.record_pos(inode, chunknr).ok_or_else(|| {
-                Error::corrupt(Some(inode.nid), "chunk index", "position overflows")
+                Error::corrupt(
+                    Some(inode.nid),
+                    inode.loc,
+                    "chunk index",
+                    "position overflows",
+                )
             })?;
             let rec = meta.meta("chunk index", pos, g.unit as usize)?;
             g.extent(inode, blkszbits, chunknr, &rec)
@@ -157,6 +172,7 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
     if la >= size {
         return Err(Error::corrupt(
             Some(inode.nid),
+            inode.loc,
             "read",
             "offset beyond size",
         ));
@@ -180,6 +196,7 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
             .ok_or_else(|| {
                 Error::corrupt(
                     Some(inode.nid),
+                    inode.loc,
                     "startblk",
                     format!("block {startblk} overflows"),
                 )
@@ -190,13 +207,19 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
             kind: ExtentKind::Mapped { device: 0, pa },
         });
     }
-    let base = inode
-        .data_pos()
-        .ok_or_else(|| Error::corrupt(Some(inode.nid), "inline data", "position overflows"))?;
+    let base = inode.data_pos().ok_or_else(|| {
+        Error::corrupt(
+            Some(inode.nid),
+            inode.loc,
+            "inline data",
+            "position overflows",
+        )
+    })?;
     let tail_len = size.saturating_sub(tail_start);
     if (base.pos & bs.saturating_sub(1)).saturating_add(tail_len) > bs {
         return Err(Error::corrupt(
             Some(inode.nid),
+            base,
             "inline data",
             format!(
                 "{tail_len}-byte tail at {} crosses a block boundary",
@@ -208,10 +231,8 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
     Ok(Extent {
         la,
         len: size.saturating_sub(la),
-        kind: ExtentKind::Inline(
-            base.offset(off).ok_or_else(|| {
-                Error::corrupt(Some(inode.nid), "inline data", "position overflows")
-            })?,
-        ),
+        kind: ExtentKind::Inline(base.offset(off).ok_or_else(|| {
+            Error::corrupt(Some(inode.nid), base, "inline data", "position overflows")
+        })?),
     })
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use foldhash::fast::RandomState;
 
 use super::devices::Devices;
+use super::error::At;
 use super::{Error, Result};
 
 const SHARDS: usize = 16;
@@ -87,19 +88,18 @@ impl MetaCache {
             devices.read_primary(what, pos, &mut v)?;
             return Ok(MetaBytes::Owned(v));
         }
-        let truncated = |size: u64, device: String| Error::Truncated {
+        let truncated = Error::Truncated {
             what,
-            offset: pos,
+            at: At::Image(pos),
             end: pos.saturating_add(len as u64),
-            size,
-            device,
+            size: src.size(),
         };
         let block = self.block(devices, what, blk).map_err(|e| match e {
-            Error::Truncated { size, device, .. } => truncated(size, device),
+            Error::Truncated { .. } => truncated.clone(),
             other => other,
         })?;
         if off.saturating_add(len) > block.len() {
-            return Err(truncated(src.size(), "image".into()));
+            return Err(truncated);
         }
         Ok(MetaBytes::Cached(block, off, len))
     }
@@ -116,10 +116,9 @@ impl MetaCache {
         if start >= size {
             return Err(Error::Truncated {
                 what,
-                offset: start,
+                at: At::Image(start),
                 end: start.saturating_add(block_size),
                 size,
-                device: "image".into(),
             });
         }
         let len = size.saturating_sub(start).min(block_size) as usize;

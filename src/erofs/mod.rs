@@ -31,7 +31,7 @@ pub mod zmap;
 pub use access::{ImageRead, MetaRead};
 pub use devices::{Device, Span};
 pub use dir::{DirBlock, DirEntry, FileType};
-pub use error::{Error, Result};
+pub use error::{At, Error, Result};
 pub use image::{Image, ImageOptions};
 pub use inode::{Inode, InodeKind, MetaPos};
 pub use map::{Extent, ExtentKind};

@@ -31,6 +31,7 @@ fn for_each_piece<M: MetaRead + ?Sized>(
         let Some((skip, avail)) = span else {
             return Err(Error::corrupt(
                 Some(inode.nid),
+                inode.loc,
                 "block map",
                 "extent does not cover offset",
             ));
@@ -58,13 +59,13 @@ pub(super) fn read<I: ImageRead + ?Sized>(
             ExtentKind::Hole => out.fill(0),
             ExtentKind::Mapped { device, pa } => {
                 let pa = pa.checked_add(skip).ok_or_else(|| {
-                    Error::corrupt(Some(inode.nid), "block map", "address overflow")
+                    Error::corrupt(Some(inode.nid), inode.loc, "block map", "address overflow")
                 })?;
                 img.read_physical(inode.nid, device, pa, out)?;
             }
             ExtentKind::Inline(p) => {
                 let p = p.offset(skip).ok_or_else(|| {
-                    Error::corrupt(Some(inode.nid), "inline data", "address overflow")
+                    Error::corrupt(Some(inode.nid), p, "inline data", "address overflow")
                 })?;
                 img.meta_into("inline data", p, out)?;
             }

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use zerocopy::FromBytes;
 
 use super::access::ImageRead;
+use super::error::At;
 use super::inode::{Inode, MetaPos};
 use super::metacache::MetaBytes;
 use super::ondisk::{self, XattrEntry, XattrIbodyHeader};
@@ -92,7 +93,7 @@ impl LongPrefix {
                 base_index,
                 infix: infix.to_vec(),
             }),
-            _ => Err(Error::corrupt(
+            _ => Err(Error::corrupt_unplaced(
                 None,
                 "xattr prefix",
                 format!("record of {} bytes (1..=256 allowed)", body.len()),
@@ -135,6 +136,8 @@ pub fn filter_bit(index: u8, suffix: &[u8]) -> u32 {
 /// The inline xattr area of an inode: its name filter, shared xattr ids
 /// and the bytes holding the inline entries (from `entries_at` on).
 struct Ibody<'a> {
+    /// Where the area is.
+    pos: MetaPos,
     filter: u32,
     shared_ids: Vec<u32>,
     body: MetaBytes<'a>,
@@ -145,7 +148,7 @@ struct Ibody<'a> {
 /// use) and the walk over an inode's entries.
 #[derive(Debug, Default)]
 pub(super) struct Xattrs {
-    prefixes: OnceLock<std::result::Result<Vec<LongPrefix>, String>>,
+    prefixes: OnceLock<Result<Vec<LongPrefix>>>,
 }
 
 impl Xattrs {
@@ -197,12 +200,10 @@ impl Xattrs {
     }
 
     fn prefixes<I: ImageRead + ?Sized>(&self, img: &I) -> Result<&[LongPrefix]> {
-        let r = self
-            .prefixes
-            .get_or_init(|| load_prefixes(img).map_err(|e| e.to_string()));
-        match r {
+        // A table that failed to load fails every later use the same way.
+        match self.prefixes.get_or_init(|| load_prefixes(img)) {
             Ok(v) => Ok(v),
-            Err(e) => Err(Error::Earlier(format!("long xattr prefixes: {e}"))),
+            Err(e) => Err(e.clone()),
         }
     }
 
@@ -232,17 +233,19 @@ impl Xattrs {
             Ok(resolve_name(idx, name, p))
         };
         let mut rest: &[u8] = ibody.body.get(ibody.entries_at..).unwrap_or(&[]);
+        let mut entry_at = At::from(ibody.pos).plus(ibody.entries_at as u64);
         while !rest.is_empty() {
             let e = rest
                 .get(..4)
                 .and_then(|b| XattrEntry::read_from_bytes(b).ok())
                 .ok_or_else(|| {
-                    Error::corrupt(Some(inode.nid), "xattr entry", "truncated header")
+                    Error::corrupt(Some(inode.nid), entry_at, "xattr entry", "truncated header")
                 })?;
             let size = entry_size(e.e_name_len, e.e_value_size.get()) as usize;
             if size > rest.len() {
                 return Err(Error::corrupt(
                     Some(inode.nid),
+                    entry_at,
                     "xattr entry",
                     format!("{size}-byte entry beyond the inline area"),
                 ));
@@ -260,6 +263,7 @@ impl Xattrs {
                 }
             }
             rest = &rest[size..];
+            entry_at = entry_at.plus(size as u64);
         }
         let sb = img.superblock();
         let in_metabox = sb.has_compat(ondisk::COMPAT_SHARED_EA_IN_METABOX);
@@ -271,10 +275,10 @@ impl Xattrs {
             };
             let hb = img.meta("shared xattr", pos, 4)?;
             let body_pos = pos.offset(4).ok_or_else(|| {
-                Error::corrupt(Some(inode.nid), "shared xattr", "position overflows")
+                Error::corrupt(Some(inode.nid), pos, "shared xattr", "position overflows")
             })?;
             let e = XattrEntry::read_from_bytes(&hb[..])
-                .map_err(|_| Error::corrupt(Some(inode.nid), "shared xattr", "decode"))?;
+                .map_err(|_| Error::corrupt(Some(inode.nid), pos, "shared xattr", "decode"))?;
             let nl = usize::from(e.e_name_len);
             let vl = usize::from(e.e_value_size.get());
             let body = img.meta("shared xattr", body_pos, nl.saturating_add(vl))?;
@@ -301,6 +305,7 @@ fn read_ibody<'a, I: ImageRead + ?Sized>(img: &'a I, inode: &Inode) -> Result<Op
     if isz <= 12 || isz > XATTR_IBODY_MAX {
         return Err(Error::corrupt(
             Some(inode.nid),
+            inode.loc,
             "i_xattr_icount",
             format!("inline xattr size {isz}"),
         ));
@@ -308,16 +313,17 @@ fn read_ibody<'a, I: ImageRead + ?Sized>(img: &'a I, inode: &Inode) -> Result<Op
     let pos = inode
         .loc
         .offset(u64::from(inode.inode_isize))
-        .ok_or_else(|| Error::corrupt(Some(inode.nid), "xattr", "position overflows"))?;
+        .ok_or_else(|| Error::corrupt(Some(inode.nid), inode.loc, "xattr", "position overflows"))?;
     let body = img.meta("inline xattrs", pos, isz as usize)?;
     let hdr = XattrIbodyHeader::read_from_bytes(&body[..12])
-        .map_err(|_| Error::corrupt(Some(inode.nid), "xattr header", "decode"))?;
+        .map_err(|_| Error::corrupt(Some(inode.nid), pos, "xattr header", "decode"))?;
     let shared_count = usize::from(hdr.h_shared_count);
     // shared_count <= 255: no overflow.
     let ids_end = shared_count.saturating_mul(4).saturating_add(12);
     let ids = body.get(12..ids_end).ok_or_else(|| {
         Error::corrupt(
             Some(inode.nid),
+            pos,
             "h_shared_count",
             format!("{shared_count} shared ids do not fit in {isz} bytes"),
         )
@@ -327,6 +333,7 @@ fn read_ibody<'a, I: ImageRead + ?Sized>(img: &'a I, inode: &Inode) -> Result<Op
         .filter_map(|c| ondisk::le32(c, 0))
         .collect();
     Ok(Some(Ibody {
+        pos,
         filter: hdr.h_name_filter.get(),
         shared_ids,
         body,
@@ -354,14 +361,23 @@ fn load_prefixes<I: ImageRead + ?Sized>(img: &I) -> Result<Vec<LongPrefix>> {
         None
     };
     let in_metabox = !plain && metabox;
+    // Where prefix byte `pos` is stored (in the packed inode's data, or in
+    // the metadata).
+    let place = |pos: u64| -> At {
+        match &packed {
+            Some(p) => img.locate(p, pos).unwrap_or(At::from(p.loc)),
+            None => At::from(MetaPos { pos, in_metabox }),
+        }
+    };
     let read = |pos: u64, buf: &mut [u8]| -> Result<()> {
         match &packed {
             Some(p) => {
                 if img.read(p, pos, buf)? != buf.len() {
                     return Err(Error::corrupt(
-                        None,
+                        Some(p.nid),
+                        p.loc,
                         "xattr prefixes",
-                        "beyond packed inode",
+                        format!("prefix at byte {pos} beyond the packed inode"),
                     ));
                 }
                 Ok(())
@@ -381,13 +397,14 @@ fn load_prefixes<I: ImageRead + ?Sized>(img: &I) -> Result<Vec<LongPrefix>> {
         if len > 256 {
             return Err(Error::corrupt(
                 None,
+                place(pos),
                 "xattr prefix",
                 format!("length {len}"),
             ));
         }
         let mut body = vec![0u8; len];
         read(pos.saturating_add(2), &mut body)?;
-        out.push(LongPrefix::parse(&body)?);
+        out.push(LongPrefix::parse(&body).map_err(|e| e.placed(None, place(pos)))?);
         pos = pos.saturating_add(2).saturating_add(len as u64);
     }
     Ok(out)

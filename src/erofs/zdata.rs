@@ -1,12 +1,15 @@
 //! Reading compressed inodes: map each range to its pcluster, decode it
 //! (through the decoded-extent cache) and copy the requested bytes.
 
+use std::mem::offset_of;
 use std::sync::OnceLock;
 
 use super::access::{ImageRead, MetaRead};
 use super::decompress::{Algorithm, Decoder};
+use super::error::At;
 use super::inode::{Inode, MetaPos};
 use super::ondisk;
+use super::superblock::field_at;
 use super::zcache::{Decoded, Key, Lookup, ZCache};
 use super::zmap::{ZExtent, ZKind, ZMap, ALG_INTERLACED, ALG_SHIFTED};
 use super::{Error, Result};
@@ -67,7 +70,7 @@ impl Pcluster {
 pub(super) struct Compressed {
     decoder: Decoder,
     cache: ZCache,
-    packed: OnceLock<std::result::Result<Inode, String>>,
+    packed: OnceLock<Result<Inode>>,
 }
 
 impl Compressed {
@@ -129,11 +132,16 @@ impl Compressed {
                     };
                     let start = usize::try_from(skip).unwrap_or(usize::MAX);
                     let src = data.get(start..).and_then(|s| s.get(..n)).ok_or_else(|| {
-                        Error::corrupt(
+                        let short = Error::corrupt_unplaced(
                             Some(inode.nid),
                             "compressed data",
-                            "decoded extent too short",
-                        )
+                            format!(
+                                "decoded extent of {} bytes, {} expected",
+                                data.len(),
+                                ext.llen
+                            ),
+                        );
+                        decode_error(img, inode, &ext, short)
                     })?;
                     out.copy_from_slice(src);
                 }
@@ -145,16 +153,23 @@ impl Compressed {
 
     /// The packed inode (fragments, and long xattr prefixes of older images).
     fn packed_inode<I: ImageRead + ?Sized>(&self, img: &I) -> Result<Inode> {
-        let r = self.packed.get_or_init(|| {
-            let sb = img.superblock();
-            let nid = sb.packed_nid;
-            if nid == 0 || !sb.has_incompat(ondisk::INCOMPAT_FRAGMENTS) {
-                return Err("fragment data but the image has no packed inode".to_string());
-            }
-            img.inode(nid).map_err(|e| e.to_string())
-        });
-        r.clone()
-            .map_err(|e| Error::Earlier(format!("packed inode: {e}")))
+        // Found (or failed) once; a failure answers every later use the
+        // same way, with its type.
+        self.packed
+            .get_or_init(|| {
+                let sb = img.superblock();
+                let nid = sb.packed_nid;
+                if nid == 0 || !sb.has_incompat(ondisk::INCOMPAT_FRAGMENTS) {
+                    return Err(Error::corrupt(
+                        None,
+                        field_at(offset_of!(ondisk::SuperBlock, packed_nid)),
+                        "packed_nid",
+                        "fragment data but the image has no packed inode",
+                    ));
+                }
+                img.inode(nid)
+            })
+            .clone()
     }
 
     /// Reads fragment bytes from the packed inode.
@@ -169,6 +184,7 @@ impl Compressed {
         if Some(inode.nid) == sb.metabox_nid || inode.nid == sb.packed_nid {
             return Err(Error::corrupt(
                 Some(inode.nid),
+                inode.loc,
                 "fragment",
                 "the packed or metabox inode refers to fragments",
             ));
@@ -178,6 +194,7 @@ impl Compressed {
         if n != out.len() {
             return Err(Error::corrupt(
                 Some(inode.nid),
+                inode.loc,
                 "fragment",
                 format!(
                     "fragment at {off}+{} beyond the packed inode ({} bytes)",
@@ -205,7 +222,9 @@ impl Compressed {
         })
     }
 
-    /// Decodes extent `ext` into `out` (exactly its decoded length).
+    /// Decodes extent `ext` into `out` (exactly its decoded length). A
+    /// failure (reading the pcluster or decoding it) is an
+    /// [`Error::Decode`] naming the inode, the extent and the pcluster.
     fn decode_extent<I: ImageRead + ?Sized>(
         &self,
         img: &I,
@@ -214,11 +233,7 @@ impl Compressed {
         out: &mut [u8],
     ) -> Result<()> {
         let Some(pcluster) = Pcluster::of(ext) else {
-            return Err(Error::corrupt(
-                Some(inode.nid),
-                "compressed map",
-                "not an encoded extent",
-            ));
+            return Err(not_encoded(inode));
         };
         let plen = usize::try_from(pcluster.plen).unwrap_or(usize::MAX);
         // The compressed input goes through a per-thread buffer, reused
@@ -228,7 +243,8 @@ impl Compressed {
             input.resize(plen, 0);
         }
         let r = read_pcluster(img, inode, &pcluster, &mut input[..plen])
-            .and_then(|()| self.decode_input(img, inode, ext, &input[..plen], out));
+            .and_then(|()| self.decode_input(img, inode, ext, &input[..plen], out))
+            .map_err(|e| decode_error(img, inode, ext, e));
         if input.capacity() <= MAX_KEPT_INPUT {
             INPUT.with(|b| b.replace(input));
         }
@@ -245,28 +261,10 @@ impl Compressed {
         out: &mut [u8],
     ) -> Result<()> {
         let Some(pcluster) = Pcluster::of(ext) else {
-            return Err(Error::corrupt(
-                Some(inode.nid),
-                "compressed map",
-                "not an encoded extent",
-            ));
+            return Err(not_encoded(inode));
         };
         let la_in_block = img.superblock().blkoff(ext.la);
         self.decode(inode, &pcluster, la_in_block, input, out)
-            .map_err(|e| match e {
-                Error::Corrupt { detail, field, .. } => Error::corrupt(
-                    Some(inode.nid),
-                    field,
-                    format!(
-                        "{detail} (pcluster at {}, {} bytes, extent {}+{})",
-                        pcluster.pa,
-                        input.len(),
-                        ext.la,
-                        ext.llen
-                    ),
-                ),
-                other => other,
-            })
     }
 
     /// Decodes `first` (a whole extent at the start of `buf`, not cached)
@@ -296,6 +294,7 @@ impl Compressed {
         if first_len > buf.len() {
             return Err(Error::corrupt(
                 Some(inode.nid),
+                inode.loc,
                 "compressed map",
                 "extent beyond the read",
             ));
@@ -356,7 +355,19 @@ impl Compressed {
         input: &mut [u8],
         buf: &mut [u8],
     ) -> Result<usize> {
-        img.read_physical(inode.nid, 0, pa, input)?;
+        img.read_physical(inode.nid, 0, pa, input).map_err(|e| {
+            // The one read of the whole run failed: name the run.
+            let first = run.first().map_or(0, |e| e.la);
+            let llen = run.iter().fold(0u64, |n, e| n.saturating_add(e.llen));
+            Error::Decode {
+                nid: inode.nid,
+                la: first,
+                llen,
+                at: img.locate(inode, first).unwrap_or(At::Image(pa)),
+                plen: input.len() as u64,
+                cause: Box::new(e),
+            }
+        })?;
         let (mut i, mut o) = (0usize, 0usize);
         for e in run {
             let Some(pcluster) = Pcluster::of(e) else {
@@ -369,11 +380,13 @@ impl Compressed {
             let (Some(src), Some(dst)) = (src, dst) else {
                 return Err(Error::corrupt(
                     Some(inode.nid),
+                    inode.loc,
                     "compressed map",
                     "run beyond its buffer",
                 ));
             };
-            self.decode_input(img, inode, e, src, dst)?;
+            self.decode_input(img, inode, e, src, dst)
+                .map_err(|err| decode_error(img, inode, e, err))?;
             i = i.saturating_add(plen);
             o = o.saturating_add(llen);
         }
@@ -394,7 +407,11 @@ impl Compressed {
         match pcluster.alg {
             ALG_SHIFTED => {
                 let src = input.get(..out.len()).ok_or_else(|| {
-                    Error::corrupt(Some(inode.nid), "plain pcluster", "shorter than its extent")
+                    Error::corrupt_unplaced(
+                        Some(inode.nid),
+                        "plain pcluster",
+                        "shorter than its extent",
+                    )
                 })?;
                 out.copy_from_slice(src);
                 Ok(())
@@ -403,7 +420,7 @@ impl Compressed {
                 // The part up to the first block boundary is stored at the end
                 // of the pcluster, the rest from its start.
                 if out.len() > input.len() {
-                    return Err(Error::corrupt(
+                    return Err(Error::corrupt_unplaced(
                         Some(inode.nid),
                         "plain pcluster",
                         "shorter than its extent",
@@ -414,7 +431,7 @@ impl Compressed {
                     usize::try_from(bs.saturating_sub(la_in_block)).unwrap_or(usize::MAX);
                 let head = head_room.min(out.len());
                 let from = input.len().checked_sub(head_room).ok_or_else(|| {
-                    Error::corrupt(
+                    Error::corrupt_unplaced(
                         Some(inode.nid),
                         "interlaced pcluster",
                         "smaller than a block",
@@ -432,6 +449,45 @@ impl Compressed {
                 self.decoder.decompress(alg, input, out, pcluster.partial)
             }
         }
+    }
+}
+
+/// The map said encoded, the code holding the extent found otherwise.
+fn not_encoded(inode: &Inode) -> Error {
+    Error::corrupt(
+        Some(inode.nid),
+        inode.loc,
+        "compressed map",
+        "not an encoded extent",
+    )
+}
+
+/// `cause`, the failure to decode extent `ext` of `inode`, as an
+/// [`Error::Decode`] that names the inode, the extent and its pcluster.
+fn decode_error<I: ImageRead + ?Sized>(
+    img: &I,
+    inode: &Inode,
+    ext: &ZExtent,
+    cause: Error,
+) -> Error {
+    let (at, plen) = match Pcluster::of(ext) {
+        Some(p) if p.inline => (
+            At::from(MetaPos {
+                pos: p.pa,
+                in_metabox: inode.loc.in_metabox,
+            }),
+            p.plen,
+        ),
+        Some(p) => (img.locate(inode, ext.la).unwrap_or(At::Image(p.pa)), p.plen),
+        None => (At::from(inode.loc), 0),
+    };
+    Error::Decode {
+        nid: inode.nid,
+        la: ext.la,
+        llen: ext.llen,
+        at,
+        plen,
+        cause: Box::new(cause),
     }
 }
 

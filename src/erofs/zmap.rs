@@ -115,6 +115,8 @@ struct Cursor {
     compressed_blocks: u64,
     /// Metadata position right after the index pack read last.
     next_pack_pos: u64,
+    /// Metadata position of the index (or pack) read last.
+    index_pos: u64,
     /// HEAD: the extent is a partial reference of its pcluster.
     partial_ref: bool,
 }
@@ -128,6 +130,9 @@ pub struct ZMap<'a, M: MetaRead + ?Sized> {
     info: ZInfo,
     /// log2 of the block size.
     blkbits: u32,
+    /// Where the map header is (errors without a more precise place name
+    /// it).
+    header: MetaPos,
 }
 
 impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
@@ -140,8 +145,10 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             inode,
             info: ZInfo::default(),
             blkbits,
+            header: inode.loc,
         };
         let header_pos = z.header_pos()?;
+        z.header = header_pos;
         let raw = meta.meta("compressed map header", header_pos, 8)?;
         let h =
             MapHeader::read_from_bytes(&raw[..]).map_err(|_| z.bad("map header", "short read"))?;
@@ -199,8 +206,14 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
         Ok(z)
     }
 
+    /// Corruption of the map (placed at its header).
     fn bad(&self, field: &'static str, detail: impl Into<String>) -> Error {
-        Error::corrupt(Some(self.inode.nid), field, detail)
+        Error::corrupt(Some(self.inode.nid), self.header, field, detail)
+    }
+
+    /// Corruption of the index (or record) at metadata position `pos`.
+    fn bad_at(&self, pos: u64, field: &'static str, detail: impl Into<String>) -> Error {
+        Error::corrupt(Some(self.inode.nid), self.meta_pos(pos), field, detail)
     }
 
     /// Where the map header is: the first 8-byte boundary after the inode
@@ -281,8 +294,9 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             .ok_or_else(|| self.bad("lcluster index", "position overflows"))?;
         let raw = self.meta.meta("lcluster index", self.meta_pos(pos), 8)?;
         let index = LclusterIndex::read_from_bytes(&raw[..])
-            .map_err(|_| self.bad("lcluster index", "short read"))?;
+            .map_err(|_| self.bad_at(pos, "lcluster index", "short read"))?;
         c.lcn = lcn;
+        c.index_pos = pos;
         c.next_pack_pos = pos.saturating_add(8);
         c.kind = index.lcluster_type();
         if c.kind == LCLUSTER_TYPE_NONHEAD {
@@ -291,7 +305,11 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             c.back = u64::from(back);
             if back & LCLUSTER_D0_CBLKCNT != 0 {
                 if self.info.advise & BIG_PCLUSTERS == 0 {
-                    return Err(self.bad("lcluster index", "CBLKCNT without big pclusters"));
+                    return Err(self.bad_at(
+                        pos,
+                        "lcluster index",
+                        "CBLKCNT without big pclusters",
+                    ));
                 }
                 c.compressed_blocks = u64::from(back & !LCLUSTER_D0_CBLKCNT);
                 c.back = 1;
@@ -301,7 +319,11 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             c.partial_ref = index.di_advise.get() & LCLUSTER_PARTIAL_REF != 0;
             c.cluster_off = u64::from(index.di_clusterofs.get());
             if c.cluster_off >= 1 << self.info.lclusterbits {
-                return Err(self.bad("di_clusterofs", format!("{} at lcn {lcn}", c.cluster_off)));
+                return Err(self.bad_at(
+                    pos,
+                    "di_clusterofs",
+                    format!("{} at lcn {lcn}", c.cluster_off),
+                ));
             }
             c.head_block = u64::from(index.blkaddr());
         }
@@ -362,6 +384,7 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
         let in_pack = pos & pack_size.wrapping_sub(1);
         let pack_start = pos.saturating_sub(in_pack);
         c.next_pack_pos = pack_start.saturating_add(pack_size);
+        c.index_pos = pack_start;
         let pack = self.meta.meta(
             "compact index",
             self.meta_pos(pack_start),
@@ -412,7 +435,11 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             }
             if lo & cblkcnt != 0 {
                 if !big {
-                    return Err(self.bad("compact index", "CBLKCNT without big pclusters"));
+                    return Err(self.bad_at(
+                        pack_start,
+                        "compact index",
+                        "CBLKCNT without big pclusters",
+                    ));
                 }
                 c.compressed_blocks = lo & !cblkcnt;
                 c.back = 1;
@@ -464,7 +491,11 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                         continue;
                     }
                     if l <= 1 {
-                        return Err(self.bad("compact index", "big pcluster with plain delta 1"));
+                        return Err(self.bad_at(
+                            pack_start,
+                            "compact index",
+                            "big pcluster with plain delta 1",
+                        ));
                     }
                     slot = slot.saturating_sub(l.saturating_sub(2));
                     continue;
@@ -494,7 +525,8 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             c.head_kind = c.kind;
             return Ok((lcn << bits) | c.cluster_off);
         }
-        Err(self.bad(
+        Err(self.bad_at(
+            c.index_pos,
             "lcluster index",
             format!("bogus lookback distance {distance} at lcn {}", c.lcn),
         ))
@@ -515,7 +547,11 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
         if c.compressed_blocks == 0 {
             self.load(c, lcn, false)?;
             if c.kind == LCLUSTER_TYPE_NONHEAD && c.back != 1 {
-                return Err(self.bad("lcluster index", format!("bogus CBLKCNT at lcn {lcn}")));
+                return Err(self.bad_at(
+                    c.index_pos,
+                    "lcluster index",
+                    format!("bogus CBLKCNT at lcn {lcn}"),
+                ));
             }
             if c.kind != LCLUSTER_TYPE_NONHEAD || c.compressed_blocks == 0 {
                 c.compressed_blocks = 1;
@@ -524,7 +560,9 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
         c.compressed_blocks
             .checked_shl(self.blkbits)
             .filter(|p| p >> self.blkbits == c.compressed_blocks)
-            .ok_or_else(|| self.bad("lcluster index", "compressed length overflows"))
+            .ok_or_else(|| {
+                self.bad_at(c.index_pos, "lcluster index", "compressed length overflows")
+            })
     }
 
     /// Decoded length of the extent starting at `la`, whose head `c` stands
@@ -548,13 +586,20 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                     return (lcn << bits)
                         .checked_add(c.cluster_off)
                         .and_then(|e| e.checked_sub(la))
-                        .ok_or_else(|| self.bad("lcluster index", "extent ends before it starts"));
+                        .ok_or_else(|| {
+                            self.bad_at(
+                                c.index_pos,
+                                "lcluster index",
+                                "extent ends before it starts",
+                            )
+                        });
                 }
                 c.ahead = 1;
             }
             lcn = lcn.saturating_add(c.ahead);
         }
-        Err(self.bad(
+        Err(self.bad_at(
+            c.index_pos,
             "lcluster index",
             format!("extent at {la} longer than a pcluster may decode to"),
         ))
@@ -583,7 +628,11 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
         } else {
             if c.kind != LCLUSTER_TYPE_NONHEAD {
                 if c.lcn == 0 {
-                    return Err(self.bad("lcluster index", "invalid logical cluster 0"));
+                    return Err(self.bad_at(
+                        c.index_pos,
+                        "lcluster index",
+                        "invalid logical cluster 0",
+                    ));
                 }
                 end = (c.lcn << bits) | c.cluster_off;
                 c.back = 1;
@@ -592,7 +641,11 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             start = self.walk_back(&mut c, distance)?;
         }
         if end <= start {
-            return Err(self.bad("lcluster index", format!("extent {start}..{end} is empty")));
+            return Err(self.bad_at(
+                c.index_pos,
+                "lcluster index",
+                format!("extent {start}..{end} is empty"),
+            ));
         }
         c.next_pack_pos = first_next_pack_pos;
         Ok((c, start, end))
@@ -600,11 +653,14 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
 
     /// Records where the tail extent starts (the kernel's FINDTAIL pass).
     fn find_tail(&mut self) -> Result<()> {
-        let last = self
-            .inode
-            .size
-            .checked_sub(1)
-            .ok_or_else(|| self.bad("i_size", "tail of an empty file"))?;
+        let last = self.inode.size.checked_sub(1).ok_or_else(|| {
+            Error::corrupt(
+                Some(self.inode.nid),
+                self.inode.loc,
+                "i_size",
+                "tail of an empty file",
+            )
+        })?;
         let (c, _, _) = self.locate(last)?;
         if self.info.tail_size != 0 {
             self.info.tail_pos = c.next_pack_pos;
@@ -659,12 +715,18 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                 .head_block
                 .checked_shl(self.blkbits)
                 .filter(|p| p >> self.blkbits == c.head_block)
-                .ok_or_else(|| self.bad("lcluster index", "block address overflows"))?;
+                .ok_or_else(|| {
+                    self.bad_at(c.index_pos, "lcluster index", "block address overflows")
+                })?;
             (pa, false, self.compressed_len(&mut c)?)
         };
         let alg = if c.head_kind == LCLUSTER_TYPE_PLAIN {
             if end.saturating_sub(start) > plen {
-                return Err(self.bad("lcluster index", "plain extent longer than its pcluster"));
+                return Err(self.bad_at(
+                    c.index_pos,
+                    "lcluster index",
+                    "plain extent longer than its pcluster",
+                ));
             }
             if info.advise & MAP_ADVISE_INTERLACED_PCLUSTER != 0 {
                 ALG_INTERLACED
@@ -727,7 +789,8 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             if rec_size <= 4 {
                 let b = self.meta.meta("extent records", self.meta_pos(pos), 8)?;
                 next_pa = Some(
-                    ondisk::le64(&b, 0).ok_or_else(|| self.bad("extent records", "short read"))?,
+                    ondisk::le64(&b, 0)
+                        .ok_or_else(|| self.bad_at(pos, "extent records", "short read"))?,
                 );
                 pos = pos.saturating_add(8);
                 l = 0;
@@ -788,7 +851,7 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                 if rec_la > la {
                     hi = mid;
                     if rec_la > lend {
-                        return Err(self.bad("extent records", "records out of order"));
+                        return Err(self.bad_at(at, "extent records", "records out of order"));
                     }
                     lend = rec_la;
                 } else {

@@ -87,7 +87,7 @@ impl Algorithm {
 
     /// Corruption error for bad compressed data of this algorithm.
     pub fn corrupt(self, detail: impl Into<String>) -> Error {
-        Error::corrupt(None, self.name(), detail)
+        Error::corrupt_unplaced(None, self.name(), detail)
     }
 
     /// Bit of this algorithm in the superblock's `available_compr_algs`.
@@ -184,7 +184,7 @@ impl Configs {
 }
 
 fn cfg_err(detail: String) -> Error {
-    Error::corrupt(None, "compression configs", detail)
+    Error::corrupt_unplaced(None, "compression configs", detail)
 }
 
 /// Parses the compression configs of an image with `COMPR_CFGS`, like the

@@ -104,7 +104,7 @@ impl Decoder {
     ) -> Result<()> {
         let cfgs = &self.configs;
         if !cfgs.is_available(alg) {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt_unplaced(
                 None,
                 "algorithm",
                 format!(
@@ -143,7 +143,7 @@ impl Decoder {
 }
 
 fn missing_cfg(alg: Algorithm) -> Error {
-    Error::corrupt(
+    Error::corrupt_unplaced(
         None,
         "compression configs",
         format!("{} is available but has no config record", alg.name()),
