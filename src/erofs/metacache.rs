@@ -88,18 +88,18 @@ impl MetaCache {
             devices.read_primary(what, pos, &mut v)?;
             return Ok(MetaBytes::Owned(v));
         }
-        let truncated = Error::Truncated {
+        let truncated = || Error::Truncated {
             what,
             at: At::Image(pos),
             end: pos.saturating_add(len as u64),
             size: src.size(),
         };
         let block = self.block(devices, what, blk).map_err(|e| match e {
-            Error::Truncated { .. } => truncated.clone(),
+            Error::Truncated { .. } => truncated(),
             other => other,
         })?;
         if off.saturating_add(len) > block.len() {
-            return Err(truncated);
+            return Err(truncated());
         }
         Ok(MetaBytes::Cached(block, off, len))
     }
