@@ -777,15 +777,18 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             .indexes_pos()?
             .checked_next_multiple_of(rec_size)
             .ok_or_else(|| self.bad("extent records", "position overflows"))?;
-        let mut lend = self.inode.size;
+        // The extent found: [start, end), its record's plen and physical
+        // start, and whether it is the last one of the file.
+        let mut end = self.inode.size;
         let (mut rec_pa, mut rec_plen) = (0u64, 0u32);
-        let lstart;
+        let start;
         let last;
         if rec_size <= 8 {
             // One record per lcluster: 4-byte records are lengths only,
             // after a 64-bit physical start; 8-byte ones add a 32-bit one.
             let mut next_pa: Option<u64> = None;
-            let mut l: u64;
+            // Logical start of the lcluster whose record comes next.
+            let mut next_la: u64;
             if rec_size <= 4 {
                 let b = self.meta.meta("extent records", self.meta_pos(pos), 8)?;
                 next_pa = Some(
@@ -793,13 +796,16 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                         .ok_or_else(|| self.bad_at(pos, "extent records", "short read"))?,
                 );
                 pos = pos.saturating_add(8);
-                l = 0;
+                next_la = 0;
             } else {
-                l = la >> bits << bits;
-                pos = pos.saturating_add((l >> bits).saturating_mul(rec_size));
+                next_la = la >> bits << bits;
+                pos = pos.saturating_add((next_la >> bits).saturating_mul(rec_size));
             }
-            // Records from lcluster l up to the one holding la, read in one go.
-            let count = (la >> bits).saturating_sub(l >> bits).saturating_add(1);
+            // Records from lcluster next_la up to the one holding la, read
+            // in one go.
+            let count = (la >> bits)
+                .saturating_sub(next_la >> bits)
+                .saturating_add(1);
             let total = count.saturating_mul(rec_size);
             if total > (PCLUSTER_MAX_SIZE << 4) {
                 return Err(Error::unsupported(
@@ -820,20 +826,20 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                     }
                     None => rec_pa = u64::from(rec.pstart_lo.get()),
                 }
-                l = l.saturating_add(1 << bits);
+                next_la = next_la.saturating_add(1 << bits);
             }
-            last = l
+            last = next_la
                 >= self
                     .inode
                     .size
                     .div_ceil(1 << bits)
                     .saturating_mul(1 << bits);
-            lend = lend.min(l);
-            lstart = l.saturating_sub(1 << bits);
+            end = end.min(next_la);
+            start = next_la.saturating_sub(1 << bits);
         } else {
             // Records with logical starts, sorted: binary search.
             let n = self.info.extent_count.unwrap_or(0);
-            let mut found_start = lend;
+            let mut found_start = end;
             let (mut lo, mut hi) = (0u64, n);
             // At most 64 steps.
             while lo < hi {
@@ -850,10 +856,10 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                     u64::from(rec.pstart_lo.get()) | (u64::from(rec.pstart_hi.get()) << 32);
                 if rec_la > la {
                     hi = mid;
-                    if rec_la > lend {
+                    if rec_la > end {
                         return Err(self.bad_at(at, "extent records", "records out of order"));
                     }
-                    lend = rec_la;
+                    end = rec_la;
                 } else {
                     lo = mid.saturating_add(1);
                     if la == rec_la {
@@ -864,13 +870,13 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
                     rec_pa = rec_start;
                 }
             }
-            lstart = found_start;
+            start = found_start;
             last = lo >= n;
         }
-        if lstart >= lend {
+        if start >= end {
             return Ok(ZExtent {
                 la,
-                llen: lend.saturating_sub(la).max(1),
+                llen: end.saturating_sub(la).max(1),
                 kind: ZKind::Hole,
             });
         }
@@ -903,8 +909,8 @@ impl<'a, M: MetaRead + ?Sized> ZMap<'a, M> {
             ZKind::Hole
         };
         Ok(ZExtent {
-            la: lstart,
-            llen: lend.saturating_sub(lstart),
+            la: start,
+            llen: end.saturating_sub(start),
             kind,
         })
     }
