@@ -23,6 +23,15 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// A decoder with `configs` for an image with (or without) zero padding.
+fn decoder(configs: &Configs, zero_padding: bool, block_size: usize) -> Decoder {
+    Decoder {
+        configs: *configs,
+        zero_padding,
+        block_size,
+    }
+}
+
 fn sha(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
@@ -54,15 +63,7 @@ impl Vector {
 
     fn decode(&self, input: &[u8], len: usize, partial: bool) -> Result<Vec<u8>> {
         let mut out = vec![0u8; len];
-        decompress(
-            self.alg,
-            &self.configs(),
-            input,
-            &mut out,
-            partial,
-            true,
-            4096,
-        )?;
+        decoder(&self.configs(), true, 4096).decompress(self.alg, input, &mut out, partial)?;
         Ok(out)
     }
 }
@@ -223,16 +224,9 @@ fn test_vectors_lz4_without_zero_padding_decodes_stream_start() {
         let mut stream = v.pcluster[start..].to_vec();
         // Legacy images may have data after the stream.
         stream.extend_from_slice(&[0xaa; 100]);
-        decompress(
-            Algorithm::Lz4,
-            &v.configs(),
-            &stream,
-            &mut out,
-            false,
-            false,
-            4096,
-        )
-        .unwrap();
+        decoder(&v.configs(), false, 4096)
+            .decompress(Algorithm::Lz4, &stream, &mut out, false)
+            .unwrap();
         assert_eq!(sha(&out), v.sha256, "{}", v.name);
     }
 }
@@ -246,7 +240,9 @@ fn test_vectors_padding_beyond_first_block_fails() {
         assert!(v.decode(&input, v.size, false).is_err(), "{}", v.name);
         // With a larger block size the same bytes are fine.
         let mut out = vec![0u8; v.size];
-        decompress(v.alg, &v.configs(), &input, &mut out, false, true, 8192).unwrap();
+        decoder(&v.configs(), true, 8192)
+            .decompress(v.alg, &input, &mut out, false)
+            .unwrap();
     }
 }
 
@@ -297,7 +293,8 @@ fn test_random_and_spliced_inputs_never_panic() {
         for alg in Algorithm::ALL {
             for partial in [false, true] {
                 for zero_padding in [false, true] {
-                    let _ = decompress(alg, &cfgs, &input, &mut out, partial, zero_padding, 4096);
+                    let _ = decoder(&cfgs, zero_padding, 4096)
+                        .decompress(alg, &input, &mut out, partial);
                 }
             }
         }
@@ -308,16 +305,9 @@ fn test_random_and_spliced_inputs_never_panic() {
 fn test_decompress_undeclared_algorithm_is_corrupt() {
     let mut out = [0u8; 4];
     for alg in [Algorithm::Lzma, Algorithm::Deflate, Algorithm::Zstd] {
-        let e = decompress(
-            alg,
-            &Configs::default(),
-            &[1, 2, 3],
-            &mut out,
-            false,
-            true,
-            4096,
-        )
-        .unwrap_err();
+        let e = decoder(&Configs::default(), true, 4096)
+            .decompress(alg, &[1, 2, 3], &mut out, false)
+            .unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     }
 }
@@ -333,38 +323,17 @@ fn test_decompress_corrupt_headers_fail() {
     };
     let mut out = [0u8; 64];
     // Invalid LZMA properties (!0x00 = 0xff > 224).
-    assert!(decompress(
-        Algorithm::Lzma,
-        &cfgs,
-        &[0, 0, 0, 0, 0, 0],
-        &mut out,
-        false,
-        true,
-        4096
-    )
-    .is_err());
+    assert!(decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Lzma, &[0, 0, 0, 0, 0, 0], &mut out, false)
+        .is_err());
     // DEFLATE reserved block type 3.
-    assert!(decompress(
-        Algorithm::Deflate,
-        &cfgs,
-        &[0x07, 0, 0],
-        &mut out,
-        true,
-        true,
-        4096
-    )
-    .is_err());
+    assert!(decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Deflate, &[0x07, 0, 0], &mut out, true)
+        .is_err());
     // Not a Zstandard frame.
-    assert!(decompress(
-        Algorithm::Zstd,
-        &cfgs,
-        &[1, 2, 3, 4, 5, 6, 7, 8],
-        &mut out,
-        true,
-        true,
-        4096
-    )
-    .is_err());
+    assert!(decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Zstd, &[1, 2, 3, 4, 5, 6, 7, 8], &mut out, true)
+        .is_err());
 }
 
 #[test]
@@ -378,7 +347,9 @@ fn test_zstd_window_above_cap_fails() {
     };
     let frame = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 11 << 3, 0x01, 0x00, 0x00];
     let mut out = [0u8; 16];
-    let e = decompress(Algorithm::Zstd, &cfgs, &frame, &mut out, true, true, 4096).unwrap_err();
+    let e = decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Zstd, &frame, &mut out, true)
+        .unwrap_err();
     assert!(e.to_string().contains("too much memory"), "{e}");
 }
 
@@ -647,7 +618,9 @@ fn test_vectors_regenerate_from_fixtures_writes_testdata() {
                 }
                 let mut out = vec![0u8; size];
                 let input = &img[start..end];
-                if decompress(alg, &cfgs, input, &mut out, false, true, bs).is_ok()
+                if decoder(&cfgs, true, bs)
+                    .decompress(alg, input, &mut out, false)
+                    .is_ok()
                     && sha(&out) == want
                 {
                     found = Some((start, input.to_vec()));
