@@ -42,7 +42,7 @@ images=$fx/images
 log() { echo "fixtures: $*" >&2; }
 die() { echo "fixtures.sh: $*" >&2; exit 1; }
 
-tools=$(scripts/sid-tools.sh --quiet erofs)
+tools=$(scripts/sid-tools.sh erofs)
 mkfs=$(sed -n 's/^MKFS_EROFS=//p' <<<"$tools")
 version=$("$mkfs" --version 2>&1 | awk '/^mkfs.erofs/ { print $NF; exit }')
 
@@ -69,6 +69,7 @@ started=$SECONDS
 log "building the edge and big trees in $trees (cargo test --test fixture_build)"
 FIXTURE_TREES=$trees cargo test --quiet --test fixture_build -- \
   --ignored --exact build_fixture_trees >&2
+log "edge and big trees built in $((SECONDS - started)) s (compiling included)"
 
 # --- usr: pinned wheels, unpacked with fixed owners, modes and mtimes ----------
 cache=${FIXTURES_CACHE:-$repo/target/fixtures-cache}/wheels
@@ -96,6 +97,7 @@ find "$trees/usr" -depth -type d -exec touch -d @1700000000 {} +
 # --- the images ----------------------------------------------------------------
 rm -rf "$images.new"
 mkdir -p "$images.new"
+started=$SECONDS
 log "making $(grep -c . "$fx/build.jsonl") images with mkfs.erofs $version"
 while IFS= read -r record; do
   name=$(jq -r .name <<<"$record")
@@ -117,7 +119,7 @@ done < <(jq -c . "$fx/build.jsonl")
 echo "$stamp" >"$images.new/.stamp"
 rm -rf "$images"
 mv "$images.new" "$images"
-log "images built in $((SECONDS - started)) s: $(du -sh "$images" | cut -f1)"
+log "images made in $((SECONDS - started)) s: $(du -sh "$images" | cut -f1)"
 
 if [ "$regen" = 1 ]; then
   log "deriving the manifests from kernel mounts"
