@@ -28,7 +28,7 @@ pub const FIXTURE_TEXT_SIZES: &[usize] = &[
 ];
 
 /// Sizes of `/files/tail_N`: a few bytes past whole clusters, so the tail
-/// is small (ztailpacking, fragments).
+/// is small (ztailpacking, fragments); 1500 bytes of log text repeated.
 pub const FIXTURE_TAIL_SIZES: &[usize] = &[12289, 12388, 14288, 16288];
 
 /// Number of xattrs on `/xattrs/many_user` (the edge tree has 100).
@@ -61,10 +61,12 @@ fn fixture_edge_extras(b: &mut Builder) {
         );
     }
     b.file(b"files/mixed_131073", &mixed_data(131_073, 13), FILE);
+    // Compressible enough that 12289 bytes fit one 4 KiB lz4 pcluster.
     for &n in FIXTURE_TAIL_SIZES {
+        let line = log_text(1500, 0x7a11 + n as u64);
         b.file(
             format!("files/tail_{n}").as_bytes(),
-            &log_text(n, 0x7a11 + n as u64),
+            &line.iter().copied().cycle().take(n).collect::<Vec<u8>>(),
             FILE,
         );
     }

@@ -9,8 +9,8 @@
 //! `test_vectors_regenerate_from_fixtures_writes_testdata` rebuilds them
 //! from the fixtures directory (`$EROFS_FIXTURES`, else `tests/fixtures`,
 //! see `docs/fixtures.md`); the repository's own `edge_multialg-hints`
-//! compresses file data with lz4hc only, so its lzma and zstd cases need
-//! such a set in `$EROFS_FIXTURES`.
+//! compresses file data with lz4hc only, so its lzma and zstd cases (the
+//! last two) need such a set in `$EROFS_FIXTURES`.
 
 use sha2::{Digest, Sha256};
 
