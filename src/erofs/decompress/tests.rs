@@ -1,11 +1,16 @@
 //! Tests of the configs parser and of every algorithm on real pclusters.
 //!
-//! `testdata/vectors.tsv` lists pclusters cut from the mkfs.erofs 1.9.3
-//! fixture images (`../shared/fixtures/images`): each `NAME.bin` is one
-//! whole pcluster as stored (zero padding included) whose decompressed
-//! extent is a whole file; its length and sha256 are the kernel's view of
-//! that file (`../shared/fixtures/manifests/edge.jsonl`). The ignored test
-//! `test_vectors_regenerate_from_fixtures_writes_testdata` rebuilds them.
+//! `testdata/vectors.tsv` lists pclusters cut from fixture images made by
+//! mkfs.erofs 1.9.3 (an earlier fixture set whose `edge_multialg-hints`
+//! chose the algorithm per file): each `NAME.bin` is one whole pcluster as
+//! stored (zero padding included) whose decompressed extent is a whole
+//! file; its length and sha256 are the kernel's view of that file (the
+//! set's `manifests/edge.jsonl`). The ignored test
+//! `test_vectors_regenerate_from_fixtures_writes_testdata` rebuilds them
+//! from the fixtures directory (`$EROFS_FIXTURES`, else `tests/fixtures`,
+//! see `docs/fixtures.md`); the repository's own `edge_multialg-hints`
+//! compresses file data with lz4hc only, so its lzma and zstd cases (the
+//! last two) need such a set in `$EROFS_FIXTURES`.
 
 use sha2::{Digest, Sha256};
 
@@ -488,6 +493,10 @@ fn test_parse_cfgs_no_algorithms_consumes_nothing() {
     assert!(!c.is_available(Algorithm::Lz4));
 }
 
+/// The fixtures directory resolver the integration tests use.
+#[path = "../../../tests/common/fixture_dir.rs"]
+mod fixture_dir;
+
 /// (image, path, algorithm, vector name): files whose whole content is one
 /// pcluster.
 const CASES: &[(&str, &str, Algorithm, &str)] = &[
@@ -570,12 +579,9 @@ const CASES: &[(&str, &str, Algorithm, &str)] = &[
 /// to the file's kernel sha256. Run with
 /// `cargo test test_vectors_regenerate -- --ignored`.
 #[test]
-#[ignore = "rewrites testdata/ from ../shared/fixtures"]
+#[ignore = "rewrites testdata/ from the fixture images"]
 fn test_vectors_regenerate_from_fixtures_writes_testdata() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let fixtures = std::env::var("EROFS_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("../shared/fixtures"));
+    let fixtures = fixture_dir::fixtures_dir();
     let manifest = std::fs::read_to_string(fixtures.join("manifests/edge.jsonl")).unwrap();
     let lookup = |path: &str| -> (usize, String) {
         for line in manifest.lines() {
