@@ -147,6 +147,7 @@ impl Server {
         if !root.is_dir() {
             return Err(crate::erofs::Error::corrupt(
                 Some(root.nid),
+                root.loc,
                 "root inode",
                 "not a directory",
             ));

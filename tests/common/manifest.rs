@@ -1,5 +1,5 @@
 //! Manifest entries: one JSON object per file, as defined by
-//! `../shared/fixtures/README.md`, built from a mounted tree by
+//! `docs/fixtures.md`, built from a mounted tree by
 //! [`walk_manifest`] and compared by [`assert_manifests_eq`].
 
 use std::collections::BTreeMap;
