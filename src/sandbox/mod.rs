@@ -25,15 +25,20 @@
 //! Trusts nothing from requests: it runs before any.
 #![forbid(unsafe_code)]
 
+mod error;
 mod root;
 pub mod seccomp;
 mod supervisor;
 
 use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+pub use error::SandboxError;
 pub use seccomp::{Profile, Verdict};
+pub use supervisor::{OnStop, Supervision};
+
+use error::setup_err;
+use root::Keep;
 
 use crate::os;
 
@@ -102,131 +107,6 @@ pub fn default_mode() -> Mode {
     }
 }
 
-/// Why the sandbox could not be entered.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    /// unshare(2) refused.
-    #[error("cannot create the sandbox's {what} namespace (where namespaces cannot be made, e.g. in a container without CAP_SYS_ADMIN, run with --sandbox chroot or --sandbox none)")]
-    Namespace {
-        /// Which namespaces.
-        what: &'static str,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// chroot(2) or the empty directory failed.
-    #[error("cannot chroot into an empty directory (where chroot is not allowed, run with --sandbox none)")]
-    Chroot(#[source] io::Error),
-    /// A step of building the sandbox failed.
-    #[error("sandbox: cannot {step}")]
-    Setup {
-        /// What was being done.
-        step: String,
-        /// Why it failed.
-        #[source]
-        source: io::Error,
-    },
-    /// A directory that must stay visible cannot be.
-    #[error("cannot keep {path} visible in the sandbox: {why}")]
-    Dir {
-        /// The directory.
-        path: PathBuf,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// Dropping capabilities failed.
-    #[error("cannot drop capabilities")]
-    Capabilities(#[source] io::Error),
-    /// Building or installing the seccomp filter failed.
-    #[error("seccomp: {0}")]
-    Seccomp(String),
-}
-
-fn setup_err(step: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
-    let step = step.into();
-    move |source| SandboxError::Setup { step, source }
-}
-
-/// What the supervisor does on a stop signal (SIGTERM, SIGINT, SIGHUP,
-/// SIGQUIT).
-pub enum OnStop {
-    /// Send it on to the sandboxed child, which handles it.
-    Forward,
-    /// Run this outside the sandbox (e.g. unmount); also run when the child
-    /// ends with a failure or a signal. With [`Mode::None`] there is no
-    /// supervisor: the process must do it itself, and keeps CAP_SYS_ADMIN
-    /// for it.
-    Run(Box<dyn FnMut() + Send>),
-}
-
-impl std::fmt::Debug for OnStop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            OnStop::Forward => "Forward",
-            OnStop::Run(_) => "Run(..)",
-        })
-    }
-}
-
-/// A socket file to remove once the sandboxed child has ended (it cannot
-/// see it), if it is still the one there when the sandbox was entered.
-#[derive(Debug)]
-struct SocketFile {
-    path: PathBuf,
-    ident: (u64, u64),
-}
-
-impl SocketFile {
-    fn remove_if_ours(&self) {
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if m.file_type().is_socket() && (m.dev(), m.ino()) == self.ident {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-/// What the supervisor outside the sandbox does.
-#[derive(Debug)]
-pub struct Supervision {
-    on_stop: OnStop,
-    sockets: Vec<SocketFile>,
-}
-
-impl Supervision {
-    /// Stop signals are forwarded to the child.
-    pub fn forward() -> Self {
-        Supervision {
-            on_stop: OnStop::Forward,
-            sockets: Vec::new(),
-        }
-    }
-
-    /// Stop signals run `f` outside the sandbox.
-    pub fn run_on_stop(f: impl FnMut() + Send + 'static) -> Self {
-        Supervision {
-            on_stop: OnStop::Run(Box::new(f)),
-            sockets: Vec::new(),
-        }
-    }
-
-    /// Also removes the socket at `path` (if there is one now) once the
-    /// child has ended.
-    pub fn remove_on_exit(mut self, path: Option<&Path>) -> Self {
-        if let Some(path) = path {
-            if let Ok(m) = std::fs::symlink_metadata(path) {
-                if m.file_type().is_socket() {
-                    self.sockets.push(SocketFile {
-                        path: path.to_path_buf(),
-                        ident: (m.dev(), m.ino()),
-                    });
-                }
-            }
-        }
-        self
-    }
-}
-
 /// What [`enter`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entered {
@@ -236,13 +116,6 @@ pub struct Entered {
     pub seccomp: Seccomp,
     /// Whether the capability bounding set was cleared too.
     pub bounding_cleared: bool,
-}
-
-/// A directory to keep visible, checked and made absolute.
-#[derive(Debug, Clone)]
-struct Keep {
-    path: PathBuf,
-    writable: bool,
 }
 
 impl Options {
@@ -344,6 +217,8 @@ impl Options {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -382,24 +257,5 @@ mod tests {
                 "{p:?}"
             );
         }
-    }
-
-    #[test]
-    fn test_supervision_records_only_sockets() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("s");
-        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
-        let sup = Supervision::forward()
-            .remove_on_exit(Some(&sock))
-            .remove_on_exit(Some(&file))
-            .remove_on_exit(None);
-        assert_eq!(sup.sockets.len(), 1);
-        // A socket replaced by another one is not removed.
-        std::fs::remove_file(&sock).unwrap();
-        let _l2 = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        sup.sockets[0].remove_if_ours();
-        assert!(sock.exists());
     }
 }

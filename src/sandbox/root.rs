@@ -5,10 +5,17 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{setup_err, Keep, SandboxError};
+use super::error::{setup_err, SandboxError};
 use crate::os;
+
+/// A directory to keep visible, checked and made absolute.
+#[derive(Debug, Clone)]
+pub(super) struct Keep {
+    pub(super) path: PathBuf,
+    pub(super) writable: bool,
+}
 
 /// Where the old root hangs between pivot_root and its unmount.
 const OLD_ROOT: &str = "/.oldroot";

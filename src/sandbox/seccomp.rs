@@ -24,7 +24,7 @@ use seccompiler::{
     SeccompFilter, SeccompRule, TargetArch,
 };
 
-use super::SandboxError;
+use super::error::SandboxError;
 
 /// What the process serves after the filter is on: selects the groups of
 /// the list beyond the common ones.

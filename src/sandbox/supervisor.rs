@@ -4,11 +4,93 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
-use super::{OnStop, SandboxError, Supervision};
+use super::error::{setup_err, SandboxError};
 use crate::os;
 use crate::os::sandbox::{Exit, Forked, Pid};
 use crate::os::signal::SignalSet;
+
+/// What the supervisor does on a stop signal (SIGTERM, SIGINT, SIGHUP,
+/// SIGQUIT).
+pub enum OnStop {
+    /// Send it on to the sandboxed child, which handles it.
+    Forward,
+    /// Run this outside the sandbox (e.g. unmount); also run when the child
+    /// ends with a failure or a signal. With [`super::Mode::None`] there is no
+    /// supervisor: the process must do it itself, and keeps CAP_SYS_ADMIN
+    /// for it.
+    Run(Box<dyn FnMut() + Send>),
+}
+
+impl std::fmt::Debug for OnStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnStop::Forward => "Forward",
+            OnStop::Run(_) => "Run(..)",
+        })
+    }
+}
+
+/// A socket file to remove once the sandboxed child has ended (it cannot
+/// see it), if it is still the one there when the sandbox was entered.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    ident: (u64, u64),
+}
+
+impl SocketFile {
+    fn remove_if_ours(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.file_type().is_socket() && (m.dev(), m.ino()) == self.ident {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// What the supervisor outside the sandbox does.
+#[derive(Debug)]
+pub struct Supervision {
+    pub(super) on_stop: OnStop,
+    sockets: Vec<SocketFile>,
+}
+
+impl Supervision {
+    /// Stop signals are forwarded to the child.
+    pub fn forward() -> Self {
+        Supervision {
+            on_stop: OnStop::Forward,
+            sockets: Vec::new(),
+        }
+    }
+
+    /// Stop signals run `f` outside the sandbox.
+    pub fn run_on_stop(f: impl FnMut() + Send + 'static) -> Self {
+        Supervision {
+            on_stop: OnStop::Run(Box::new(f)),
+            sockets: Vec::new(),
+        }
+    }
+
+    /// Also removes the socket at `path` (if there is one now) once the
+    /// child has ended.
+    pub fn remove_on_exit(mut self, path: Option<&Path>) -> Self {
+        if let Some(path) = path {
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                if m.file_type().is_socket() {
+                    self.sockets.push(SocketFile {
+                        path: path.to_path_buf(),
+                        ident: (m.dev(), m.ino()),
+                    });
+                }
+            }
+        }
+        self
+    }
+}
 
 /// The signals the supervisor acts on: stop signals, and SIGCHLD.
 const SIGNALS: [libc::c_int; 5] = [
@@ -25,9 +107,7 @@ pub(super) fn fork_supervised(new_pid_ns: bool, sup: Supervision) -> Result<(), 
     let set = SignalSet::new(&SIGNALS);
     // Blocked before the fork, so that none is lost (an unblocked SIGCHLD
     // is discarded) or kills the parent before it waits for them.
-    let old_mask = set
-        .block_saving()
-        .map_err(super::setup_err("block signals"))?;
+    let old_mask = set.block_saving().map_err(setup_err("block signals"))?;
     let restore = |e: SandboxError| {
         let _ = old_mask.set_mask();
         e
@@ -37,7 +117,7 @@ pub(super) fn fork_supervised(new_pid_ns: bool, sup: Supervision) -> Result<(), 
     // The child learns that the parent died before it asked for
     // PR_SET_PDEATHSIG: the pipe then has no writer left.
     let (lifeline_r, lifeline_w) = os::fd::pipe(true)
-        .map_err(super::setup_err("make a pipe"))
+        .map_err(setup_err("make a pipe"))
         .map_err(restore)?;
     if new_pid_ns {
         os::sandbox::unshare(libc::CLONE_NEWPID)
@@ -48,7 +128,7 @@ pub(super) fn fork_supervised(new_pid_ns: bool, sup: Supervision) -> Result<(), 
             .map_err(restore)?;
     }
     match os::sandbox::fork()
-        .map_err(super::setup_err("fork"))
+        .map_err(setup_err("fork"))
         .map_err(restore)?
     {
         Forked::Parent(child) => {
@@ -58,7 +138,7 @@ pub(super) fn fork_supervised(new_pid_ns: bool, sup: Supervision) -> Result<(), 
         Forked::Child => {
             drop(lifeline_w);
             os::sandbox::set_parent_death_signal(libc::SIGKILL)
-                .map_err(super::setup_err("ask for a parent-death signal"))?;
+                .map_err(setup_err("ask for a parent-death signal"))?;
             let mut b = [0u8; 1];
             if let Ok(0) = os::fd::read(lifeline_r.as_raw_fd(), &mut b) {
                 return Err(SandboxError::Setup {
@@ -69,7 +149,7 @@ pub(super) fn fork_supervised(new_pid_ns: bool, sup: Supervision) -> Result<(), 
             drop(lifeline_r);
             old_mask
                 .set_mask()
-                .map_err(super::setup_err("restore the signal mask"))?;
+                .map_err(setup_err("restore the signal mask"))?;
             Ok(())
         }
     }
@@ -110,4 +190,28 @@ fn supervise(child: Pid, set: SignalSet, mut sup: Supervision, _lifeline: OwnedF
         s.remove_if_ours();
     }
     os::sandbox::exit_like(exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_supervision_records_only_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let sup = Supervision::forward()
+            .remove_on_exit(Some(&sock))
+            .remove_on_exit(Some(&file))
+            .remove_on_exit(None);
+        assert_eq!(sup.sockets.len(), 1);
+        // A socket replaced by another one is not removed.
+        std::fs::remove_file(&sock).unwrap();
+        let _l2 = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        sup.sockets[0].remove_if_ours();
+        assert!(sock.exists());
+    }
 }
