@@ -107,7 +107,7 @@ pub fn default_mode() -> Mode {
     }
 }
 
-/// What [`enter`] did.
+/// What [`Options::enter`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entered {
     /// Where the process now runs.
