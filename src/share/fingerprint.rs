@@ -31,6 +31,10 @@
 //! value format.
 
 use std::fmt;
+use std::io;
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
 
 use crate::erofs::{Image, Inode, InodeKind};
 
@@ -215,6 +219,117 @@ impl FingerprintXattr {
     }
 }
 
+/// Bytes per read/hash step when streaming content.
+pub(super) const CHUNK: usize = 1 << 20;
+
+/// Chunk buffers in flight between the reading and the hashing thread.
+const BUFFERS: usize = 4;
+
+/// The sha256 of `len` bytes of content read through `read(offset, buf)`
+/// (returns the bytes read, 0 at the end): to check an image's own content
+/// against its claim without storing it.
+pub fn hash_content(
+    len: u64,
+    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<usize>,
+) -> Result<Fingerprint> {
+    stream_hashed(len, read, &mut |_| Ok(()))
+}
+
+/// Reads `len` bytes through `read`, hands each chunk to `sink` in order
+/// and returns the content's sha256. Content of more than one chunk is
+/// hashed on a second thread while the next chunk is read and written, so
+/// a load costs about the slower of the two, not their sum.
+pub(super) fn stream_hashed(
+    len: u64,
+    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<usize>,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<Fingerprint> {
+    if len <= CHUNK as u64 {
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(CHUNK)];
+        let mut h = Sha256::new();
+        let mut off = 0u64;
+        while off < len {
+            let n = read_chunk(read, off, len, &mut buf)?;
+            h.update(&buf[..n]);
+            sink(&buf[..n])?;
+            off += n as u64;
+        }
+        return Ok(Fingerprint(h.finalize().into()));
+    }
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        let hasher = s.spawn(move || {
+            let mut h = Sha256::new();
+            for (buf, n) in full_rx {
+                h.update(&buf[..n]);
+                // The reader may be gone (an error): then just drain.
+                let _ = empty_tx.send(buf);
+            }
+            Fingerprint(h.finalize().into())
+        });
+        let mut fed = || -> Result<()> {
+            let mut allocated = 0;
+            let mut off = 0u64;
+            while off < len {
+                let mut buf = match empty_rx.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if allocated < BUFFERS => {
+                        allocated += 1;
+                        vec![0u8; CHUNK]
+                    }
+                    Err(_) => empty_rx.recv().map_err(|_| hasher_gone())?,
+                };
+                let n = read_chunk(read, off, len, &mut buf)?;
+                sink(&buf[..n])?;
+                full_tx.send((buf, n)).map_err(|_| hasher_gone())?;
+                off += n as u64;
+            }
+            Ok(())
+        };
+        let fed = fed();
+        drop(full_tx);
+        let digest = match hasher.join() {
+            Ok(d) => d,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        fed.map(|()| digest)
+    })
+}
+
+/// Reads the chunk at `off` (at most `buf.len()` bytes, never past `len`).
+fn read_chunk(
+    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<usize>,
+    off: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let want = usize::try_from(len - off)
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    let n = read(off, &mut buf[..want]).map_err(|source| Error::Source {
+        offset: off,
+        source,
+    })?;
+    if n == 0 {
+        return Err(Error::Source {
+            offset: off,
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("content ends at byte {off} of {len}"),
+            ),
+        });
+    }
+    Ok(n.min(want))
+}
+
+fn hasher_gone() -> Error {
+    Error::Source {
+        offset: 0,
+        source: io::Error::other("the hashing thread stopped"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +373,62 @@ mod tests {
         assert_eq!(Fingerprint::from_hex(&f.to_hex()), Some(f));
         assert_eq!(f.to_hex().len(), 64);
         assert!(Fingerprint::from_hex("ab").is_none());
+    }
+
+    #[test]
+    fn test_hash_content_matches_sha256_at_every_size() {
+        let data: Vec<u8> = (0..3 * CHUNK + 5)
+            .map(|i| (i * 7 + i / 1000) as u8)
+            .collect();
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5] {
+            let want = Fingerprint(Sha256::digest(&data[..len]).into());
+            // A reader that returns odd short counts.
+            let mut read = |off: u64, buf: &mut [u8]| {
+                let off = off as usize;
+                let n = buf.len().min(len - off).min(777_777);
+                buf[..n].copy_from_slice(&data[off..off + n]);
+                Ok(n)
+            };
+            let mut sunk = Vec::new();
+            let got = stream_hashed(len as u64, &mut read, &mut |c| {
+                sunk.extend_from_slice(c);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, want, "len {len}");
+            assert_eq!(sunk, &data[..len], "len {len}");
+        }
+    }
+
+    #[test]
+    fn test_hash_content_errors_name_the_offset() {
+        let mut short = |off: u64, buf: &mut [u8]| {
+            Ok(if off < 5000 {
+                buf.len().min(5000 - off as usize)
+            } else {
+                0
+            })
+        };
+        let e = hash_content(3 * CHUNK as u64, &mut short).unwrap_err();
+        assert!(matches!(e, Error::Source { offset: 5000, .. }), "{e}");
+        let mut failing = |off: u64, buf: &mut [u8]| {
+            if off >= 2 * CHUNK as u64 {
+                Err(io::Error::other("bad block"))
+            } else {
+                Ok(buf.len())
+            }
+        };
+        let e = hash_content(3 * CHUNK as u64, &mut failing).unwrap_err();
+        assert!(
+            matches!(e, Error::Source { offset, .. } if offset == 2 * CHUNK as u64),
+            "{e}"
+        );
+        let mut ok = |_: u64, buf: &mut [u8]| Ok(buf.len());
+        let e = stream_hashed(3 * CHUNK as u64, &mut ok, &mut |_| {
+            Err(Error::Domain("sink full".into()))
+        })
+        .unwrap_err();
+        assert!(matches!(e, Error::Domain(_)), "{e}");
     }
 
     #[test]

@@ -71,7 +71,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use domain::Domain;
-pub use fingerprint::{Fingerprint, FingerprintXattr, DEFAULT_XATTR_NAME};
+pub use fingerprint::{hash_content, Fingerprint, FingerprintXattr, DEFAULT_XATTR_NAME};
 pub use stats::{Counters, DomainStats};
 pub use store::{Entry, LoadOutcome, Store, StoreOptions};
 

@@ -12,19 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
-
 use super::claim::{self, Claim};
 use super::domain::Domain;
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{self, Fingerprint};
 use super::stats::{self, DomainStats, Event};
 use super::{Error, Result};
 
 /// Name of the versioned directory inside a store directory.
 pub const LAYOUT_DIR: &str = "v1";
-
-/// Bytes moved per read/hash/write step of a load.
-const CHUNK: usize = 4 << 20;
 
 /// Options of an opened store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,32 +365,10 @@ impl Store {
             .open(tmp)
             .map_err(|e| Error::io("create", tmp, e))?;
         file.lock_shared().map_err(|e| Error::io("lock", tmp, e))?;
-        let cap = usize::try_from(len).unwrap_or(usize::MAX).clamp(1, CHUNK);
-        let mut buf = vec![0u8; cap];
-        let mut hasher = Sha256::new();
-        let mut off = 0u64;
-        while off < len {
-            let want = usize::try_from(len - off).unwrap_or(usize::MAX).min(cap);
-            let n = read(off, &mut buf[..want]).map_err(|source| Error::Source {
-                offset: off,
-                source,
-            })?;
-            if n == 0 {
-                return Err(Error::Source {
-                    offset: off,
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("content ends at byte {off} of {len}"),
-                    ),
-                });
-            }
-            let n = n.min(want);
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n])
-                .map_err(|e| Error::io("write", tmp, e))?;
-            off += n as u64;
-        }
-        let actual = Fingerprint::from_sha256(hasher.finalize().into());
+        let actual = fingerprint::stream_hashed(len, read, &mut |chunk| {
+            file.write_all(chunk)
+                .map_err(|e| Error::io("write", tmp, e))
+        })?;
         if actual != *fp {
             return Err(Error::Mismatch {
                 domain: domain.clone(),

@@ -3,6 +3,9 @@
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 
+use sha2::{Digest, Sha256};
+
+use super::fingerprint::CHUNK;
 use super::*;
 
 fn content(seed: u8, len: usize) -> Vec<u8> {
