@@ -518,9 +518,14 @@ impl Store {
     /// Reserves `len` bytes for the claim's load, evicting when the limit
     /// would be passed.
     fn reserve(&self, claim: &Claim, len: u64) -> Result<()> {
+        let limit = self.opts.size_limit;
         let usage = self.lock_usage()?;
         let mut used = usage.get()?;
-        let limit = self.opts.size_limit;
+        if len > limit {
+            // Evicting everything would not help (and a corrupt size must
+            // not empty the store).
+            return Err(Error::Full { len, used, limit });
+        }
         if used.saturating_add(len) > limit {
             used = self.evict_locked(&usage, len, limit)?;
             if used.saturating_add(len) > limit {

@@ -296,14 +296,28 @@ fn test_store_evicts_least_recently_used_never_in_use() {
 }
 
 #[test]
-fn test_store_content_larger_than_limit_is_full() {
+fn test_store_content_larger_than_limit_is_full_and_evicts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), 100);
+    let small = content(19, 60);
+    drop(
+        s.load(&dom("a"), &fp_of(&small), 60, &mut reader(&small))
+            .unwrap(),
+    );
     let data = content(20, 101);
     let err = s
         .load(&dom("a"), &fp_of(&data), 101, &mut reader(&data))
         .unwrap_err();
     assert!(matches!(err, Error::Full { len: 101, .. }), "{err}");
+    let st = stats_of(&s, "a");
+    assert_eq!((st.entries, st.counters.evictions), (1, 0));
+}
+
+#[test]
+fn test_store_and_entry_can_be_shared_between_threads() {
+    fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<Store>();
+    is_send_sync::<Entry>();
 }
 
 #[test]
