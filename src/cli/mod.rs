@@ -6,6 +6,7 @@ pub mod json;
 mod manifest;
 mod mount;
 mod serve;
+mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     /// Serve an image to a VMM over vhost-user (also the default without a
     /// subcommand).
     Serve(serve::ServeArgs),
+    /// Look into a shared content store, or warm it with an image.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Where the image comes from: shared by every command that opens one.
@@ -120,6 +124,7 @@ pub fn main() -> ExitCode {
         Some(Command::Image(c)) => c.run(),
         Some(Command::Mount(m)) => m.run(),
         Some(Command::Serve(s)) => s.run(),
+        Some(Command::Store(c)) => c.run(),
         None if cli.serve.is_empty() => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();
