@@ -24,7 +24,10 @@
 //!   a re-export (functions, types, `x::f()` calls) counts like any other
 //!   file's;
 //! - `mod x;` declarations are ownership, not dependencies; a file's inline
-//!   modules (`mod tests { use super::*; }`) belong to that file.
+//!   modules (`mod tests { use super::*; }`) belong to that file;
+//! - `#[cfg(test)]` modules are left out: unit tests are not part of the
+//!   library's structure (a file's tests may use a test-helper module that
+//!   uses the file).
 //!
 //! Not seen: paths inside macro invocations (`format!`, `matches!`: their
 //! names are almost always imported by a `use` anyway) and method calls
@@ -54,6 +57,11 @@ const EXEMPT_DIRS: &[(&str, &str)] = &[
         "cli/mod.rs holds ImageSource that its subcommand files use: same restructuring",
     ),
 ];
+
+/// Whether `a` is `#[cfg(test)]`.
+fn is_cfg_test(a: &syn::Attribute) -> bool {
+    a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test")
+}
 
 /// A module of the crate.
 #[derive(Debug, Default)]
@@ -157,6 +165,16 @@ impl FileVisitor<'_> {
 
 impl<'ast> Visit<'ast> for FileVisitor<'_> {
     fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        if m.attrs
+            .iter()
+            .any(|a| a.path().is_ident("path") || is_cfg_test(a))
+        {
+            // Unit-test modules (`#[cfg(test)] mod tests`) are not part of
+            // the library's structure: a file's tests may use a test helper
+            // module that uses the file. `#[path]` modules are helpers shared
+            // with tests/ (outside src/).
+            return;
+        }
         let name = m.ident.to_string();
         self.module_mut().children.insert(name.clone());
         let mut child = self.module.clone();

@@ -1052,7 +1052,7 @@ fn pick_offset(area: Area, r: &Region, rng: &mut Rng) -> u64 {
         Area::ZIndex if rng.chance(1, 3) => r.start + rng.below(8.min(r.len)),
         Area::ChunkIndex if rng.chance(1, 2) => {
             // The block address (low bytes) or the device id of an index.
-            let unit = if r.len % 8 == 0 { 8 } else { 4 };
+            let unit = if r.len.is_multiple_of(8) { 8 } else { 4 };
             let rec = r.start + unit * rng.below(r.len / unit);
             rec + rng.below(unit)
         }

@@ -7,6 +7,7 @@ mod manifest;
 mod mount;
 mod sandbox;
 mod serve;
+mod store;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ enum Command {
     /// Serve an image to a VMM over vhost-user (also the default without a
     /// subcommand).
     Serve(serve::ServeArgs),
+    /// Look into a shared content store, or warm it with an image.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Where the image comes from: shared by every command that opens one.
@@ -115,6 +119,7 @@ pub fn main() -> ExitCode {
         Some(Command::Image(c)) => c.run(),
         Some(Command::Mount(m)) => m.run(),
         Some(Command::Serve(s)) => s.run(),
+        Some(Command::Store(c)) => c.run(),
         None if cli.serve.is_empty() => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

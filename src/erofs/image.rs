@@ -384,6 +384,21 @@ impl Image {
             .collect())
     }
 
+    /// Where an image made with `mkfs.erofs --xattr-inode-digest` keeps each
+    /// file's content fingerprint: the short prefix index and the name
+    /// after it (the long prefix's infix), as [`Xattr`] reports them. `None`
+    /// when the image declares no such xattr or names a missing prefix.
+    pub fn ishare_xattr(&self) -> Result<Option<(u8, Vec<u8>)>> {
+        let Some(id) = self.sb.ishare_xattr_prefix_id else {
+            return Ok(None);
+        };
+        Ok(self
+            .xattrs
+            .prefixes(self)?
+            .get(usize::from(id))
+            .map(|p| (p.base_index, p.infix.clone())))
+    }
+
     /// The value of xattr `name`, or `None` when absent (or hidden).
     pub fn get_xattr(&self, inode: &Inode, name: &[u8]) -> Result<Option<Vec<u8>>> {
         self.xattrs.get(self, inode, name)

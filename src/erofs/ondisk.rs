@@ -169,8 +169,11 @@ pub struct SuperBlock {
     pub packed_nid: U64,
     /// Reserved for the xattr filter.
     pub xattr_filter_reserved: u8,
+    /// Long-prefix index of the image-share (fingerprint) xattr (valid with
+    /// COMPAT_ISHARE_XATTRS).
+    pub ishare_xattr_prefix_id: u8,
     /// Reserved.
-    pub reserved: [u8; 3],
+    pub reserved: [u8; 2],
     /// Seconds added to epoch for the build time.
     pub build_time: U32,
     /// 64-bit root nid (48BIT).
@@ -531,6 +534,7 @@ mod tests {
         assert_eq!(offset_of!(SuperBlock, feature_incompat), 80);
         assert_eq!(offset_of!(SuperBlock, dirblkbits), 90);
         assert_eq!(offset_of!(SuperBlock, packed_nid), 96);
+        assert_eq!(offset_of!(SuperBlock, ishare_xattr_prefix_id), 105);
         assert_eq!(offset_of!(SuperBlock, build_time), 108);
         assert_eq!(offset_of!(SuperBlock, rootnid_8b), 112);
         assert_eq!(offset_of!(SuperBlock, metabox_nid), 128);

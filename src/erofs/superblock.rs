@@ -70,6 +70,10 @@ pub struct Superblock {
     pub metabox_nid: Option<u64>,
     /// Reserved byte of the xattr filter (filter used only when 0).
     pub xattr_filter_reserved: u8,
+    /// Long-prefix index naming the image-share (fingerprint) xattr, when
+    /// COMPAT_ISHARE_XATTRS is set. Not checked against the prefix count
+    /// here (the kernel refuses such a mount; we only lose the fingerprints).
+    pub ishare_xattr_prefix_id: Option<u8>,
 }
 
 impl Superblock {
@@ -218,6 +222,8 @@ impl Superblock {
             packed_nid: raw.packed_nid.get(),
             metabox_nid,
             xattr_filter_reserved: raw.xattr_filter_reserved,
+            ishare_xattr_prefix_id: (feature_compat & ondisk::COMPAT_ISHARE_XATTRS != 0)
+                .then_some(raw.ishare_xattr_prefix_id),
         })
     }
 
@@ -344,6 +350,18 @@ mod tests {
             let err = Superblock::parse(&h).unwrap_err().to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn test_superblock_ishare_prefix_id_only_with_feature() {
+        let mut h = minimal_head(12);
+        h[1024 + 0x69] = 3;
+        assert_eq!(Superblock::parse(&h).unwrap().ishare_xattr_prefix_id, None);
+        h[1024 + 8..1024 + 12].copy_from_slice(&ondisk::COMPAT_ISHARE_XATTRS.to_le_bytes());
+        assert_eq!(
+            Superblock::parse(&h).unwrap().ishare_xattr_prefix_id,
+            Some(3)
+        );
     }
 
     #[test]

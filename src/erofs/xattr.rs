@@ -199,7 +199,8 @@ impl Xattrs {
         Ok(found)
     }
 
-    fn prefixes<I: ImageRead + ?Sized>(&self, img: &I) -> Result<&[LongPrefix]> {
+    /// The long-prefix table (loaded once, a failure remembered).
+    pub(super) fn prefixes<I: ImageRead + ?Sized>(&self, img: &I) -> Result<&[LongPrefix]> {
         // A table that failed to load fails every later use the same way.
         match self.prefixes.get_or_init(|| load_prefixes(img)) {
             Ok(v) => Ok(v),

@@ -104,7 +104,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Decodes hex (either case).
 pub fn hex_decode(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(format!("odd-length hex string: {text:?}"));
     }
     (0..text.len())
