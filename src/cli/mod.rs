@@ -3,6 +3,7 @@
 
 mod image;
 pub mod json;
+mod log;
 mod manifest;
 mod mount;
 mod serve;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use super::log::{init_logger, LogLevel};
 use super::ImageSource;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
-use crate::fuse::{CachePolicy, Server, ServerOptions};
+use crate::fuse::{CachePolicy, Share, ShareOptions};
 use crate::os::signal::{self, SignalSet};
 
 /// `--cache` values.
@@ -69,6 +70,10 @@ pub struct MountArgs {
     /// reader's CPU), so it is off by default. `auto`: use it when allowed.
     #[arg(long, value_enum, default_value_t = UringArg::Off)]
     io_uring: UringArg,
+    /// Log messages of this level and more severe to stderr (which is
+    /// /dev/null once detached: use --foreground to see them).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
 }
 
 /// `--io-uring` values.
@@ -94,17 +99,17 @@ impl MountArgs {
     /// Opens and checks the image, mounts, serves until unmounted (or
     /// SIGINT/SIGTERM/SIGHUP, which unmount).
     pub fn run(self) -> anyhow::Result<ExitCode> {
+        init_logger(self.log_level);
         // The image is opened and checked before anything is mounted.
         let img = Arc::new(self.src.open()?);
         let queues = self.uring_queues()?;
-        let opts = ServerOptions {
+        let opts = ShareOptions {
             cache: self.cache.into(),
             max_read: MOUNT_MAX_READ,
-            io_uring: !queues.is_empty(),
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         };
-        let server = Arc::new(
-            Server::new(img, opts).with_context(|| format!("{}", self.src.image.display()))?,
+        let share = Arc::new(
+            Share::new(img, opts).with_context(|| format!("{}", self.src.image.display()))?,
         );
         let mountpoint = devfuse::preflight(&self.mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
@@ -125,7 +130,7 @@ impl MountArgs {
             }
         }
         spawn_signal_thread(signals, mountpoint.clone())?;
-        mount.serve(&server, self.threads, queues)?;
+        mount.serve(&share, self.threads, queues)?;
         Ok(ExitCode::SUCCESS)
     }
 

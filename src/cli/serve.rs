@@ -9,11 +9,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::log::{init_logger, LogLevel};
 use super::mount::CacheArg;
 use super::ImageSource;
-use crate::fuse::ServerOptions;
+use crate::fuse::{Share, ShareOptions};
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
 /// Options of serve mode (the default without a subcommand).
@@ -77,17 +78,6 @@ pub struct ServeArgs {
     once: bool,
 }
 
-/// `--log-level`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogLevel {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
 impl ServeArgs {
     /// Whether nothing at all was asked (then the help is shown).
     pub fn is_empty(&self) -> bool {
@@ -123,9 +113,9 @@ impl ServeArgs {
                 .map_err(anyhow::Error::msg)
                 .context("--tag")?;
         }
-        let server_opts = ServerOptions {
+        let server_opts = ShareOptions {
             cache: self.cache.into(),
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         };
         let opts = ServeOptions {
             listen,
@@ -158,9 +148,8 @@ impl ServeArgs {
             direct_io: self.direct_io,
         };
         let img = Arc::new(src.open()?);
-        // Fail now, not at the first connection, if the root is unusable.
-        vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;
-        vhost::serve(&opts, &|_| vhost::fuse_session(&img, &server_opts))?;
+        let share = Arc::new(Share::new(img, server_opts)?);
+        vhost::serve(&opts, &|_| Ok(vhost::fuse_session(&share)))?;
         Ok(ExitCode::SUCCESS)
     }
 
@@ -208,45 +197,6 @@ fn parse_u64(s: &str) -> anyhow::Result<u64> {
         None => s.parse::<u64>(),
     };
     r.with_context(|| format!("not a number: {s:?}"))
-}
-
-/// Logs to stderr, one line per message.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            // Not `eprintln!`, which panics when stderr is unwritable.
-            let _ = writeln!(
-                std::io::stderr(),
-                "erofs-virtiofsd: [{}] {}",
-                record.level(),
-                record.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger;
-
-fn init_logger(level: LogLevel) {
-    let filter = match level {
-        LogLevel::Off => log::LevelFilter::Off,
-        LogLevel::Error => log::LevelFilter::Error,
-        LogLevel::Warn => log::LevelFilter::Warn,
-        LogLevel::Info => log::LevelFilter::Info,
-        LogLevel::Debug => log::LevelFilter::Debug,
-        LogLevel::Trace => log::LevelFilter::Trace,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(filter);
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! through the dispatcher's checks.
 
 use std::ffi::CString;
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -16,9 +16,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{self, OutHeader};
+use super::devnotify::{write_message, DevOutbound};
+use super::outbound::{Outbound, RepliesOnly};
+use super::session::Session;
+use super::share::Share;
 use super::sink::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
 use super::splice::{spans_len, SplicePipe};
-use super::{uring, Server};
+use super::uring;
 use crate::erofs::Span;
 use crate::os;
 
@@ -231,18 +235,19 @@ impl FuseMount {
         Ok(new)
     }
 
-    /// Serves requests with `threads` workers until the filesystem is
-    /// unmounted (the device then reads ENODEV). Workers past the first
-    /// use cloned fds; if cloning fails they share the main one.
+    /// Serves `share` with `threads` workers until the filesystem is
+    /// unmounted (the device then reads ENODEV), in a [`Session`] of its
+    /// own whose notifications go through a [`DevOutbound`]. Workers past
+    /// the first use cloned fds; if cloning fails they share the main one.
     ///
-    /// With `queues` (made by [`uring::make_queues`] before INIT, and the
-    /// server's `io_uring` option set), one more thread per queue registers
-    /// it once INIT agreed on FUSE over io_uring and serves the requests
-    /// the kernel puts there; the workers keep serving FORGET and INTERRUPT
-    /// (and everything, if io_uring was not agreed).
+    /// With `queues` (made by [`uring::make_queues`] before INIT), INIT
+    /// asks for FUSE over io_uring, and one more thread per queue registers
+    /// it once INIT agreed on it and serves the requests the kernel puts
+    /// there; the workers keep serving FORGET and INTERRUPT (and
+    /// everything, if io_uring was not agreed).
     pub fn serve(
         &self,
-        server: &Arc<Server>,
+        share: &Arc<Share>,
         threads: usize,
         queues: Vec<uring::Queue>,
     ) -> Result<(), DevFuseError> {
@@ -263,16 +268,18 @@ impl FuseMount {
             mountpoint: self.mountpoint.clone(),
             readahead_kb: self.readahead_kb,
         });
-        // Decoded pages nobody read yet go to the page cache through a
-        // descriptor of the pushing thread's own.
-        match self.fd.try_clone() {
-            Ok(fd) => {
-                if let Err(e) = server.start_pushing(fd) {
-                    warn(format_args!("no page cache pushing: {e}"));
-                }
+        // Notifications (decoded pages nobody read yet, names gone) go
+        // through a descriptor of their own.
+        let out: Arc<dyn Outbound> = match self.fd.try_clone() {
+            Ok(fd) => Arc::new(DevOutbound::new(fd)),
+            Err(e) => {
+                warn(format_args!("no page cache pushing: {e}"));
+                Arc::new(RepliesOnly)
             }
-            Err(e) => warn(format_args!("no page cache pushing: {e}")),
-        }
+        };
+        let session =
+            Arc::new(Session::new(Arc::clone(share), out).with_io_uring(!queues.is_empty()));
+        let server = &session;
         for q in queues {
             let (server, init) = (Arc::clone(server), Arc::clone(&init));
             // Detached: a queue thread ends when the connection does; the
@@ -314,7 +321,7 @@ impl FuseMount {
             result
         });
         init.set(InitState::Stopped);
-        server.stop_pushing();
+        session.stop_pushing();
         result.map_err(DevFuseError::Serve)
     }
 }
@@ -364,7 +371,7 @@ impl AfterInit {
 
     /// Called after each request: on the first call after INIT was
     /// answered, sets the readahead and wakes the queue threads.
-    fn check(&self, server: &Server) {
+    fn check(&self, server: &Session) {
         if self.acted.load(Ordering::Relaxed)
             || !server.initialized()
             || self.acted.swap(true, Ordering::AcqRel)
@@ -428,27 +435,6 @@ impl DevSink {
             // reply any more.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r,
-        }
-    }
-}
-
-/// Writes one message (a reply or a notification), gathered from `parts`
-/// (at most 8), to a /dev/fuse descriptor; retries when interrupted.
-pub(crate) fn write_message(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
-    const MAX_IOV: usize = 8;
-    if parts.len() > MAX_IOV {
-        return Err(io::Error::other("too many message parts"));
-    }
-    let mut iov = [IoSlice::new(&[]); MAX_IOV];
-    for (v, p) in iov.iter_mut().zip(parts) {
-        *v = IoSlice::new(p);
-    }
-    let iov = iov.get(..parts.len()).unwrap_or(&[]);
-    loop {
-        match os::fd::writev(fd, iov) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => return Err(e),
         }
     }
 }
@@ -522,7 +508,7 @@ impl ReplySink for DevSink {
 
 /// Reads requests from `fd` and answers them until the device reports
 /// ENODEV (unmounted).
-fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit) -> io::Result<()> {
+fn worker(fd: RawFd, server: &Session, bufsize: usize, init: &AfterInit) -> io::Result<()> {
     let mut req = vec![0u8; bufsize];
     let mut sink = DevSink::new(fd, bufsize);
     loop {

@@ -10,14 +10,22 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use foldhash::fast::RandomState;
 
+use super::share::ShareImage;
 use crate::erofs::Inode;
 
 const SHARDS: usize = 16;
 const SHARD_MASK: u64 = SHARDS as u64 - 1;
 
+/// An inode and the image it belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) img: Arc<ShareImage>,
+    pub(crate) inode: Arc<Inode>,
+}
+
 #[derive(Debug)]
 struct Node {
-    inode: Arc<Inode>,
+    target: Target,
     nlookup: u64,
     /// Where the node was last listed by READDIRPLUS.
     listed: Option<Listed>,
@@ -62,17 +70,17 @@ impl NodeTable {
     }
 
     /// The inode of a node the kernel holds.
-    pub(crate) fn get(&self, nodeid: u64) -> Option<Arc<Inode>> {
+    pub(crate) fn get(&self, nodeid: u64) -> Option<Target> {
         lock(self.shard(nodeid))
             .get(&nodeid)
-            .map(|n| Arc::clone(&n.inode))
+            .map(|n| n.target.clone())
     }
 
-    /// Counts one more lookup of `nodeid` (inserting it with `inode`).
-    pub(crate) fn add_lookup(&self, nodeid: u64, inode: &Arc<Inode>) {
+    /// Counts one more lookup of `nodeid` (inserting it with `target`).
+    pub(crate) fn add_lookup(&self, nodeid: u64, target: &Target) {
         let mut shard = lock(self.shard(nodeid));
         let node = shard.entry(nodeid).or_insert_with(|| Node {
-            inode: Arc::clone(inode),
+            target: target.clone(),
             nlookup: 0,
             listed: None,
         });
@@ -125,7 +133,7 @@ impl NodeTable {
 /// What an open handle refers to.
 #[derive(Debug, Clone)]
 pub(crate) struct Handle {
-    pub(crate) inode: Arc<Inode>,
+    pub(crate) target: Target,
     pub(crate) dir: bool,
 }
 

@@ -7,19 +7,25 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::abi::{self, *};
 use super::testutil::*;
-use super::{CachePolicy, Server, ServerOptions, VecSink};
+use super::{CachePolicy, RepliesOnly, Session, Share, ShareOptions, VecSink};
+
+/// A session over `img` that sends nothing but replies.
+fn session(img: Arc<crate::erofs::Image>, opts: ShareOptions) -> Session {
+    let share = Share::new(img, opts).unwrap();
+    Session::new(Arc::new(share), Arc::new(RepliesOnly))
+}
 
 struct Fx {
-    srv: Server,
+    srv: Session,
     sink: VecSink,
     unique: u64,
 }
 
 impl Fx {
-    fn new(opts: ServerOptions) -> Self {
+    fn new(opts: ShareOptions) -> Self {
         let img = memory_image(TINY_IMAGE).unwrap();
         Self {
-            srv: Server::new(img, opts).unwrap(),
+            srv: session(img, opts),
             sink: VecSink::new(),
             unique: 100,
         }
@@ -27,9 +33,9 @@ impl Fx {
 
     /// A server after INIT with everything offered, caching `cache`.
     fn ready(cache: CachePolicy) -> Self {
-        let mut fx = Self::new(ServerOptions {
+        let mut fx = Self::new(ShareOptions {
             cache,
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         });
         let no_zero_open = KERNEL_FLAGS & !(abi::NO_OPEN_SUPPORT | abi::NO_OPENDIR_SUPPORT);
         let (h, _) = fx.raw(&init_request(1, no_zero_open));
@@ -98,7 +104,7 @@ fn getxattr_in(size: u32) -> Vec<u8> {
 
 #[test]
 fn test_requests_before_init_get_eio() {
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     for op in [LOOKUP, GETATTR, READ, STATFS, 9999] {
         assert_eq!(fx.call(op, 1, &[&[0u8; 64]]), Err(libc::EIO), "opcode {op}");
     }
@@ -107,7 +113,7 @@ fn test_requests_before_init_get_eio() {
 
 #[test]
 fn test_init_negotiates_big_reads_readdirplus_and_flags2() {
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     let (h, body) = fx.raw(&init_request(5, KERNEL_FLAGS));
     assert_eq!((h.error, h.unique), (0, 5));
     let out = InitOut::read_from_bytes(&body).unwrap();
@@ -145,7 +151,7 @@ fn test_init_version_table() {
         ("newer minor", 7, 99, 0, Some(KERNEL_MINOR_VERSION)),
     ];
     for (name, major, minor, err, want_minor) in cases {
-        let mut fx = Fx::new(ServerOptions::default());
+        let mut fx = Fx::new(ShareOptions::default());
         let init = InitIn {
             major: *major,
             minor: *minor,
@@ -160,7 +166,7 @@ fn test_init_version_table() {
         assert_eq!(fx.srv.initialized(), want_minor.is_some(), "{name}");
     }
     // A newer major: we answer with ours and wait for another INIT.
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     let init = InitIn {
         major: 8,
         minor: 0,
@@ -305,7 +311,7 @@ fn test_read_matches_image() {
     for (image, chunk) in [(TINY_IMAGE, 0), (TINY_IMAGE, 1000), (TINY_LZ4_IMAGE, 4096)] {
         let img = memory_image(image).unwrap();
         let mut fx = Fx {
-            srv: Server::new(Arc::clone(&img), ServerOptions::default()).unwrap(),
+            srv: session(Arc::clone(&img), ShareOptions::default()),
             sink: VecSink {
                 replies: vec![],
                 chunk,
@@ -407,7 +413,7 @@ fn test_open_flags_by_cache_policy() {
 
 #[test]
 fn test_zero_message_open_when_kernel_supports_it() {
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     fx.raw(&init_request(1, KERNEL_FLAGS));
     let e = fx.lookup(1, "hello").unwrap();
     assert_eq!(fx.open(e.nodeid, false), Err(libc::ENOSYS));
@@ -416,7 +422,7 @@ fn test_zero_message_open_when_kernel_supports_it() {
     assert_eq!(fx.call(FLUSH, e.nodeid, &[&[0u8; 24]]), Err(libc::ENOSYS));
     // A kernel with zero-message opens for files only (7.23..7.28) still
     // gets real directory handles.
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     fx.raw(&init_request(1, KERNEL_FLAGS & !NO_OPENDIR_SUPPORT));
     let e = fx.lookup(1, "hello").unwrap();
     assert_eq!(fx.open(e.nodeid, false), Err(libc::ENOSYS));
@@ -432,9 +438,9 @@ fn test_zero_message_open_when_kernel_supports_it() {
 
 #[test]
 fn test_handle_table_is_bounded() {
-    let mut fx = Fx::new(ServerOptions {
+    let mut fx = Fx::new(ShareOptions {
         max_handles: 2,
-        ..ServerOptions::default()
+        ..ShareOptions::default()
     });
     fx.raw(&init_request(1, 0));
     let e = fx.lookup(1, "hello").unwrap();
@@ -654,9 +660,9 @@ fn test_init_readdirplus_auto_only_without_long_caching() {
         (CachePolicy::Auto, true),
         (CachePolicy::Never, true),
     ] {
-        let mut fx = Fx::new(ServerOptions {
+        let mut fx = Fx::new(ShareOptions {
             cache,
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         });
         let (h, body) = fx.raw(&init_request(5, KERNEL_FLAGS));
         assert_eq!(h.error, 0);

@@ -77,7 +77,7 @@ pub fn split_reply(reply: &[u8]) -> Option<(OutHeader, &[u8])> {
 /// positive error, a reply to a request that wants none): that is what
 /// the fuzz target looks for. Returns how many replies were successes.
 pub fn fuzz_dispatch(data: &[u8]) -> usize {
-    use super::{CachePolicy, Server, ServerOptions, VecSink};
+    use super::{CachePolicy, RepliesOnly, Session, Share, ShareOptions, VecSink};
     let Some((&sel, mut rest)) = data.split_first() else {
         return 0;
     };
@@ -94,14 +94,15 @@ pub fn fuzz_dispatch(data: &[u8]) -> usize {
     let Ok(img) = memory_image(bytes) else {
         return 0;
     };
-    let opts = ServerOptions {
+    let opts = ShareOptions {
         cache,
         max_handles: 8,
-        ..ServerOptions::default()
+        ..ShareOptions::default()
     };
-    let Ok(srv) = Server::new(img, opts) else {
+    let Ok(share) = Share::new(img, opts) else {
         return 0;
     };
+    let srv = Session::new(Arc::new(share), Arc::new(RepliesOnly));
     let mut ok = 0usize;
     let mut sink = VecSink {
         replies: Vec::new(),

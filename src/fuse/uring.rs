@@ -26,8 +26,8 @@ use std::os::fd::RawFd;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{InHeader, OutHeader};
+use super::session::Session;
 use super::sink::{out_header, Errno, Fill, ReplySink};
-use super::Server;
 use crate::os::uring::FuseRing;
 
 /// Size of the in/out header area of an entry.
@@ -159,7 +159,7 @@ impl ReplySink for EntrySink<'_> {
 /// Serves one queue until the connection ends: registers the entries,
 /// then answers each completion and commits it. Runs on its own thread,
 /// pinned to the queue's CPU.
-pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Server) -> io::Result<()> {
+pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Session) -> io::Result<()> {
     crate::os::proc::pin_to_cpu(usize::from(q.qid));
     let qid = q.qid;
     q.ring.register(fd, qid)?;
@@ -195,7 +195,7 @@ pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Server) -> io::Result<()> {
 
 /// Answers the request in an entry (`h`, `payload`); returns its commit
 /// id.
-fn answer(h: &mut ReqHeader, payload: &mut [u8], server: &Server, req: &mut Vec<u8>) -> u64 {
+fn answer(h: &mut ReqHeader, payload: &mut [u8], server: &Session, req: &mut Vec<u8>) -> u64 {
     let commit_id = h.ent.commit_id;
     let payload_sz = usize::try_from(h.ent.payload_sz)
         .unwrap_or(usize::MAX)

@@ -1,4 +1,4 @@
-//! The FUSE dispatcher as a [`Session`]: one `fuse::Server` per frontend
+//! The FUSE dispatcher as a [`Session`]: one `fuse::Session` per frontend
 //! connection, so that a reconnecting VMM or a rebooted guest starts with
 //! no lookup counts and no open handles.
 //!
@@ -15,7 +15,7 @@ use super::reply::error_reply;
 use super::writer::GuestWriter;
 use crate::erofs::{Image, ImageOptions};
 use crate::fuse::request::{parse_header, Op};
-use crate::fuse::{Server, ServerOptions};
+use crate::fuse::{RepliesOnly, Session as Server, Share, ShareOptions as ServerOptions};
 use crate::source::GuestMemorySource;
 
 impl Session for Server {
@@ -24,11 +24,10 @@ impl Session for Server {
     }
 }
 
-/// A fresh FUSE session over `image` (shared between sessions: it is
-/// immutable, and its caches stay warm across reconnections).
-pub fn fuse_session(image: &Arc<Image>, opts: &ServerOptions) -> Result<Arc<dyn Session>, String> {
-    let server = Server::new(Arc::clone(image), opts.clone()).map_err(|e| e.to_string())?;
-    Ok(Arc::new(server))
+/// A fresh FUSE session of `share` (shared between sessions: its images
+/// are immutable, and their caches stay warm across reconnections).
+pub fn fuse_session(share: &Arc<Share>) -> Arc<dyn Session> {
+    Arc::new(Server::new(Arc::clone(share), Arc::new(RepliesOnly)))
 }
 
 /// An image in the guest's own RAM (`--image guest:GPA:LEN`).
@@ -116,7 +115,8 @@ impl GuestImageSession {
                 "too small: the superblock says {need} bytes"
             )));
         }
-        let server = Server::new(Arc::new(img), self.opts.clone()).map_err(|e| refuse(&e))?;
+        let share = Share::new(Arc::new(img), self.opts.clone()).map_err(|e| refuse(&e))?;
+        let server = Server::new(Arc::new(share), Arc::new(RepliesOnly));
         info!("{what}: opened");
         Ok(self.server.get_or_init(|| server))
     }
