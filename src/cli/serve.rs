@@ -135,7 +135,7 @@ impl ServeArgs {
                 guest.len
             );
             vhost::serve(&opts, &|mem| {
-                Ok(vhost::guest_image_session(&guest, &server_opts, mem))
+                vhost::guest_image_share(&guest, &server_opts, mem)
             })?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -149,7 +149,7 @@ impl ServeArgs {
         };
         let img = Arc::new(src.open()?);
         let share = Arc::new(Share::new(img, server_opts)?);
-        vhost::serve(&opts, &|_| Ok(vhost::fuse_session(&share)))?;
+        vhost::serve(&opts, &|_| Arc::clone(&share))?;
         Ok(ExitCode::SUCCESS)
     }
 

@@ -672,3 +672,58 @@ fn test_init_readdirplus_auto_only_without_long_caching() {
         assert_eq!(flags & READDIRPLUS_AUTO != 0, auto, "{cache:?}");
     }
 }
+
+/// Opens the tiny image after failing `fails` times (ENODEV).
+#[derive(Debug)]
+struct LateImage {
+    fails: std::sync::atomic::AtomicU32,
+}
+
+impl super::ImageProvider for LateImage {
+    fn describe(&self) -> String {
+        "late image".into()
+    }
+
+    fn open(&self) -> Result<crate::erofs::Image, super::OpenError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fails
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(super::OpenError::Unavailable(std::io::Error::other(
+                "not there yet",
+            )));
+        }
+        let img = memory_image(TINY_IMAGE).unwrap();
+        Ok(Arc::try_unwrap(img).unwrap())
+    }
+}
+
+#[test]
+fn test_image_opened_at_init_refuses_until_it_opens() {
+    let provider = LateImage {
+        fails: std::sync::atomic::AtomicU32::new(2),
+    };
+    let share = Share::opened_at_init(Box::new(provider), ShareOptions::default());
+    let mut fx = Fx {
+        srv: Session::new(Arc::new(share), Arc::new(RepliesOnly)),
+        sink: VecSink::new(),
+        unique: 1,
+    };
+    assert_eq!(fx.call(GETATTR, 1, &[&[0; 16]]), Err(libc::EIO));
+    for _ in 0..2 {
+        let (h, _) = fx.raw(&init_request(1, KERNEL_FLAGS));
+        assert_eq!(h.error, -libc::ENODEV);
+        assert!(!fx.srv.initialized());
+        assert!(fx.srv.share().root_image().is_none());
+    }
+    // Requests that want no reply get none, before INIT as after.
+    fx.no_reply(FORGET, 5, &[&[1, 0, 0, 0, 0, 0, 0, 0]]);
+    let (h, _) = fx.raw(&init_request(1, KERNEL_FLAGS));
+    assert_eq!(h.error, 0);
+    assert!(fx.srv.share().root_image().is_some());
+    let attr = fx.call(GETATTR, 1, &[&[0; 16]]).unwrap();
+    let attr = AttrOut::read_from_bytes(&attr).unwrap();
+    assert_eq!(attr.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+}

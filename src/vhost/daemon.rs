@@ -1,5 +1,6 @@
-//! The daemon around the device: the listening socket, one session per
-//! frontend connection, and clean shutdown on SIGTERM/SIGINT.
+//! The daemon around the device: the listening socket, one FUSE session
+//! per frontend connection (of the share the caller gives), and clean
+//! shutdown on SIGTERM/SIGINT.
 
 use std::fs;
 use std::io::{self, Write};
@@ -14,8 +15,10 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::backend::{DeviceOptions, FsBackend, GuestMem, Session};
+use super::backend::{DeviceOptions, FsBackend, GuestMem};
 use super::error::DaemonError;
+use super::session::connection_session;
+use crate::fuse::Share;
 use crate::os;
 use crate::os::signal::SignalSet;
 
@@ -34,8 +37,10 @@ pub enum Listen {
     Fd(RawFd),
 }
 
-/// Makes the session of one connection, given its guest memory.
-pub type NewSession<'a> = dyn Fn(&GuestMem) -> Result<Arc<dyn Session>, String> + 'a;
+/// The share a connection serves, given its guest memory (the same share
+/// for every connection, or one made for it, e.g. over an image in that
+/// guest's memory).
+pub type ShareFor<'a> = dyn Fn(&GuestMem) -> Arc<Share> + 'a;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -48,15 +53,15 @@ pub struct ServeOptions {
     pub once: bool,
 }
 
-/// Serves frontends one after another, each with a session from
-/// `new_session` (given the connection's guest memory, which the
-/// vhost-user control plane updates on SET_MEM_TABLE), until the first
+/// Serves frontends one after another, each with a fresh FUSE session of
+/// the share from `share_for` (given the connection's guest memory, which
+/// the vhost-user control plane updates on SET_MEM_TABLE), until the first
 /// disconnect with `once`, or a signal.
 ///
 /// Must be called before any other thread is started: it blocks SIGTERM and
 /// SIGINT for the whole process and handles them on a thread of its own
 /// (removing the socket file and exiting with status 0).
-pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), DaemonError> {
+pub fn serve(opts: &ServeOptions, share_for: &ShareFor<'_>) -> Result<(), DaemonError> {
     let signals = SignalSet::new(&[libc::SIGTERM, libc::SIGINT]);
     signals.block().map_err(|source| DaemonError::Os {
         what: "blocking SIGTERM/SIGINT",
@@ -65,7 +70,7 @@ pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), Da
     let (listener, created) = listen(&opts.listen)?;
     spawn_signal_thread(signals, created.clone())?;
     let mut listener = Listener::from(listener);
-    let result = session_loop(opts, new_session, &mut listener);
+    let result = session_loop(opts, share_for, &mut listener);
     if let Some(p) = &created {
         let _ = fs::remove_file(p);
     }
@@ -74,12 +79,12 @@ pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), Da
 
 fn session_loop(
     opts: &ServeOptions,
-    new_session: &NewSession<'_>,
+    share_for: &ShareFor<'_>,
     listener: &mut Listener,
 ) -> Result<(), DaemonError> {
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let session = new_session(&mem).map_err(DaemonError::VhostUser)?;
+        let session = connection_session(&share_for(&mem));
         let backend = Arc::new(
             FsBackend::new(session, &opts.device, mem.clone()).map_err(DaemonError::VhostUser)?,
         );
