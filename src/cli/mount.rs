@@ -1,7 +1,6 @@
 //! `erofs-virtiofsd mount IMAGE MOUNTPOINT`: serve an image through
 //! /dev/fuse.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -155,10 +154,7 @@ impl MountArgs {
                 Err(e).context("--io-uring on: setting up the io_uring queues")
             }
             Err(e) => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "erofs-virtiofsd: warning: no FUSE over io_uring ({e}); serving /dev/fuse only"
-                );
+                log::warn!("no FUSE over io_uring ({e}); serving /dev/fuse only");
                 Ok(Vec::new())
             }
         }
@@ -173,11 +169,7 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHU
 fn spawn_signal_thread(signals: SignalSet, mountpoint: PathBuf) -> anyhow::Result<()> {
     signal::spawn_handler(signals, "signals", move |sig| {
         if let Err(e) = devfuse::unmount(&mountpoint) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "erofs-virtiofsd: unmounting {} on signal {sig}: {e}",
-                mountpoint.display()
-            );
+            log::error!("unmounting {} on signal {sig}: {e}", mountpoint.display());
         }
     })
     .context("spawning the signal thread")

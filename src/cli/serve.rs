@@ -109,9 +109,7 @@ impl ServeArgs {
             (None, None) => bail!("--image (or --image-fd) is required"),
         };
         if let Some(tag) = &self.tag {
-            vhost::config::VirtioFsConfig::new(tag, 1)
-                .map_err(anyhow::Error::msg)
-                .context("--tag")?;
+            vhost::config::VirtioFsConfig::new(tag, 1).context("--tag")?;
         }
         let server_opts = ShareOptions {
             cache: self.cache.into(),

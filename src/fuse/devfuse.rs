@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use log::warn;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{self, OutHeader};
@@ -39,12 +40,13 @@ pub enum DevFuseError {
     #[error("cannot open /dev/fuse (is the fuse module loaded? try `modprobe fuse`): {0}")]
     NoDevice(#[source] io::Error),
     /// The mount point is unusable.
-    #[error("bad mount point {path}: {why}")]
+    #[error("bad mount point {path}: {source}")]
     BadMountpoint {
         /// The path given.
         path: PathBuf,
         /// What is wrong.
-        why: String,
+        #[source]
+        source: io::Error,
     },
     /// mount(2) failed.
     #[error("mount(2) of fuse on {path} failed: {source}")]
@@ -108,14 +110,17 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, DevFuseError> {
     if euid != 0 {
         return Err(DevFuseError::NotRoot { euid });
     }
-    let bad = |why: String| DevFuseError::BadMountpoint {
+    let bad = |source: io::Error| DevFuseError::BadMountpoint {
         path: mountpoint.to_path_buf(),
-        why,
+        source,
     };
-    let abs = std::fs::canonicalize(mountpoint).map_err(|e| bad(e.to_string()))?;
-    let md = std::fs::metadata(&abs).map_err(|e| bad(e.to_string()))?;
+    let abs = std::fs::canonicalize(mountpoint).map_err(bad)?;
+    let md = std::fs::metadata(&abs).map_err(bad)?;
     if !md.is_dir() {
-        return Err(bad("not a directory".into()));
+        return Err(bad(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
     }
     drop(open_dev().map_err(DevFuseError::NoDevice)?);
     Ok(abs)
@@ -273,7 +278,7 @@ impl FuseMount {
         let out: Arc<dyn Outbound> = match self.fd.try_clone() {
             Ok(fd) => Arc::new(DevOutbound::new(fd)),
             Err(e) => {
-                warn(format_args!("no page cache pushing: {e}"));
+                warn!("no page cache pushing: {e}");
                 Arc::new(RepliesOnly)
             }
         };
@@ -289,7 +294,7 @@ impl FuseMount {
                 .spawn(move || {
                     if init.wait() && server.over_io_uring() {
                         if let Err(e) = uring::serve_queue(q, main_fd, &server) {
-                            warn(format_args!("FUSE over io_uring queue: {e}"));
+                            warn!("FUSE over io_uring queue: {e}");
                         }
                     }
                 })
@@ -324,13 +329,6 @@ impl FuseMount {
         session.stop_pushing();
         result.map_err(DevFuseError::Serve)
     }
-}
-
-/// Writes a warning to stderr (the mount command has no logger; stderr is
-/// /dev/null once detached).
-fn warn(msg: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(io::stderr(), "erofs-virtiofsd: warning: {msg}");
 }
 
 /// Where the connection is in its life, for the threads that wait for INIT.
@@ -380,10 +378,10 @@ impl AfterInit {
         }
         if let Some(kb) = self.readahead_kb {
             if let Err(e) = set_readahead(&self.mountpoint, kb) {
-                warn(format_args!(
+                warn!(
                     "cannot set the readahead of {} to {kb} KiB: {e}",
                     self.mountpoint.display()
-                ));
+                );
             }
         }
         self.set(InitState::Done);

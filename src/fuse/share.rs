@@ -331,3 +331,23 @@ fn errno_name(errno: i32) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::testutil::{memory_image, TINY_IMAGE};
+
+    #[test]
+    fn test_image_errors_keep_their_errno_and_are_counted_past_the_log_limit() {
+        let share = Share::new(memory_image(TINY_IMAGE).unwrap(), ShareOptions::default()).unwrap();
+        let img = Arc::clone(share.root_image().unwrap());
+        let unsupported = crate::erofs::Error::unsupported(Some(5), "a feature");
+        for n in 0..MAX_LOGGED_ERRORS + 20 {
+            let Fail::Errno(e) = share.image_error(&img, "read", &unsupported) else {
+                panic!("not an errno");
+            };
+            assert_eq!(e, libc::EOPNOTSUPP);
+            assert_eq!(share.image_errors(), n + 1);
+        }
+    }
+}

@@ -26,6 +26,7 @@ use vmm_sys_util::event::{
 
 use super::chain;
 use super::config::{self, VirtioFsConfig, MAX_QUEUE_SIZE};
+use super::error::DeviceError;
 use super::pool::Pool;
 use super::reply::error_reply;
 use super::writer::GuestWriter;
@@ -149,15 +150,22 @@ impl std::fmt::Debug for FsBackend {
 impl FsBackend {
     /// A backend serving `session` over `mem` (the memory the vhost-user
     /// daemon updates on SET_MEM_TABLE).
-    pub fn new(session: Arc<Session>, opts: &DeviceOptions, mem: GuestMem) -> Result<Self, String> {
-        let queues = u32::try_from(opts.request_queues).map_err(|e| e.to_string())?;
+    pub fn new(
+        session: Arc<Session>,
+        opts: &DeviceOptions,
+        mem: GuestMem,
+    ) -> Result<Self, DeviceError> {
+        let queues =
+            u32::try_from(opts.request_queues).map_err(|_| DeviceError::TooManyQueues {
+                queues: opts.request_queues,
+            })?;
         let config = match &opts.tag {
             Some(tag) => Some(VirtioFsConfig::new(tag, queues)?),
             None => None,
         };
         let num_queues = opts.request_queues.saturating_add(1);
         let pool = if opts.thread_pool_size > 0 {
-            Some(Pool::new(opts.thread_pool_size).map_err(|e| format!("worker threads: {e}"))?)
+            Some(Pool::new(opts.thread_pool_size).map_err(DeviceError::Threads)?)
         } else {
             None
         };

@@ -16,7 +16,7 @@ use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::{DeviceOptions, FsBackend, GuestMem};
-use super::error::DaemonError;
+use super::error::{DaemonError, FdProblem};
 use super::session::connection_session;
 use crate::fuse::Share;
 use crate::os;
@@ -85,12 +85,10 @@ fn session_loop(
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let session = connection_session(&share_for(&mem));
-        let backend = Arc::new(
-            FsBackend::new(session, &opts.device, mem.clone()).map_err(DaemonError::VhostUser)?,
-        );
+        let backend = Arc::new(FsBackend::new(session, &opts.device, mem.clone())?);
         let mut daemon =
             VhostUserDaemon::new("erofs-virtiofsd".to_string(), Arc::clone(&backend), mem)
-                .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+                .map_err(|e| DaemonError::VhostUser(e.into()))?;
         info!("waiting for a vhost-user frontend");
         // The readiness line VMM launchers wait for on stderr (Kata's
         // runtime-rs, as with virtiofsd): not a log message, so it is
@@ -98,7 +96,7 @@ fn session_loop(
         let _ = writeln!(io::stderr(), "Waiting for vhost-user socket connection...");
         daemon
             .start(listener)
-            .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+            .map_err(|e| DaemonError::VhostUser(e.into()))?;
         info!("frontend connected");
         let result = daemon.wait();
         for handler in daemon.get_epoll_handlers() {
@@ -177,18 +175,18 @@ fn group_id(group: &str) -> io::Result<u32> {
 
 /// Takes over `fd` after checking that it is a listening Unix socket.
 fn adopt_listening_fd(fd: RawFd) -> Result<UnixListener, DaemonError> {
-    let bad = |reason: String| DaemonError::BadFd { fd, reason };
+    let bad = |problem: FdProblem| DaemonError::BadFd { fd, problem };
     if fd < 0 {
-        return Err(bad("not a file descriptor".to_string()));
+        return Err(bad(FdProblem::Negative));
     }
     // A close-on-exec descriptor of our own for the inherited socket.
-    let sock = os::fd::dup_inherited(fd).map_err(|e| bad(e.to_string()))?;
-    let int_opt = |opt| os::fd::socket_option(&sock, opt).map_err(|e| bad(e.to_string()));
+    let sock = os::fd::dup_inherited(fd).map_err(|e| bad(FdProblem::Unusable(e)))?;
+    let int_opt = |opt| os::fd::socket_option(&sock, opt).map_err(|e| bad(FdProblem::Unusable(e)));
     if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
-        return Err(bad("not a Unix domain socket".to_string()));
+        return Err(bad(FdProblem::NotUnix));
     }
     if int_opt(libc::SO_ACCEPTCONN)? == 0 {
-        return Err(bad("socket is not listening".to_string()));
+        return Err(bad(FdProblem::NotListening));
     }
     Ok(UnixListener::from(sock))
 }

@@ -31,6 +31,8 @@ mod writer;
 
 pub use backend::{DeviceOptions, FsBackend, GuestMem, MAX_REQUEST};
 pub use daemon::{serve, Listen, ServeOptions, ShareFor};
-pub use error::{ChainError, DaemonError, ReplyTooLong};
+pub use error::{
+    ChainError, DaemonError, DeviceError, FdProblem, ReplyTooLong, TagError, VhostUserError,
+};
 pub use session::{connection_session, guest_image_share, GuestImage, VhostOutbound};
 pub use writer::GuestWriter;
