@@ -6,11 +6,11 @@ use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 use super::abi::{self, *};
+use super::images::ShareImage;
 use super::nodes::{Listed, Target};
 use super::push::Pusher;
 use super::reply::{send, send_bytes, Fail, OpResult};
 use super::session::Session;
-use super::share::ShareImage;
 use super::sink::ReplySink;
 use crate::erofs::{FileType, InodeKind};
 
@@ -40,6 +40,9 @@ pub(crate) struct Listing {
     pub(crate) cap: usize,
     /// Entries with attributes (READDIRPLUS).
     pub(crate) plus: bool,
+    /// The names may go at any time (the root of a share of named
+    /// images): the client may not cache them.
+    pub(crate) volatile: bool,
 }
 
 impl Listing {
@@ -48,6 +51,7 @@ impl Listing {
             buf: Vec::with_capacity(cap.min(1 << 16)),
             cap,
             plus,
+            volatile: false,
         }
     }
 }
@@ -122,7 +126,7 @@ impl Session {
             }
         }
         if let Some(at) = first_file {
-            self.expect_next(dir.nid, at, false);
+            self.expect_next((img.serial(), dir.nid), at, false);
         }
         match failed {
             // Entries before the damage are still worth returning.
@@ -144,7 +148,7 @@ impl Session {
         cookie: u64,
         child: Option<Target>,
     ) -> bool {
-        let (plus, cap) = (out.plus, out.cap);
+        let (plus, cap, volatile) = (out.plus, out.cap, out.volatile);
         let out = &mut out.buf;
         let head = if plus { DIRENTPLUS_LEN } else { DIRENT_LEN };
         let Some(rec) = head.checked_add(name.len()).and_then(abi::dirent_align) else {
@@ -165,7 +169,7 @@ impl Session {
         };
         if plus {
             let entry_out = match child {
-                Some(c) => self.entry(&c).unwrap_or_default(),
+                Some(c) => self.entry(&c, volatile).unwrap_or_default(),
                 None => EntryOut::default(),
             };
             out.extend_from_slice(Direntplus { entry_out, dirent }.as_bytes());
@@ -254,9 +258,9 @@ impl Session {
         let in_order = self
             .dir_streams
             .lock()
-            .is_ok_and(|s| s.get(&l.parent) == Some(&l.at));
+            .is_ok_and(|s| s.get(&(img.serial(), l.parent)) == Some(&l.at));
         if !in_order {
-            self.expect_next(l.parent, l.next, true);
+            self.expect_next((img.serial(), l.parent), l.next, true);
             return;
         }
         let Ok(dir) = self.inode_of(img, l.parent) else {
@@ -291,12 +295,13 @@ impl Session {
             resume = next;
             seen < STREAM_ENTRIES
         });
-        self.expect_next(l.parent, resume, true);
+        self.expect_next((img.serial(), l.parent), resume, true);
     }
 
     /// Remembers `pos` as where the next file read in order in directory
-    /// `dir` sits (with `replace` false, only if nothing is remembered).
-    fn expect_next(&self, dir: u64, pos: u64, replace: bool) {
+    /// `dir` (image serial, nid) sits (with `replace` false, only if
+    /// nothing is remembered).
+    fn expect_next(&self, dir: (u64, u64), pos: u64, replace: bool) {
         let Ok(mut streams) = self.dir_streams.lock() else {
             return;
         };

@@ -4,7 +4,9 @@
 //! - [`request`]: bounds-checked decoding of one request (the framing
 //!   every transport shares);
 //! - [`Share`]: what every connection serving a share sees the same: the
-//!   images and the server options (it outlives connections);
+//!   images (one at the root, or named images under a synthetic root,
+//!   added and removed at runtime) and the server options (it outlives
+//!   connections);
 //! - [`Session`]: one connection's dispatcher over a share (INIT
 //!   negotiation, lookup counts, handles, one function per opcode);
 //! - [`ReplySink`]: how a transport receives replies, file data written
@@ -26,26 +28,32 @@ pub mod abi;
 pub mod devfuse;
 mod devnotify;
 mod dirops;
+mod images;
 mod nodes;
 pub mod outbound;
 pub mod push;
 mod reply;
 pub mod request;
+mod rootdir;
 mod session;
 mod share;
 mod sink;
 mod splice;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_named;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testutil;
 pub mod uring;
 
 pub use devnotify::DevOutbound;
+pub use images::{check_name, ImageMeta, NameError, ShareImage, MAX_IMAGES, MAX_NAME_LEN};
 pub use outbound::{DaxMapping, Outbound, RepliesOnly};
+pub use rootdir::ROOT_INO;
 pub use session::Session;
 pub use share::{
-    CachePolicy, ImageMeta, ImageProvider, OpenError, Share, ShareError, ShareImage, ShareOptions,
-    DEFAULT_MAX_HANDLES, DEFAULT_MAX_READ, LONG_TIMEOUT_SECS, MAX_LOGGED_ERRORS,
+    CachePolicy, ImageProvider, OpenError, Share, ShareError, ShareOptions, DEFAULT_MAX_HANDLES,
+    DEFAULT_MAX_READ, LONG_TIMEOUT_SECS, MAX_LOGGED_ERRORS,
 };
 pub use sink::{out_header, Errno, Fill, ReplySink, VecSink, OUT_HEADER_LEN};

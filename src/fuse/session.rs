@@ -14,10 +14,13 @@
 //! `unique` when it has one), anything but INIT before INIT gets EIO, and
 //! INIT first opens what the share opens late ([`Share::opened_at_init`]).
 //!
-//! Node ids: the root is [`abi::ROOT_ID`]; every other inode is `nid + 2`
-//! (ids 0 and 1 are taken, and nid 0 is a valid inode), so a real nid never
-//! collides with the root. `st_ino` is what the kernel's EROFS driver
-//! reports for the nid.
+//! Node ids: the root is [`abi::ROOT_ID`]. In a share whose root is one
+//! image, every other inode is `nid + 2` (ids 0 and 1 are taken, and nid 0
+//! is a valid inode), so a real nid never collides with the root, and
+//! `st_ino` is what the kernel's EROFS driver reports for the nid. In a
+//! share of named images the root is synthetic (`super::rootdir`), ids are
+//! handed out per (image, nid) and never reused (`super::nodes`), and
+//! `st_ino` carries the image's slot (`super::images`).
 
 use std::collections::HashMap;
 use std::io;
@@ -28,12 +31,13 @@ use foldhash::fast::RandomState;
 use log::warn;
 
 use super::abi::{self, *};
+use super::images::ShareImage;
 use super::nodes::{Handle, HandleTable, NodeTable, Target};
 use super::outbound::Outbound;
 use super::push::{Pusher, SMALL_READ};
 use super::reply::{send, send_bytes, send_err, send_ok, Fail, OpResult};
 use super::request::{parse_header, BatchForget, Op};
-use super::share::{CachePolicy, Share, ShareImage, LONG_TIMEOUT_SECS};
+use super::share::{CachePolicy, Share, LONG_TIMEOUT_SECS};
 use super::sink::{Errno, ReplySink};
 use super::splice::MAX_SPANS;
 use crate::erofs::{ondisk, Inode, InodeKind};
@@ -63,9 +67,10 @@ pub struct Session {
     /// Pushes data nobody read yet into the client's page cache (when the
     /// transport can and the cache is kept).
     pusher: Option<Pusher>,
-    /// Per directory (nid), the listing position of the file a reader going
-    /// through it in order reads next (see `follow_listing`).
-    pub(crate) dir_streams: Mutex<HashMap<u64, u64, RandomState>>,
+    /// Per directory (image serial, nid), the listing position of the file
+    /// a reader going through it in order reads next (see
+    /// `follow_listing`).
+    pub(crate) dir_streams: Mutex<HashMap<(u64, u64), u64, RandomState>>,
 }
 
 impl Session {
@@ -87,8 +92,10 @@ impl Session {
         } else {
             None
         };
+        share.register(&out);
         Self {
             handles: HandleTable::new(share.options().max_handles),
+            nodes: NodeTable::new(share.is_named()),
             share,
             out,
             io_uring: false,
@@ -96,7 +103,6 @@ impl Session {
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             over_io_uring: AtomicBool::new(false),
-            nodes: NodeTable::new(),
             pusher,
             dir_streams: Mutex::new(HashMap::default()),
         }
@@ -130,6 +136,11 @@ impl Session {
     /// the transport's rings once they are registered).
     pub fn over_io_uring(&self) -> bool {
         self.over_io_uring.load(Ordering::Acquire)
+    }
+
+    /// The negotiated minor version (0 before INIT).
+    pub(crate) fn minor(&self) -> u32 {
+        self.minor.load(Ordering::Acquire)
     }
 
     /// Whether INIT has been answered.
@@ -193,6 +204,11 @@ impl Session {
     }
 
     fn dispatch(&self, h: &InHeader, op: Op<'_>, sink: &mut dyn ReplySink) -> OpResult {
+        if h.nodeid == abi::ROOT_ID && self.share.is_named() {
+            if let Some(r) = self.root_op(h, &op, sink) {
+                return r;
+            }
+        }
         match op {
             Op::Init(i) => self.init(h, &i, sink),
             Op::Lookup(name) => self.lookup(h, name, sink),
@@ -239,9 +255,12 @@ impl Session {
         self.share.root_image().ok_or(Fail::Errno(libc::EIO))
     }
 
-    /// Node id of `nid` of `img`.
+    /// Node id of `nid` of `img` (in a share of named images: while the
+    /// kernel holds it).
     pub(crate) fn nodeid_of(&self, img: &ShareImage, nid: u64) -> Option<u64> {
-        if nid == img.root().nid {
+        if self.share.is_named() {
+            self.nodes.id_of(img.serial(), nid)
+        } else if nid == img.root().nid {
             Some(abi::ROOT_ID)
         } else {
             nid.checked_add(2)
@@ -249,9 +268,20 @@ impl Session {
     }
 
     /// The inode of a node the kernel holds; ESTALE for ids never handed
-    /// out (or forgotten).
+    /// out (or forgotten), and for nodes of an image removed from the
+    /// share.
     pub(crate) fn node(&self, nodeid: u64) -> Result<Target, Fail> {
-        if nodeid == abi::ROOT_ID {
+        let t = self.node_any(nodeid)?;
+        if t.img.is_removed() {
+            return Err(Fail::Errno(libc::ESTALE));
+        }
+        Ok(t)
+    }
+
+    /// The same, also for nodes of a removed image (files still open keep
+    /// reading).
+    fn node_any(&self, nodeid: u64) -> Result<Target, Fail> {
+        if nodeid == abi::ROOT_ID && !self.share.is_named() {
             let img = self.root()?;
             return Ok(Target {
                 inode: Arc::clone(img.root()),
@@ -312,21 +342,28 @@ impl Session {
         }
     }
 
-    /// The entry reply for `t`, counting one lookup of it.
-    pub(crate) fn entry(&self, t: &Target) -> Result<EntryOut, Fail> {
-        let nodeid = self
-            .nodeid_of(&t.img, t.inode.nid)
-            .ok_or(Fail::Errno(libc::EIO))?;
-        if nodeid != abi::ROOT_ID {
-            self.nodes.add_lookup(nodeid, t);
-        }
+    /// The entry reply for `t`, counting one lookup of it. A `volatile`
+    /// entry (a name in the root of a share of named images, which may go
+    /// at any time) may not be cached; its attributes may.
+    pub(crate) fn entry(&self, t: &Target, volatile: bool) -> Result<EntryOut, Fail> {
+        let nodeid = if self.share.is_named() {
+            self.nodes.add_lookup_keyed(t)
+        } else {
+            let id = self.nodeid_of(&t.img, t.inode.nid);
+            if let Some(id) = id.filter(|&id| id != abi::ROOT_ID) {
+                self.nodes.add_lookup(id, t);
+            }
+            id
+        };
+        let nodeid = nodeid.ok_or(Fail::Errno(libc::EIO))?;
         let (secs, nsecs) = self.timeout();
+        let (entry_secs, entry_nsecs) = if volatile { (0, 0) } else { (secs, nsecs) };
         Ok(EntryOut {
             nodeid,
             generation: 0,
-            entry_valid: secs,
+            entry_valid: entry_secs,
             attr_valid: secs,
-            entry_valid_nsec: nsecs,
+            entry_valid_nsec: entry_nsecs,
             attr_valid_nsec: nsecs,
             attr: self.attr(&t.img, &t.inode),
         })
@@ -375,6 +412,11 @@ impl Session {
             CachePolicy::Never => want |= DIRECT_IO_ALLOW_MMAP | READDIRPLUS_AUTO,
             CachePolicy::Auto => want |= CACHE_SYMLINKS | READDIRPLUS_AUTO,
             CachePolicy::Always => want |= CACHE_SYMLINKS | NO_OPEN_SUPPORT | NO_OPENDIR_SUPPORT,
+        }
+        if self.share.is_named() {
+            // Zero-message opendir would have the client cache every
+            // directory's listing, the root's too, whose names change.
+            want &= !NO_OPENDIR_SUPPORT;
         }
         if self.io_uring {
             want |= OVER_IO_URING;
@@ -453,10 +495,11 @@ impl Session {
         let inode = self
             .inode_of(img, nid)
             .map_err(|e| self.image_error(img, "lookup", &e))?;
-        let out = self.entry(&Target {
+        let t = Target {
             img: Arc::clone(img),
             inode,
-        })?;
+        };
+        let out = self.entry(&t, false)?;
         send(sink, h.unique, &out)
     }
 
@@ -537,28 +580,12 @@ impl Session {
     }
 
     fn statfs(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
-        let img = self.root()?.image();
-        let sb = img.superblock();
-        let blocks = img
-            .devices()
-            .iter()
-            .fold(sb.blocks, |acc, d| acc.saturating_add(d.blocks));
-        let bsize = u32::try_from(sb.block_size()).unwrap_or(4096);
-        let out = StatfsOut {
-            st: Kstatfs {
-                blocks,
-                bfree: 0,
-                bavail: 0,
-                files: u64::MAX,
-                ffree: u64::MAX.saturating_sub(sb.inos),
-                bsize,
-                namelen: ondisk::NAME_LEN as u32,
-                frsize: bsize,
-                padding: 0,
-                spare: [0; 6],
-            },
+        let img = if self.share.is_named() {
+            Arc::clone(&self.node(h.nodeid)?.img)
+        } else {
+            Arc::clone(self.root()?)
         };
-        send(sink, h.unique, &out)
+        send(sink, h.unique, &statfs_of(&[img]))
     }
 
     fn access(&self, h: &InHeader, mask: u32, sink: &mut dyn ReplySink) -> OpResult {
@@ -578,13 +605,7 @@ impl Session {
 
     fn open(&self, h: &InHeader, o: &OpenIn, dir: bool, sink: &mut dyn ReplySink) -> OpResult {
         let target = self.node(h.nodeid)?;
-        let acc = o.flags & libc::O_ACCMODE as u32;
-        if acc != libc::O_RDONLY as u32 || o.flags & libc::O_TRUNC as u32 != 0 {
-            return Err(Fail::Errno(libc::EROFS));
-        }
-        if dir != target.inode.is_dir() {
-            return Err(Fail::Errno(if dir { libc::ENOTDIR } else { libc::EISDIR }));
-        }
+        check_open(o, dir, target.inode.is_dir())?;
         if self.zero_message_open(dir) {
             // Zero-message opens: the kernel then keeps the page cache and
             // directory cache by itself and sends no RELEASE.
@@ -592,7 +613,10 @@ impl Session {
         }
         let fh = self
             .handles
-            .insert(Handle { target, dir })
+            .insert(Handle {
+                target: Some(target),
+                dir,
+            })
             .ok_or(Fail::Errno(libc::ENFILE))?;
         let mut open_flags = FOPEN_NOFLUSH;
         match self.share.options().cache {
@@ -645,10 +669,13 @@ impl Session {
     /// set, else (zero-message opens) the node's.
     pub(crate) fn file(&self, h: &InHeader, fh: u64, dir: bool) -> Result<Target, Fail> {
         if fh == 0 && self.zero_message_open(dir) {
-            return self.node(h.nodeid);
+            return self.node_any(h.nodeid);
         }
         match self.handles.get(fh) {
-            Some(hd) if hd.dir == dir => Ok(hd.target),
+            Some(Handle {
+                target: Some(t),
+                dir: d,
+            }) if d == dir => Ok(t),
             _ => Err(Fail::Errno(libc::EBADF)),
         }
     }
@@ -737,6 +764,51 @@ impl Session {
                 .map_err(|e| self.image_error(&t.img, "lseek", &e))?
         };
         send(sink, h.unique, &LseekOut { offset: pos })
+    }
+}
+
+/// Refuses an OPEN/OPENDIR (`dir`) that writes, truncates, or names the
+/// wrong kind of inode (`is_dir`).
+pub(crate) fn check_open(o: &OpenIn, dir: bool, is_dir: bool) -> Result<(), Fail> {
+    let acc = o.flags & libc::O_ACCMODE as u32;
+    if acc != libc::O_RDONLY as u32 || o.flags & libc::O_TRUNC as u32 != 0 {
+        return Err(Fail::Errno(libc::EROFS));
+    }
+    if dir != is_dir {
+        return Err(Fail::Errno(if dir { libc::ENOTDIR } else { libc::EISDIR }));
+    }
+    Ok(())
+}
+
+/// STATFS of a share serving `images`: their blocks and inodes added up.
+pub(crate) fn statfs_of(images: &[Arc<ShareImage>]) -> StatfsOut {
+    let (mut blocks, mut inos, mut bsize) = (0u64, 0u64, None);
+    for i in images {
+        let img = i.image();
+        let sb = img.superblock();
+        blocks = img
+            .devices()
+            .iter()
+            .fold(blocks.saturating_add(sb.blocks), |acc, d| {
+                acc.saturating_add(d.blocks)
+            });
+        inos = inos.saturating_add(sb.inos);
+        bsize.get_or_insert(u32::try_from(sb.block_size()).unwrap_or(4096));
+    }
+    let bsize = bsize.unwrap_or(4096);
+    StatfsOut {
+        st: Kstatfs {
+            blocks,
+            bfree: 0,
+            bavail: 0,
+            files: u64::MAX,
+            ffree: u64::MAX.saturating_sub(inos),
+            bsize,
+            namelen: ondisk::NAME_LEN as u32,
+            frsize: bsize,
+            padding: 0,
+            spare: [0; 6],
+        },
     }
 }
 

@@ -3,18 +3,26 @@
 //! mount and vhost-user frontends, one after another or together); each
 //! connection has its own [`super::Session`] pointing at it.
 //!
-//! Owns: the image table, the server options, the count of image errors
-//! (and their rate-limited log). Trusts the images only through
-//! [`crate::erofs`].
+//! Owns: the image table (one image at the root, or named images under a
+//! synthetic root, added and removed at runtime), the server options, the
+//! count of image errors (and their rate-limited log). Trusts the images
+//! only through [`crate::erofs`].
 
 use std::fmt;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+use std::time::SystemTime;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
+use super::abi;
+use super::images::{
+    check_name, root_of, ImageMeta, ImageTable, NameError, Place, ShareImage, MAX_IMAGES,
+};
+use super::outbound::Outbound;
 use super::reply::Fail;
-use crate::erofs::{ondisk, Image, Inode};
+use crate::erofs::Image;
 
 /// How long the kernel may trust what it was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,83 +74,6 @@ impl Default for ShareOptions {
     }
 }
 
-/// What a share knows of an image besides its contents: carried for logs,
-/// the API and content sharing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageMeta {
-    /// Where the image comes from (a path, `fd:N`, a guest range), as the
-    /// user gave it.
-    pub source: String,
-    /// Trust domain: only images of one domain may share content; `None`
-    /// shares nothing.
-    pub domain: Option<String>,
-    /// Name of the xattr holding each file's content fingerprint, if not
-    /// the default.
-    pub fingerprint_xattr: Option<String>,
-}
-
-/// One image of a share.
-#[derive(Debug)]
-pub struct ShareImage {
-    name: Option<String>,
-    image: Arc<Image>,
-    root: Arc<Inode>,
-    meta: ImageMeta,
-}
-
-impl ShareImage {
-    /// Checks that the image's root is a usable directory.
-    fn new(name: Option<String>, image: Arc<Image>, meta: ImageMeta) -> crate::erofs::Result<Self> {
-        let root = Arc::new(image.inode(image.root_nid())?);
-        if !root.is_dir() {
-            return Err(crate::erofs::Error::corrupt(
-                Some(root.nid),
-                "root inode",
-                "not a directory",
-            ));
-        }
-        Ok(Self {
-            name,
-            image,
-            root,
-            meta,
-        })
-    }
-
-    /// The image's name in the share (`None`: the image is the share's
-    /// root).
-    pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
-    /// The image.
-    pub fn image(&self) -> &Arc<Image> {
-        &self.image
-    }
-
-    /// Its root directory.
-    pub fn root(&self) -> &Arc<Inode> {
-        &self.root
-    }
-
-    /// What the share knows of it.
-    pub fn meta(&self) -> &ImageMeta {
-        &self.meta
-    }
-
-    /// `st_ino` of `nid`, as the kernel's EROFS driver reports it
-    /// (`erofs_nid_to_ino64`: nids of metabox images are folded so the
-    /// metabox bit lands on bit 31).
-    pub fn st_ino(&self, nid: u64) -> u64 {
-        if self.image.superblock().metabox_nid.is_none() {
-            return nid;
-        }
-        ((nid << 1) & 0xffff_ffff_0000_0000)
-            | (nid & 0x7fff_ffff)
-            | ((nid >> ondisk::NID_METABOX_BIT.trailing_zeros()) << 31)
-    }
-}
-
 /// Why an image could not be opened when the first INIT came.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -189,25 +120,73 @@ pub enum ShareError {
     /// The image's root is unusable.
     #[error(transparent)]
     Image(#[from] crate::erofs::Error),
+    /// The name cannot be a top-level directory.
+    #[error(transparent)]
+    BadName(#[from] NameError),
+    /// Another image has the name.
+    #[error("an image named {0:?} is already served")]
+    Exists(String),
+    /// No image has the name.
+    #[error("no image named {0:?} is served")]
+    NotFound(String),
+    /// The share holds as many images as it may.
+    #[error("the share already serves {MAX_IMAGES} images")]
+    Full,
+    /// The share's root is one image: it has no named images.
+    #[error("the share's root is one image: images cannot be added or removed")]
+    NotNamed,
+}
+
+/// How the share's root looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The root is one image (opened now, or at the first INIT).
+    Image,
+    /// The root is a read-only directory of named images.
+    Named,
 }
 
 /// The images a connection serves and the options it serves them with.
+///
+/// Either one image is the share's root (its inode numbers are the
+/// kernel's), or the root is a synthetic read-only directory (mode 0555)
+/// listing named images, each a top-level directory, which may be added
+/// and removed while connections are served ([`Share::add_image`],
+/// [`Share::remove_image`]). What a removal does to the connections:
+///
+/// - the name is gone from the root at once (the root's entries, attributes
+///   and listing are never cached by the client; a /dev/fuse client is also
+///   told with `FUSE_NOTIFY_INVAL_ENTRY`);
+/// - a file or directory of the image that a client still has open keeps
+///   reading from the image until it is closed (and forgotten): the image
+///   stays in memory until then;
+/// - anything else a client still holds of the image (a node it looked up)
+///   answers ESTALE, never another image's inode: node ids are keyed by the
+///   image's serial, which is never reused.
 pub struct Share {
     opts: ShareOptions,
-    /// The image at the root, once open.
+    layout: Layout,
+    /// The image at the root, once open (root layout only).
     root: OnceLock<Arc<ShareImage>>,
     /// Opens the root image at the first INIT when it is not open yet.
     provider: Option<Box<dyn ImageProvider>>,
     /// Held while the provider opens, so that concurrent INITs open once.
     opening: Mutex<()>,
+    /// The named images (named layout only).
+    table: RwLock<ImageTable>,
+    /// The connections' outbound channels, to tell them of names gone.
+    outbounds: Mutex<Vec<Weak<dyn Outbound>>>,
     /// Image errors so far (the first [`MAX_LOGGED_ERRORS`] are logged).
     errors: AtomicU64,
+    /// When the share was made (the synthetic root's times).
+    created: SystemTime,
 }
 
 impl fmt::Debug for Share {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Share")
             .field("opts", &self.opts)
+            .field("layout", &self.layout)
             .field("root", &self.root.get().map(|r| r.meta()))
             .field("provider", &self.provider)
             .finish_non_exhaustive()
@@ -227,8 +206,9 @@ impl Share {
         meta: ImageMeta,
         opts: ShareOptions,
     ) -> Result<Self, ShareError> {
-        let share = Self::empty(opts, None);
-        let root = ShareImage::new(None, image, meta)?;
+        let share = Self::empty(opts, Layout::Image, None);
+        let dir = root_of(&image)?;
+        let root = ShareImage::new(None, image, dir, meta, Place::default());
         let _ = share.root.set(Arc::new(root));
         Ok(share)
     }
@@ -238,16 +218,26 @@ impl Share {
     /// opened gets the errno of the cause (logged), and the next INIT
     /// tries again.
     pub fn opened_at_init(provider: Box<dyn ImageProvider>, opts: ShareOptions) -> Self {
-        Self::empty(opts, Some(provider))
+        Self::empty(opts, Layout::Image, Some(provider))
     }
 
-    fn empty(opts: ShareOptions, provider: Option<Box<dyn ImageProvider>>) -> Self {
+    /// A share of named images, none yet: its root is a read-only
+    /// directory of their names ([`Share::add_image`]).
+    pub fn named(opts: ShareOptions) -> Self {
+        Self::empty(opts, Layout::Named, None)
+    }
+
+    fn empty(opts: ShareOptions, layout: Layout, provider: Option<Box<dyn ImageProvider>>) -> Self {
         Self {
             opts,
+            layout,
             root: OnceLock::new(),
             provider,
             opening: Mutex::new(()),
+            table: RwLock::new(ImageTable::default()),
+            outbounds: Mutex::new(Vec::new()),
             errors: AtomicU64::new(0),
+            created: SystemTime::now(),
         }
     }
 
@@ -256,14 +246,129 @@ impl Share {
         &self.opts
     }
 
-    /// The image at the share's root, once open.
+    /// Whether the root is a directory of named images.
+    pub fn is_named(&self) -> bool {
+        self.layout == Layout::Named
+    }
+
+    /// The image at the share's root, once open (`None` for a share of
+    /// named images).
     pub fn root_image(&self) -> Option<&Arc<ShareImage>> {
         self.root.get()
+    }
+
+    /// The named image called `name`.
+    pub fn image(&self, name: &str) -> Option<Arc<ShareImage>> {
+        self.read_table().get(name.as_bytes()).cloned()
+    }
+
+    /// The named images, in the order they were added.
+    pub fn images(&self) -> Vec<Arc<ShareImage>> {
+        self.read_table().in_order()
+    }
+
+    /// Adds `image` as the top-level directory `name` (named shares only);
+    /// fails for a bad or taken name, a full share, or an image whose root
+    /// is unusable. Connections see it at their next lookup or listing of
+    /// the root.
+    pub fn add_image(
+        &self,
+        name: &str,
+        image: Arc<Image>,
+        meta: ImageMeta,
+    ) -> Result<Arc<ShareImage>, ShareError> {
+        if !self.is_named() {
+            return Err(ShareError::NotNamed);
+        }
+        check_name(name)?;
+        // Decoded before the table is locked: it reads the image.
+        let dir = root_of(&image)?;
+        let mut table = self.write_table();
+        if table.contains(name) {
+            return Err(ShareError::Exists(name.to_owned()));
+        }
+        let place = table.reserve().ok_or(ShareError::Full)?;
+        let img = Arc::new(ShareImage::new(
+            Some(name.to_owned()),
+            image,
+            dir,
+            meta,
+            place,
+        ));
+        table.insert(Arc::clone(&img));
+        Ok(img)
+    }
+
+    /// Removes the image called `name` (named shares only) and tells every
+    /// connection that can be told that the name is gone; see [`Share`]
+    /// for what happens to what clients still hold of it.
+    pub fn remove_image(&self, name: &str) -> Result<Arc<ShareImage>, ShareError> {
+        if !self.is_named() {
+            return Err(ShareError::NotNamed);
+        }
+        let img = self
+            .write_table()
+            .remove(name)
+            .ok_or_else(|| ShareError::NotFound(name.to_owned()))?;
+        img.mark_removed();
+        for out in self.live_outbounds() {
+            match out.inval_entry(abi::ROOT_ID, name.as_bytes()) {
+                Ok(()) => {}
+                // Not supported, or the client never looked the name up.
+                Err(e)
+                    if e.kind() == io::ErrorKind::Unsupported
+                        || e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => debug!("telling a connection that {name:?} is gone: {e}"),
+            }
+        }
+        Ok(img)
     }
 
     /// Image errors met so far (logged or not).
     pub fn image_errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The synthetic root's change time: when the share was made.
+    pub(crate) fn created(&self) -> SystemTime {
+        self.created
+    }
+
+    /// Named image `name` (raw bytes of a LOOKUP).
+    pub(crate) fn lookup_image(&self, name: &[u8]) -> Option<Arc<ShareImage>> {
+        self.read_table().get(name).cloned()
+    }
+
+    /// Named images served now.
+    pub(crate) fn image_count(&self) -> usize {
+        self.read_table().len()
+    }
+
+    /// Remembers a connection's outbound channel (weakly), to tell it of
+    /// names gone.
+    pub(crate) fn register(&self, out: &Arc<dyn Outbound>) {
+        let mut v = self
+            .outbounds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(out));
+    }
+
+    fn live_outbounds(&self) -> Vec<Arc<dyn Outbound>> {
+        let v = self
+            .outbounds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        v.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    fn read_table(&self) -> std::sync::RwLockReadGuard<'_, ImageTable> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, ImageTable> {
+        self.table.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Opens what must be open before INIT is answered; the errno to
@@ -292,8 +397,8 @@ impl Share {
             source: what.clone(),
             ..ImageMeta::default()
         };
-        let root =
-            ShareImage::new(None, Arc::new(image), meta).map_err(|e| refuse(&e, e.errno()))?;
+        let dir = root_of(&image).map_err(|e| refuse(&e, e.errno()))?;
+        let root = ShareImage::new(None, Arc::new(image), dir, meta, Place::default());
         info!("{what}: opened");
         let _ = self.root.set(Arc::new(root));
         Ok(())

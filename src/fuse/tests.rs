@@ -15,10 +15,10 @@ fn session(img: Arc<crate::erofs::Image>, opts: ShareOptions) -> Session {
     Session::new(Arc::new(share), Arc::new(RepliesOnly))
 }
 
-struct Fx {
-    srv: Session,
-    sink: VecSink,
-    unique: u64,
+pub(super) struct Fx {
+    pub(super) srv: Session,
+    pub(super) sink: VecSink,
+    pub(super) unique: u64,
 }
 
 impl Fx {
@@ -44,7 +44,7 @@ impl Fx {
     }
 
     /// Sends raw bytes; returns the reply (panics if none).
-    fn raw(&mut self, req: &[u8]) -> (OutHeader, Vec<u8>) {
+    pub(super) fn raw(&mut self, req: &[u8]) -> (OutHeader, Vec<u8>) {
         let before = self.sink.replies.len();
         self.srv.handle(req, &mut self.sink).unwrap();
         assert_eq!(self.sink.replies.len(), before + 1, "no reply");
@@ -54,7 +54,12 @@ impl Fx {
         (h, body.to_vec())
     }
 
-    fn call(&mut self, opcode: u32, nodeid: u64, args: &[&[u8]]) -> Result<Vec<u8>, i32> {
+    pub(super) fn call(
+        &mut self,
+        opcode: u32,
+        nodeid: u64,
+        args: &[&[u8]],
+    ) -> Result<Vec<u8>, i32> {
         self.unique += 1;
         let (h, body) = self.raw(&request(opcode, nodeid, self.unique, args));
         assert_eq!(h.unique, self.unique);
@@ -66,7 +71,7 @@ impl Fx {
         }
     }
 
-    fn no_reply(&mut self, opcode: u32, nodeid: u64, args: &[&[u8]]) {
+    pub(super) fn no_reply(&mut self, opcode: u32, nodeid: u64, args: &[&[u8]]) {
         let before = self.sink.replies.len();
         self.srv
             .handle(&request(opcode, nodeid, 9, args), &mut self.sink)
@@ -74,20 +79,26 @@ impl Fx {
         assert_eq!(self.sink.replies.len(), before, "unexpected reply");
     }
 
-    fn lookup(&mut self, dir: u64, name: &str) -> Result<EntryOut, i32> {
+    pub(super) fn lookup(&mut self, dir: u64, name: &str) -> Result<EntryOut, i32> {
         let mut n = name.as_bytes().to_vec();
         n.push(0);
         let b = self.call(LOOKUP, dir, &[&n])?;
         Ok(EntryOut::read_from_bytes(&b).unwrap())
     }
 
-    fn open(&mut self, node: u64, dir: bool) -> Result<OpenOut, i32> {
+    pub(super) fn open(&mut self, node: u64, dir: bool) -> Result<OpenOut, i32> {
         let o = OpenIn::default();
         let b = self.call(if dir { OPENDIR } else { OPEN }, node, &[o.as_bytes()])?;
         Ok(OpenOut::read_from_bytes(&b).unwrap())
     }
 
-    fn read(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+    pub(super) fn read(
+        &mut self,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, i32> {
         let r = ReadIn {
             fh,
             offset,
@@ -460,7 +471,7 @@ fn test_handle_table_is_bounded() {
     assert!(fx.open(e.nodeid, false).is_ok());
 }
 
-fn parse_dirents(mut b: &[u8], plus: bool) -> Vec<(String, u64, EntryOut)> {
+pub(super) fn parse_dirents(mut b: &[u8], plus: bool) -> Vec<(String, u64, EntryOut)> {
     let mut out = vec![];
     while !b.is_empty() {
         let (entry, rest) = if plus {
