@@ -1,18 +1,18 @@
-//! `erofs-virtiofsd mount IMAGE MOUNTPOINT`: serve an image through
-//! /dev/fuse.
+//! `erofs-virtiofsd mount [IMAGE] MOUNTPOINT`: serve an image (or named
+//! images, `--image NAME=PATH`, `--config FILE`) through /dev/fuse.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use super::images::ShareArgs;
 use super::log::{init_logger, LogLevel};
-use super::ImageSource;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
-use crate::fuse::{CachePolicy, Share, ShareOptions};
+use crate::fuse::{CachePolicy, ShareOptions};
 use crate::os::signal::{self, SignalSet};
 
 /// `--cache` values.
@@ -43,10 +43,15 @@ impl From<CacheArg> for CachePolicy {
 /// Arguments of `mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    #[command(flatten)]
-    src: ImageSource,
+    /// The image at the share's root (a file or block device); leave it
+    /// out to serve named images (`--image NAME=PATH`, `--config`).
+    #[arg(value_name = "IMAGE")]
+    image: Option<PathBuf>,
     /// Directory to mount on.
-    mountpoint: PathBuf,
+    #[arg(value_name = "MOUNTPOINT")]
+    mountpoint: Option<PathBuf>,
+    #[command(flatten)]
+    share: ShareArgs,
     /// Worker threads reading /dev/fuse.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -99,18 +104,25 @@ impl MountArgs {
     /// SIGINT/SIGTERM/SIGHUP, which unmount).
     pub fn run(self) -> anyhow::Result<ExitCode> {
         init_logger(self.log_level);
-        // The image is opened and checked before anything is mounted.
-        let img = Arc::new(self.src.open()?);
-        let queues = self.uring_queues()?;
+        let (image, mountpoint) = match (&self.image, &self.mountpoint) {
+            (image, Some(m)) => (image.clone(), m.clone()),
+            // One path: the mount point, the images given by name.
+            (Some(m), None) => (None, m.clone()),
+            (None, None) => bail!("MOUNTPOINT is required"),
+        };
+        let plan = self
+            .share
+            .plan(image)?
+            .context("no image to serve: give IMAGE, --image NAME=PATH or --config FILE")?;
+        // The images are opened and checked before anything is mounted.
         let opts = ShareOptions {
             cache: self.cache.into(),
             max_read: MOUNT_MAX_READ,
             ..ShareOptions::default()
         };
-        let share = Arc::new(
-            Share::new(img, opts).with_context(|| format!("{}", self.src.image.display()))?,
-        );
-        let mountpoint = devfuse::preflight(&self.mountpoint)?;
+        let share = Arc::new(plan.open_share(opts, self.share.decode_cache)?);
+        let queues = self.uring_queues()?;
+        let mountpoint = devfuse::preflight(&mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
         // signal between mount and serve cannot kill us with the mount up.
         let signals = SignalSet::new(&STOP_SIGNALS);

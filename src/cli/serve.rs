@@ -4,17 +4,18 @@
 //! `--socket-group`, `--thread-pool-size`, `--cache`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::images::{Plan, ShareArgs};
 use super::log::{init_logger, LogLevel};
 use super::mount::CacheArg;
-use super::ImageSource;
-use crate::fuse::{Share, ShareOptions};
+use super::source::image_options;
+use crate::fuse::ShareOptions;
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
 /// Options of serve mode (the default without a subcommand).
@@ -40,29 +41,18 @@ pub struct ServeArgs {
     /// Give the socket to this group (name or gid), mode 0660.
     #[arg(long, value_name = "GROUP", requires = "socket_path")]
     socket_group: Option<String>,
-    /// The EROFS image to serve (a file or block device), or
-    /// `guest:GPA:LEN`: LEN bytes of the guest's own RAM at guest-physical
-    /// address GPA (decimal or 0x-hex), opened at FUSE INIT.
-    #[arg(long, value_name = "IMAGE")]
-    image: Option<PathBuf>,
-    /// The image is in inherited file descriptor FD (e.g. a memfd; with
-    /// `--offset` it may start anywhere in it); same as `--image fd:FD`.
-    #[arg(long, value_name = "FD", conflicts_with = "image")]
+    /// The images to serve (`--image PATH` at the root, or `--image
+    /// NAME=PATH`, repeatable); at the root PATH may also be `fd:N` (see
+    /// `--image-fd`) or `guest:GPA:LEN`: LEN bytes of the guest's own RAM
+    /// at guest-physical address GPA (decimal or 0x-hex), opened at FUSE
+    /// INIT.
+    #[command(flatten)]
+    share: ShareArgs,
+    /// The image at the root is in inherited file descriptor FD (e.g. a
+    /// memfd; with `--offset` it may start anywhere in it); same as
+    /// `--image fd:FD`.
+    #[arg(long, value_name = "FD", conflicts_with = "images")]
     image_fd: Option<i32>,
-    /// Extra device (blob) for multi-device images, in device-table order;
-    /// repeat for several.
-    #[arg(long = "device", value_name = "BLOB")]
-    devices: Vec<PathBuf>,
-    /// Byte offset of the image inside IMAGE (any alignment).
-    #[arg(long, default_value_t = 0)]
-    offset: u64,
-    /// Bytes of decoded compressed data to keep cached (default: 1/16 of
-    /// RAM, between 64 MiB and 1 GiB).
-    #[arg(long, value_name = "BYTES")]
-    decode_cache: Option<u64>,
-    /// Read the image and its devices with O_DIRECT (no host page cache).
-    #[arg(long)]
-    direct_io: bool,
     /// How long the guest may cache names, attributes and data.
     #[arg(long, value_enum, default_value_t = CacheArg::Always)]
     cache: CacheArg,
@@ -83,7 +73,7 @@ impl ServeArgs {
     pub fn is_empty(&self) -> bool {
         self.socket_path.is_none()
             && self.fd.is_none()
-            && self.image.is_none()
+            && self.share.is_empty()
             && !self.print_capabilities
     }
 
@@ -103,10 +93,9 @@ impl ServeArgs {
             (None, Some(fd)) => Listen::Fd(fd),
             _ => bail!("one of --socket-path or --fd is required"),
         };
-        let image = match (&self.image, self.image_fd) {
-            (Some(i), _) => i.clone(),
-            (None, Some(fd)) => PathBuf::from(format!("fd:{fd}")),
-            (None, None) => bail!("--image (or --image-fd) is required"),
+        let root_fd = self.image_fd.map(|fd| PathBuf::from(format!("fd:{fd}")));
+        let Some(plan) = self.share.plan(root_fd)? else {
+            bail!("--image (or --image-fd) is required");
         };
         if let Some(tag) = &self.tag {
             vhost::config::VirtioFsConfig::new(tag, 1).context("--tag")?;
@@ -124,8 +113,8 @@ impl ServeArgs {
             },
             once: self.once,
         };
-        if let Some(spec) = image.to_str().and_then(|s| s.strip_prefix("guest:")) {
-            let guest = self.guest_image(spec)?;
+        if let Some(range) = guest_range(&plan)? {
+            let guest = self.guest_image(range)?;
             init_logger(self.log_level);
             log::info!(
                 "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
@@ -138,15 +127,15 @@ impl ServeArgs {
             return Ok(ExitCode::SUCCESS);
         }
         init_logger(self.log_level);
-        let src = ImageSource {
-            image,
-            devices: self.devices.clone(),
-            offset: self.offset,
-            decode_cache: self.decode_cache,
-            direct_io: self.direct_io,
-        };
-        let img = Arc::new(src.open()?);
-        let share = Arc::new(Share::new(img, server_opts)?);
+        let share = Arc::new(plan.open_share(server_opts, self.share.decode_cache)?);
+        if share.is_named() {
+            let names: Vec<_> = share
+                .images()
+                .iter()
+                .filter_map(|i| i.name().map(str::to_owned))
+                .collect();
+            log::info!("serving {} images: {}", names.len(), names.join(", "));
+        }
         vhost::serve(&opts, &|_| Arc::clone(&share))?;
         Ok(ExitCode::SUCCESS)
     }
@@ -157,17 +146,37 @@ impl ServeArgs {
         let (gpa, len) = parse_guest_range(spec).with_context(|| {
             format!("--image guest:{spec}: expected guest:GPA:LEN (decimal or 0x-hex)")
         })?;
-        if self.offset != 0 {
+        if self.share.offset != 0 {
             bail!("--offset does not apply to a guest image (give the address in GPA)");
         }
-        if self.direct_io {
+        if self.share.direct_io {
             bail!("--direct-io does not apply to a guest image");
         }
         Ok(vhost::GuestImage {
             gpa,
             len,
-            options: super::image_options(&self.devices, false, self.decode_cache)?,
+            options: image_options(&self.share.devices, false, self.share.decode_cache)?,
         })
+    }
+}
+
+/// The `GPA:LEN` of a guest image at the share's root; guest images
+/// cannot be named.
+fn guest_range(plan: &Plan) -> anyhow::Result<Option<&str>> {
+    fn guest(p: &Path) -> Option<&str> {
+        p.to_str().and_then(|s| s.strip_prefix("guest:"))
+    }
+    match plan {
+        Plan::Root(spec) => Ok(guest(&spec.path)),
+        Plan::Named(specs) => {
+            if let Some(s) = specs.iter().find(|s| guest(&s.path).is_some()) {
+                bail!(
+                    "image {}: a guest image can only be the share's root (--image guest:GPA:LEN)",
+                    s.name.as_deref().unwrap_or_default()
+                );
+            }
+            Ok(None)
+        }
     }
 }
 
