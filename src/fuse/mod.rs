@@ -28,6 +28,8 @@ pub mod abi;
 pub mod devfuse;
 mod devnotify;
 mod dirops;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzzing;
 mod images;
 mod nodes;
 pub mod outbound;

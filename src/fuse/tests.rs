@@ -6,6 +6,7 @@ use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::abi::{self, *};
+use super::fuzzing::{fuzz_dispatch, fuzz_seeds};
 use super::testutil::*;
 use super::{CachePolicy, RepliesOnly, Session, Share, ShareOptions, VecSink};
 
