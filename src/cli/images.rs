@@ -44,10 +44,12 @@ const MIN_DECODE_CACHE: u64 = 16 << 20;
 /// The images a command serves, and their options.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ShareArgs {
-    /// An image to serve. `PATH` (a file or block device) is the share's
-    /// root; `NAME=PATH`, repeatable, serves PATH as the top-level
-    /// directory NAME of a read-only root listing the names (write
-    /// `./a=b` for a path with `=` in its first component).
+    /// An image to serve. `PATH` (a file or block device; for `serve` also
+    /// `fd:N`, an inherited descriptor, or `guest:GPA:LEN`, LEN bytes of
+    /// the guest's RAM at guest-physical address GPA, opened at FUSE INIT)
+    /// is the share's root; `NAME=PATH`, repeatable, serves PATH as the
+    /// top-level directory NAME of a read-only root listing the names
+    /// (write `./a=b` for a path with `=` in its first component).
     #[arg(long = "image", value_name = "[NAME=]PATH")]
     pub images: Vec<OsString>,
     /// TOML file of named images with per-image options (`[[image]]` with

@@ -41,11 +41,7 @@ pub struct ServeArgs {
     /// Give the socket to this group (name or gid), mode 0660.
     #[arg(long, value_name = "GROUP", requires = "socket_path")]
     socket_group: Option<String>,
-    /// The images to serve (`--image PATH` at the root, or `--image
-    /// NAME=PATH`, repeatable); at the root PATH may also be `fd:N` (see
-    /// `--image-fd`) or `guest:GPA:LEN`: LEN bytes of the guest's own RAM
-    /// at guest-physical address GPA (decimal or 0x-hex), opened at FUSE
-    /// INIT.
+    /// The images to serve and their options.
     #[command(flatten)]
     share: ShareArgs,
     /// The image at the root is in inherited file descriptor FD (e.g. a
