@@ -32,8 +32,8 @@
 //!
 //! Environment: `BENCH_RUNS` (runs per side, default 100 for (a) and 30 for
 //! (b)), `BENCH_ONLY` (`a` or `b`: run one comparison, e.g. under a
-//! profiler), `EROFS_FIXTURES` (fixtures directory, default
-//! `../shared/fixtures`).
+//! profiler), `EROFS_FIXTURES` (fixtures directory, default `tests/fixtures`,
+//! built by `scripts/fixtures.sh`).
 
 mod util;
 

@@ -28,7 +28,7 @@
 # erofsfuse squashfuse"), OURS (target/release/erofs-virtiofsd), OURS_ARGS
 # (extra `mount` options, e.g. "--threads 2 --cache auto"),
 # BENCH_DIR (scratch, default target/bench-fuse), EROFS_FIXTURES
-# (../shared/fixtures), RA_KB (if set: every mount, the kernel's and each
+# (default tests/fixtures, built by scripts/fixtures.sh), RA_KB (if set: every mount, the kernel's and each
 # FUSE daemon's, gets this `read_ahead_kb` after mounting; default: each
 # keeps its own, ours sets 4096 itself), FIO_CPU (if set: fio runs under
 # `taskset -c FIO_CPU`, a reader that stays on one CPU).
@@ -49,7 +49,11 @@ OURS_ARGS=${OURS_ARGS:-}
 RA_KB=${RA_KB:-}
 FIO_CPU=${FIO_CPU:-}
 BENCH_DIR=${BENCH_DIR:-target/bench-fuse}
-FIXTURES=${EROFS_FIXTURES:-../shared/fixtures}/images
+if [ -n "${EROFS_FIXTURES:-}" ]; then
+  FIXTURES=$EROFS_FIXTURES/images
+else
+  FIXTURES=$(scripts/fixtures.sh)/images
+fi
 PY=/usr/bin/python3
 
 if [ "$(id -u)" != 0 ]; then
@@ -302,7 +306,7 @@ tree_stamp() {
 extract_fixture() {
   local name=$1 dst=$W/src/$2 mnt
   [ -f "$W/src/.$2.done" ] && return 0
-  [ -f "$FIXTURES/$name" ] || { echo "bench-fuse.sh: fixture $FIXTURES/$name missing (set EROFS_FIXTURES)" >&2; exit 1; }
+  [ -f "$FIXTURES/$name" ] || { echo "bench-fuse.sh: fixture $FIXTURES/$name missing (scripts/fixtures.sh builds them; or set EROFS_FIXTURES)" >&2; exit 1; }
   rm -rf "$dst"
   mkdir -p "$dst"
   mnt=$(mnt_of extract)

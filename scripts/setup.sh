@@ -4,7 +4,9 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in erofs-utils attr acl fio squashfs-tools jq bc openssl curl; do
+# curl: the API tests and scripts/fixtures.sh (wheels for the `usr` fixture
+# tree, with unzip).
+for pkg in erofs-utils attr acl fio squashfs-tools jq bc openssl curl unzip; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

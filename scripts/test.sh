@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: setup, formatting, lints, unit and integration tests
-# (the integration tests mount images with the kernel's EROFS driver, so run
-# as root).
+# The whole test suite: setup, the fixture images (unless EROFS_FIXTURES
+# names another set), formatting, lints, unit and integration tests (the
+# integration tests mount images with the kernel's EROFS driver, so run as
+# root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+if [ -z "${EROFS_FIXTURES:-}" ]; then
+  echo "== fixture images (scripts/fixtures.sh)"
+  scripts/fixtures.sh >/dev/null
+fi
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -4,6 +4,7 @@
 //! - [`erofs`]: the on-disk format (parsing and mapping only);
 //! - [`source`]: where image bytes come from;
 //! - [`fuse`]: the FUSE protocol and the /dev/fuse transport;
+//! - [`share`]: shared content (fingerprints, trust domains, the store);
 //! - [`cli`]: the command line;
 //! - [`metrics`]: counters of the request paths, as JSON and Prometheus text;
 //! - [`api`]: the HTTP API socket (images added and removed, metrics);
@@ -17,5 +18,6 @@ pub mod erofs;
 pub mod fuse;
 pub mod metrics;
 pub mod os;
+pub mod share;
 pub mod source;
 pub mod vhost;

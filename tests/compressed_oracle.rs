@@ -8,7 +8,7 @@
 //!   must really have the layout the options ask for (mkfs 1.5 ignores some
 //!   option mistakes silently).
 //! - `test_ranges_fixture_*` / `test_ranges_zvariant_*`: 2000 random byte
-//!   ranges of random regular files of every compressed shared fixture (and
+//!   ranges of random regular files of every compressed fixture image (and
 //!   of three mkfs 1.5 images of the big tree), read in-process with
 //!   `Image::open` + `Image::lookup` + `Image::read`, must equal `pread` of
 //!   the same ranges on a kernel mount (see `common::rangeread`).

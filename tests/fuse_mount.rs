@@ -1,7 +1,7 @@
 //! Our FUSE daemon (`erofs-virtiofsd mount`) against the kernel's EROFS
 //! driver and the fixtures' expected manifests.
 //!
-//! - `test_fuse_fixture_*`: every shared fixture image, mounted through
+//! - `test_fuse_fixture_*`: every fixture image, mounted through
 //!   /dev/fuse by our daemon and walked (lstat, readdir, read, readlink,
 //!   listxattr/getxattr), must equal its expected manifest field for field.
 //! - `test_fuse_matches_kernel_mkfs15_*`: images of the edge tree made by

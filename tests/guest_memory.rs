@@ -40,7 +40,9 @@ use common::fuse_client::{
 const LOW: u64 = 0x0ff0_0000;
 /// The upper extra region starts where the lower one ends.
 const HIGH: u64 = 0x1000_0000;
-const HIGH_SIZE: usize = 3 << 20;
+/// Room for the largest image these tests place there (`edge_plain-b4096`,
+/// about 4.3 MiB).
+const HIGH_SIZE: usize = 8 << 20;
 /// Where images go: 3 bytes past a page, half a MiB below the boundary.
 const IMAGE_GPA: u64 = HIGH - (512 << 10) + 3;
 

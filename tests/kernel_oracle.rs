@@ -1,7 +1,7 @@
 //! The kernel's EROFS driver as the oracle.
 //!
 //! - `test_walker_matches_fixture_manifests`: validates the harness itself:
-//!   every shared fixture image, mounted by the kernel and walked, must match
+//!   every fixture image, mounted by the kernel and walked, must match
 //!   its expected manifest.
 //! - `test_*_tree_survives_mkfs`: validates the tree generators and mkfs 1.5:
 //!   the kernel's view of the image equals the source tree (but directory
@@ -11,7 +11,7 @@
 //!   in a bigger file); our `image manifest` must print exactly what the
 //!   kernel shows.
 //! - `test_manifest_matches_fixture_*`: our `image manifest` of each
-//!   uncompressed shared fixture must equal its expected manifest.
+//!   fixture image must equal its expected manifest.
 //!
 //! These tests need root (mounting, building trees with devices and
 //! trusted.* xattrs) and fail, rather than skip, without it. Environment:

@@ -34,7 +34,8 @@
 //! written to files and given to the real binary (`image check`, `image
 //! manifest`), which must exit 0 or 1 (never 101 or a signal) in time.
 //!
-//! Fixtures: `$EROFS_FIXTURES`, else `$CARGO_MANIFEST_DIR/../shared/fixtures`.
+//! Fixtures: `$EROFS_FIXTURES`, else `tests/fixtures` (built by
+//! `scripts/fixtures.sh`; see `docs/fixtures.md`).
 //! Set `EROFS_MUTATION_TRACE=1` to print every mutation before it runs
 //! (useful if one ever aborts the whole process).
 
@@ -231,18 +232,9 @@ const FIXTURES: &[&str] = &[
     "edge_zstd-fragdedupe",
 ];
 
-fn fixtures_dir() -> PathBuf {
-    let dir = match std::env::var_os("EROFS_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    };
-    assert!(
-        dir.join("images").is_dir(),
-        "fixtures not found at {} (set EROFS_FIXTURES)",
-        dir.display()
-    );
-    dir
-}
+#[path = "common/fixture_dir.rs"]
+mod fixture_dir;
+use fixture_dir::fixtures_dir;
 
 /// One fixture image, its extra device and where its structures are.
 #[derive(Debug)]
@@ -1060,7 +1052,7 @@ fn pick_offset(area: Area, r: &Region, rng: &mut Rng) -> u64 {
         Area::ZIndex if rng.chance(1, 3) => r.start + rng.below(8.min(r.len)),
         Area::ChunkIndex if rng.chance(1, 2) => {
             // The block address (low bytes) or the device id of an index.
-            let unit = if r.len % 8 == 0 { 8 } else { 4 };
+            let unit = if r.len.is_multiple_of(8) { 8 } else { 4 };
             let rec = r.start + unit * rng.below(r.len / unit);
             rec + rng.below(unit)
         }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Host-side manifest of a directory tree, in the project's manifest format
-(../shared/fixtures/README.md), for comparing with what a guest sees
+(docs/fixtures.md), for comparing with what a guest sees
 (walk2manifest.py). Uses lstat/readlink/llistxattr/lgetxattr only, never
 following symlinks, like the Rust tests' walker.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compares two manifests (JSON lines, ../shared/fixtures/README.md) path by
+"""Compares two manifests (JSON lines, docs/fixtures.md) path by
 path and field by field.
 
     manifest-diff.py [--ignore FIELD]... [--max N] [--delta DELTA] EXPECTED ACTUAL

@@ -12,8 +12,8 @@
 # --keep leaves the work dir (tree, walker output, manifests, logs).
 #
 # --fixture NAME (e.g. edge_plain-b4096) shares instead the kernel's EROFS
-# mount of ../shared/fixtures/images/NAME.erofs (EROFS_FIXTURES=DIR to
-# override) and compares the guest's walk with the fixture's kernel manifest
+# mount of tests/fixtures/images/NAME.erofs (built by scripts/fixtures.sh;
+# EROFS_FIXTURES=DIR to use another fixtures directory) and compares the guest's walk with the fixture's kernel manifest
 # (manifests/TREE.jsonl plus NAME.delta.jsonl): the walker against the
 # format the Rust tests use, on the edge tree's odd names, xattrs and ACLs.
 set -euo pipefail
@@ -116,7 +116,7 @@ make_tree() {
 # --- the shared tree -------------------------------------------------------------
 t=$work/tree
 if [ -n "$fixture" ]; then
-  fx=${EROFS_FIXTURES:-$here/../../shared/fixtures}
+  fx=${EROFS_FIXTURES:-$("$here/../scripts/fixtures.sh")}
   img=$fx/images/$fixture.erofs
   [ -f "$img" ] || { echo "selftest: no fixture image $img" >&2; exit 2; }
   expected=$fx/manifests/${fixture%%_*}.jsonl

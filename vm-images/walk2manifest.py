@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns evfs-walk output (guest side, see guest/evfs-walk) into the
 project's manifest format: JSON lines sorted by raw path bytes, as described
-in ../shared/fixtures/README.md ("Manifest format").
+in docs/fixtures.md ("Manifest format").
 
     walk2manifest.py [--omit FIELD]... [WALK_OUTPUT] > manifest.jsonl
 

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,13 +117,11 @@ pub fn run_cmd(cmd: &mut Command, what: &str) -> Res<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// `$EROFS_FIXTURES`, else `../shared/fixtures` next to the crate.
-pub fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("EROFS_FIXTURES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
-}
+#[path = "../../tests/common/fixture_dir.rs"]
+mod fixture_dir;
+/// `$EROFS_FIXTURES`, else the repository's `tests/fixtures` (built by
+/// `scripts/fixtures.sh`).
+pub use fixture_dir::fixtures_dir;
 
 /// Distribution, kernel, cores and CPU model.
 pub fn machine() -> String {

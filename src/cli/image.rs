@@ -89,8 +89,26 @@ impl ImageCommand {
     }
 }
 
+/// A name or path for human-readable output: bytes of invalid UTF-8 and
+/// ASCII control characters (a newline in a file name) as `\xNN`, other
+/// control characters as `\u{NN}`, so that every path and every problem
+/// stays on one line.
 fn show(b: &[u8]) -> String {
-    backslash_replace(b).0
+    let text = backslash_replace(b).0;
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_ascii_control() {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Resolves an absolute path inside the image (no symlinks followed).
@@ -433,4 +451,18 @@ fn manifest_cmd(img: &Image, max_file_size: u64, out: &mut impl Write) -> anyhow
         let _ = writeln!(err, "erofs-virtiofsd: {p}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::show;
+
+    #[test]
+    fn test_show_control_characters_escaped_on_one_line() {
+        assert_eq!(show(b"/names/new\nline"), "/names/new\\x0aline");
+        assert_eq!(show(b"/a\x01\x7f\tb"), "/a\\x01\\x7f\\x09b");
+        assert_eq!(show("/c\u{85}d".as_bytes()), "/c\\u{85}d");
+        assert_eq!(show(b"/bad\xff/\xe9t\xe9"), "/bad\\xff/\\xe9t\\xe9");
+        assert_eq!(show("/ok é 日本".as_bytes()), "/ok é 日本");
+    }
 }

@@ -9,6 +9,7 @@ mod manifest;
 mod mount;
 mod serve;
 mod source;
+mod store;
 
 pub use images::{ConfigFile, ConfigImage, ImageSpec, Plan, ShareArgs};
 pub use source::{default_decode_cache, image_options, ImageSource};
@@ -47,6 +48,9 @@ enum Command {
     /// Serve an image to a VMM over vhost-user (also the default without a
     /// subcommand).
     Serve(serve::ServeArgs),
+    /// Look into a shared content store, or warm it with an image.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Runs the command line and maps failures to a one-line error and exit 1.
@@ -56,6 +60,7 @@ pub fn main() -> ExitCode {
         Some(Command::Image(c)) => c.run(),
         Some(Command::Mount(m)) => m.run(),
         Some(Command::Serve(s)) => s.run(),
+        Some(Command::Store(c)) => c.run(),
         None if cli.serve.is_empty() => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

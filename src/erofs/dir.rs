@@ -67,7 +67,9 @@ pub struct DirEntry<'a> {
     pub file_type: FileType,
 }
 
-/// A validated directory block.
+/// A validated directory block. Its errors name the directory but not
+/// where the block is (the bytes may come from a compressed directory):
+/// the reader places them.
 #[derive(Debug)]
 pub struct DirBlock<'a> {
     data: &'a [u8],
@@ -83,7 +85,7 @@ impl<'a> DirBlock<'a> {
         let first = Self::dirent_at(data, 0, nid)?;
         let nameoff0 = usize::from(first.nameoff.get());
         if nameoff0 < DIRENT_SIZE || nameoff0 >= data.len() {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt_unplaced(
                 Some(nid),
                 "dirent[0].nameoff",
                 format!("{nameoff0} outside 12..{}", data.len()),
@@ -99,13 +101,14 @@ impl<'a> DirBlock<'a> {
         let off = i.saturating_mul(DIRENT_SIZE);
         let end = off.saturating_add(DIRENT_SIZE);
         let b = data.get(off..end).ok_or_else(|| {
-            Error::corrupt(
+            Error::corrupt_unplaced(
                 Some(nid),
                 "dirent",
                 format!("dirent {i} beyond directory block of {} bytes", data.len()),
             )
         })?;
-        Dirent::read_from_bytes(b).map_err(|_| Error::corrupt(Some(nid), "dirent", "decode"))
+        Dirent::read_from_bytes(b)
+            .map_err(|_| Error::corrupt_unplaced(Some(nid), "dirent", "decode"))
     }
 
     /// Number of dirents.
@@ -125,7 +128,7 @@ impl<'a> DirBlock<'a> {
         let end = if i.saturating_add(1) >= self.count {
             // Last name: up to the first NUL or the end of the data.
             let tail = self.data.get(nameoff..).ok_or_else(|| {
-                Error::corrupt(
+                Error::corrupt_unplaced(
                     Some(nid),
                     "dirent.nameoff",
                     format!("entry {i} name offset {nameoff} beyond {}", self.data.len()),
@@ -140,7 +143,7 @@ impl<'a> DirBlock<'a> {
             )
         };
         let name = self.data.get(nameoff..end).ok_or_else(|| {
-            Error::corrupt(
+            Error::corrupt_unplaced(
                 Some(nid),
                 "dirent.nameoff",
                 format!(
@@ -150,7 +153,7 @@ impl<'a> DirBlock<'a> {
             )
         })?;
         if name.is_empty() || name.len() > ondisk::NAME_LEN {
-            return Err(Error::corrupt(
+            return Err(Error::corrupt_unplaced(
                 Some(nid),
                 "dirent name",
                 format!("entry {i} has a {}-byte name", name.len()),

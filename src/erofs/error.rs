@@ -1,39 +1,104 @@
 //! Errors of the format layer.
+//!
+//! Errors are values that can be kept: a failure remembered by a cache (a
+//! pcluster that did not decode, a packed inode that did not parse) is
+//! handed out again as a clone of the original, with its type, so
+//! [`Error::errno`] answers what its cause implies. Corruption names the
+//! inode (when there is one) and where the bad structure is ([`At`]).
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 /// Result of format-layer operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Where a structure or a byte of the image lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum At {
+    /// Byte offset in the primary image (the unified address space of
+    /// device 0 when the extra devices are inside it).
+    Image(u64),
+    /// Byte offset inside the data of the metabox inode.
+    Metabox(u64),
+    /// Byte offset on extra device `id` (numbered from 1, as chunk
+    /// indexes and the device table number them).
+    Device {
+        /// Device id.
+        id: u16,
+        /// Byte offset on that device.
+        offset: u64,
+    },
+}
+
+impl At {
+    /// The byte offset, in whichever space.
+    pub fn offset(self) -> u64 {
+        match self {
+            At::Image(o) | At::Metabox(o) | At::Device { offset: o, .. } => o,
+        }
+    }
+
+    /// The same space, `n` bytes further on (saturating).
+    pub fn plus(self, n: u64) -> At {
+        match self {
+            At::Image(o) => At::Image(o.saturating_add(n)),
+            At::Metabox(o) => At::Metabox(o.saturating_add(n)),
+            At::Device { id, offset } => At::Device {
+                id,
+                offset: offset.saturating_add(n),
+            },
+        }
+    }
+
+    /// Name of the space: `image`, `metabox inode`, `extra device N`.
+    pub fn space(self) -> String {
+        match self {
+            At::Image(_) => "image".into(),
+            At::Metabox(_) => "metabox inode".into(),
+            At::Device { id, .. } => format!("extra device {id}"),
+        }
+    }
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Image(o) => write!(f, "image byte {o}"),
+            At::Metabox(o) => write!(f, "metabox byte {o}"),
+            At::Device { id, offset } => write!(f, "byte {offset} of extra device {id}"),
+        }
+    }
+}
+
 /// What went wrong while reading an image. Corruption (the bytes are wrong)
-/// is kept apart from I/O failure (the bytes could not be read) and from
-/// valid features this reader does not handle.
-#[derive(Debug, thiserror::Error)]
+/// is kept apart from I/O failure (the bytes could not be read), from
+/// missing pieces (a device not given) and from valid features this reader
+/// does not handle.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The source could not be read.
-    #[error("I/O error reading {len} bytes at image offset {offset}: {source}")]
+    #[error("I/O error reading {len} bytes at {at}: {source}")]
     Io {
-        /// Byte offset of the failed read.
-        offset: u64,
+        /// Where the failed read started.
+        at: At,
         /// Length of the failed read.
         len: usize,
         /// The underlying error.
         #[source]
-        source: io::Error,
+        source: Arc<io::Error>,
     },
-    /// The image is shorter than something it references.
-    #[error("image truncated: {what} needs bytes {offset}..{end} but the {device} has {size}")]
+    /// The image (or a device) is shorter than something it references.
+    #[error("image truncated: {what} needs bytes {}..{end} but the {} has {size}", .at.offset(), .at.space())]
     Truncated {
         /// What was being read.
         what: &'static str,
         /// Start of the needed range.
-        offset: u64,
-        /// End of the needed range.
+        at: At,
+        /// End of the needed range (same space as `at`).
         end: u64,
-        /// Size of the device.
+        /// Size of that space.
         size: u64,
-        /// Which device.
-        device: String,
     },
     /// No EROFS superblock.
     #[error("not an EROFS image (magic {found:#010x} at byte 1024, expected 0xe0f5e1e2)")]
@@ -42,7 +107,7 @@ pub enum Error {
         found: u32,
     },
     /// The superblock checksum does not match.
-    #[error("superblock checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    #[error("superblock checksum mismatch (image byte 1028): stored {stored:#010x}, computed {computed:#010x}")]
     BadChecksum {
         /// Stored value.
         stored: u32,
@@ -50,7 +115,7 @@ pub enum Error {
         computed: u32,
     },
     /// The image needs incompatible features this reader does not know.
-    #[error("unknown incompatible feature bits {bits:#x}: this image needs a newer reader")]
+    #[error("unknown incompatible feature bits {bits:#x} (superblock, image byte 1104): this image needs a newer reader")]
     UnknownIncompat {
         /// The unknown bits.
         bits: u32,
@@ -64,26 +129,56 @@ pub enum Error {
         what: String,
     },
     /// On-disk data is inconsistent.
-    #[error("corrupt image{}: {field}: {detail}", fmt_nid(*.nid))]
+    #[error("corrupt image{}{}: {field}: {detail}", fmt_at(*.at), fmt_nid(*.nid))]
     Corrupt {
         /// Inode concerned, if any.
         nid: Option<u64>,
+        /// Where the bad structure is. `None` only for bytes whose place
+        /// the code finding the fault does not know (a compressed stream, a
+        /// config record); its caller places or wraps the error.
+        at: Option<At>,
         /// The field or structure at fault.
         field: &'static str,
         /// Details (values, offsets).
         detail: String,
     },
-    /// An extra device the image needs was not given.
-    #[error("data is on extra device {id}, which is not inside the image and was not given ({given} given; pass --device BLOB)")]
+    /// An extra device the data is on was not given (and is not inside
+    /// the image).
+    #[error(
+        "data{} at byte {offset} of extra device {id} is missing: the device is not inside \
+         the image and was not given ({given} given; pass --device BLOB)",
+        fmt_of_nid(*.nid)
+    )]
     MissingDevice {
         /// Device id from the image.
         id: u16,
         /// How many extra devices were given.
         given: usize,
+        /// Inode whose data this is, if any.
+        nid: Option<u64>,
+        /// Byte offset on that device.
+        offset: u64,
     },
-    /// An error found earlier and remembered (its text as first reported).
-    #[error("{0}")]
-    Earlier(String),
+    /// A compressed extent could not be decoded (its pcluster could not
+    /// be read, or its bytes are not a valid stream).
+    #[error(
+        "nid {nid}: cannot decode file bytes {la}..{} from the {plen}-byte pcluster at {at}: {cause}",
+        .la.saturating_add(*.llen)
+    )]
+    Decode {
+        /// Inode read.
+        nid: u64,
+        /// Logical (file) offset of the extent (or run of extents).
+        la: u64,
+        /// Decoded length.
+        llen: u64,
+        /// Where the pcluster (or run of pclusters) is.
+        at: At,
+        /// Encoded length.
+        plen: u64,
+        /// Why (shown in this error's text, so not also its `source()`).
+        cause: Box<Error>,
+    },
     /// Wrong inode kind for the operation.
     #[error("nid {nid}: {what}")]
     WrongKind {
@@ -92,17 +187,50 @@ pub enum Error {
         /// Explanation.
         what: &'static str,
     },
+    /// A lock was poisoned by a panic in another thread.
+    #[error("internal error: {0} poisoned by a panic")]
+    Poisoned(&'static str),
 }
 
 fn fmt_nid(nid: Option<u64>) -> String {
     nid.map(|n| format!(" (nid {n})")).unwrap_or_default()
 }
 
+fn fmt_of_nid(nid: Option<u64>) -> String {
+    nid.map(|n| format!(" of nid {n}")).unwrap_or_default()
+}
+
+fn fmt_at(at: Option<At>) -> String {
+    at.map(|a| format!(" at {a}")).unwrap_or_default()
+}
+
 impl Error {
-    /// Builds a corruption error.
-    pub fn corrupt(nid: Option<u64>, field: &'static str, detail: impl Into<String>) -> Self {
+    /// Builds a corruption error for the structure at `at`.
+    pub fn corrupt(
+        nid: Option<u64>,
+        at: impl Into<At>,
+        field: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Error::Corrupt {
             nid,
+            at: Some(at.into()),
+            field,
+            detail: detail.into(),
+        }
+    }
+
+    /// Builds a corruption error about bytes whose place the caller knows
+    /// (and adds with [`Error::placed`] or a wrapping [`Error::Decode`]):
+    /// a directory block, a compressed stream, a config record.
+    pub fn corrupt_unplaced(
+        nid: Option<u64>,
+        field: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            nid,
+            at: None,
             field,
             detail: detail.into(),
         }
@@ -116,13 +244,123 @@ impl Error {
         }
     }
 
+    /// Builds an I/O error of a read of `len` bytes at `at`.
+    pub fn io(at: At, len: usize, source: io::Error) -> Self {
+        Error::Io {
+            at,
+            len,
+            source: Arc::new(source),
+        }
+    }
+
+    /// This error with a corruption's missing place and inode filled in
+    /// (`at` and `nid`; what the error already names is kept).
+    pub fn placed(self, nid: Option<u64>, at: impl Into<At>) -> Self {
+        match self {
+            Error::Corrupt {
+                nid: n,
+                at: a,
+                field,
+                detail,
+            } => Error::Corrupt {
+                nid: n.or(nid),
+                at: a.or(Some(at.into())),
+                field,
+                detail,
+            },
+            other => other,
+        }
+    }
+
     /// The errno a filesystem client should see for this error.
     pub fn errno(&self) -> i32 {
         match self {
             Error::Unsupported { .. } => libc::EOPNOTSUPP,
             Error::WrongKind { .. } => libc::EINVAL,
             Error::MissingDevice { .. } => libc::ENODEV,
+            Error::Decode { cause, .. } => cause.errno(),
             _ => libc::EIO,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_error_errno_follows_the_cause() {
+        let missing = Error::MissingDevice {
+            id: 1,
+            given: 0,
+            nid: Some(7),
+            offset: 4096,
+        };
+        let cases: &[(Error, i32)] = &[
+            (Error::corrupt(Some(1), At::Image(8), "f", "d"), libc::EIO),
+            (Error::unsupported(None, "x"), libc::EOPNOTSUPP),
+            (missing.clone(), libc::ENODEV),
+            (
+                Error::Decode {
+                    nid: 7,
+                    la: 0,
+                    llen: 10,
+                    at: At::Image(4096),
+                    plen: 4,
+                    cause: Box::new(missing),
+                },
+                libc::ENODEV,
+            ),
+            (
+                Error::Decode {
+                    nid: 7,
+                    la: 0,
+                    llen: 10,
+                    at: At::Image(4096),
+                    plen: 4,
+                    cause: Box::new(Error::unsupported(Some(7), "x")),
+                },
+                libc::EOPNOTSUPP,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.errno(), *want, "{e}");
+            // A remembered copy answers the same.
+            assert_eq!(e.clone().errno(), *want, "{e}");
+        }
+    }
+
+    #[test]
+    fn test_error_texts_name_inode_and_place() {
+        let e =
+            Error::corrupt_unplaced(None, "lz4", "bad literal").placed(Some(3), At::Metabox(64));
+        assert_eq!(
+            e.to_string(),
+            "corrupt image at metabox byte 64 (nid 3): lz4: bad literal"
+        );
+        let d = Error::Decode {
+            nid: 9,
+            la: 8192,
+            llen: 4096,
+            at: At::Device { id: 1, offset: 512 },
+            plen: 100,
+            cause: Box::new(Error::corrupt_unplaced(None, "lz4", "bad")),
+        };
+        assert_eq!(
+            d.to_string(),
+            "nid 9: cannot decode file bytes 8192..12288 from the 100-byte pcluster at \
+             byte 512 of extra device 1: corrupt image: lz4: bad"
+        );
+        let t = Error::Truncated {
+            what: "inode",
+            at: At::Image(100),
+            end: 164,
+            size: 120,
+        };
+        assert_eq!(
+            t.to_string(),
+            "image truncated: inode needs bytes 100..164 but the image has 120"
+        );
     }
 }

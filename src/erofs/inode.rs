@@ -2,6 +2,7 @@
 
 use zerocopy::FromBytes;
 
+use super::error::At;
 use super::ondisk::{self, InodeCompact, InodeExtended};
 use super::superblock::Superblock;
 use super::{Error, Result};
@@ -23,6 +24,16 @@ impl MetaPos {
             pos: self.pos.checked_add(n)?,
             in_metabox: self.in_metabox,
         })
+    }
+}
+
+impl From<MetaPos> for At {
+    fn from(p: MetaPos) -> Self {
+        if p.in_metabox {
+            At::Metabox(p.pos)
+        } else {
+            At::Image(p.pos)
+        }
     }
 }
 
@@ -100,12 +111,12 @@ impl Inode {
         let short = |need: usize| {
             Error::corrupt(
                 Some(nid),
+                loc,
                 "inode",
                 format!("needs {need} bytes, only {} readable", raw.len()),
             )
         };
-        let fmt_bytes = raw.get(0..2).ok_or_else(|| short(2))?;
-        let ifmt = u16::from_le_bytes([fmt_bytes[0], fmt_bytes[1]]);
+        let ifmt = ondisk::le16(raw, 0).ok_or_else(|| short(2))?;
         if ifmt & !ondisk::I_ALL != 0 {
             return Err(Error::unsupported(
                 Some(nid),
@@ -125,7 +136,7 @@ impl Inode {
         if extended {
             let b = raw.get(..64).ok_or_else(|| short(64))?;
             let d = InodeExtended::read_from_bytes(b)
-                .map_err(|_| Error::corrupt(Some(nid), "inode", "decode"))?;
+                .map_err(|_| Error::corrupt(Some(nid), loc, "inode", "decode"))?;
             mode = d.i_mode.get();
             uid = d.i_uid.get();
             gid = d.i_gid.get();
@@ -141,7 +152,7 @@ impl Inode {
         } else {
             let b = raw.get(..32).ok_or_else(|| short(32))?;
             let d = InodeCompact::read_from_bytes(b)
-                .map_err(|_| Error::corrupt(Some(nid), "inode", "decode"))?;
+                .map_err(|_| Error::corrupt(Some(nid), loc, "inode", "decode"))?;
             mode = d.i_mode.get();
             uid = u32::from(d.i_uid.get());
             gid = u32::from(d.i_gid.get());
@@ -165,6 +176,7 @@ impl Inode {
         if size > i64::MAX as u64 {
             return Err(Error::corrupt(
                 Some(nid),
+                loc,
                 "i_size",
                 format!("negative size {size}"),
             ));
@@ -180,6 +192,7 @@ impl Inode {
             _ => {
                 return Err(Error::corrupt(
                     Some(nid),
+                    loc,
                     "i_mode",
                     format!("bogus file type in mode {mode:o}"),
                 ))

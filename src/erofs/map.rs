@@ -1,8 +1,12 @@
 //! Block maps of uncompressed inodes: where logical byte `la` of a file
 //! lives (flat, tail-inline and chunk-based layouts).
 
+use zerocopy::FromBytes;
+
+use super::access::MetaRead;
+use super::error::At;
 use super::inode::{Inode, MetaPos};
-use super::ondisk;
+use super::ondisk::{self, ChunkIndex};
 use super::{Error, Result};
 
 /// Where a logical extent of a file lives.
@@ -53,6 +57,7 @@ impl ChunkGeometry {
         if chunkbits >= 63 {
             return Err(Error::corrupt(
                 Some(inode.nid),
+                inode.loc,
                 "chunk format",
                 format!("chunk size 2^{chunkbits}"),
             ));
@@ -77,11 +82,18 @@ impl ChunkGeometry {
 
     /// Decodes a chunk record into an extent for chunk `chunknr`.
     pub fn extent(&self, inode: &Inode, blkszbits: u8, chunknr: u64, rec: &[u8]) -> Result<Extent> {
-        let bad = || Error::corrupt(Some(inode.nid), "chunk index", "short record");
+        // Where the record is (the inode when its position overflows).
+        let at = || {
+            self.record_pos(inode, chunknr)
+                .map_or(At::from(inode.loc), At::from)
+        };
+        let bad = || Error::corrupt(Some(inode.nid), at(), "chunk index", "short record");
         let la = chunknr
             .checked_shl(self.chunkbits)
             .filter(|la| *la < inode.size)
-            .ok_or_else(|| Error::corrupt(Some(inode.nid), "chunk index", "chunk beyond size"))?;
+            .ok_or_else(|| {
+                Error::corrupt(Some(inode.nid), at(), "chunk index", "chunk beyond size")
+            })?;
         let bs = 1u64 << blkszbits;
         let rest = inode
             .size
@@ -90,22 +102,19 @@ impl ChunkGeometry {
             .saturating_mul(bs);
         let len = (1u64 << self.chunkbits).min(rest);
         let (blk, device, mask) = if self.unit == 8 {
-            let r = rec.get(..8).ok_or_else(bad)?;
-            let hi = u16::from_le_bytes([r[0], r[1]]);
-            let dev = u16::from_le_bytes([r[2], r[3]]);
-            let lo = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+            let (index, _) = ChunkIndex::read_from_prefix(rec).map_err(|_| bad())?;
+            let lo = u64::from(index.startblk_lo.get());
+            let device = index.device_id.get();
             if self.addr48 {
-                (u64::from(lo) | (u64::from(hi) << 32), dev, (1u64 << 48) - 1)
+                let hi = u64::from(index.startblk_hi.get());
+                (lo | (hi << 32), device, (1u64 << 48) - 1)
             } else {
-                (u64::from(lo), dev, u64::from(u32::MAX))
+                (lo, device, u64::from(u32::MAX))
             }
         } else {
-            let r = rec.get(..4).ok_or_else(bad)?;
-            (
-                u64::from(u32::from_le_bytes([r[0], r[1], r[2], r[3]])),
-                0,
-                u64::from(u32::MAX),
-            )
+            // A block map: one 32-bit start block per chunk.
+            let blk = ondisk::le32(rec, 0).ok_or_else(bad)?;
+            (u64::from(blk), 0, u64::from(u32::MAX))
         };
         let kind = if blk & mask == mask {
             ExtentKind::Hole
@@ -118,6 +127,7 @@ impl ChunkGeometry {
                 pa: pa.ok_or_else(|| {
                     Error::corrupt(
                         Some(inode.nid),
+                        at(),
                         "chunk index",
                         format!("block {blk} overflows"),
                     )
@@ -128,6 +138,33 @@ impl ChunkGeometry {
     }
 }
 
+/// Maps logical byte `la` of an uncompressed inode (flat, tail-inline or
+/// chunk-based), reading chunk records through `meta`.
+pub fn map_uncompressed<M: MetaRead + ?Sized>(meta: &M, inode: &Inode, la: u64) -> Result<Extent> {
+    let blkszbits = meta.superblock().blkszbits;
+    match inode.layout {
+        ondisk::LAYOUT_FLAT_PLAIN | ondisk::LAYOUT_FLAT_INLINE => map_flat(inode, blkszbits, la),
+        ondisk::LAYOUT_CHUNK_BASED => {
+            let g = ChunkGeometry::of(inode, blkszbits)?;
+            let chunknr = la >> g.chunkbits;
+            let pos = g.record_pos(inode, chunknr).ok_or_else(|| {
+                Error::corrupt(
+                    Some(inode.nid),
+                    inode.loc,
+                    "chunk index",
+                    "position overflows",
+                )
+            })?;
+            let rec = meta.meta("chunk index", pos, g.unit as usize)?;
+            g.extent(inode, blkszbits, chunknr, &rec)
+        }
+        _ => Err(Error::WrongKind {
+            nid: inode.nid,
+            what: "compressed inodes are mapped by ZMap, not the flat block map",
+        }),
+    }
+}
+
 /// Maps logical byte `la` of a flat (plain or tail-inline) inode.
 pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
     let bs = 1u64 << blkszbits;
@@ -135,6 +172,7 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
     if la >= size {
         return Err(Error::corrupt(
             Some(inode.nid),
+            inode.loc,
             "read",
             "offset beyond size",
         ));
@@ -158,6 +196,7 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
             .ok_or_else(|| {
                 Error::corrupt(
                     Some(inode.nid),
+                    inode.loc,
                     "startblk",
                     format!("block {startblk} overflows"),
                 )
@@ -168,13 +207,19 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
             kind: ExtentKind::Mapped { device: 0, pa },
         });
     }
-    let base = inode
-        .data_pos()
-        .ok_or_else(|| Error::corrupt(Some(inode.nid), "inline data", "position overflows"))?;
+    let base = inode.data_pos().ok_or_else(|| {
+        Error::corrupt(
+            Some(inode.nid),
+            inode.loc,
+            "inline data",
+            "position overflows",
+        )
+    })?;
     let tail_len = size.saturating_sub(tail_start);
     if (base.pos & bs.saturating_sub(1)).saturating_add(tail_len) > bs {
         return Err(Error::corrupt(
             Some(inode.nid),
+            base,
             "inline data",
             format!(
                 "{tail_len}-byte tail at {} crosses a block boundary",
@@ -186,10 +231,8 @@ pub fn map_flat(inode: &Inode, blkszbits: u8, la: u64) -> Result<Extent> {
     Ok(Extent {
         la,
         len: size.saturating_sub(la),
-        kind: ExtentKind::Inline(
-            base.offset(off).ok_or_else(|| {
-                Error::corrupt(Some(inode.nid), "inline data", "position overflows")
-            })?,
-        ),
+        kind: ExtentKind::Inline(base.offset(off).ok_or_else(|| {
+            Error::corrupt(Some(inode.nid), base, "inline data", "position overflows")
+        })?),
     })
 }

@@ -1,12 +1,16 @@
-//! A bounded cache of metadata blocks of the primary device, so repeated
-//! inode, directory and index reads cost a hash lookup instead of a
-//! `pread` and an allocation.
+//! Metadata of the primary device: borrowed from a memory source, or
+//! through a bounded cache of its blocks, so repeated inode, directory and
+//! index reads cost a hash lookup instead of a `pread` and an allocation.
 
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use foldhash::fast::RandomState;
+
+use super::devices::Devices;
+use super::error::At;
+use super::{Error, Result};
 
 const SHARDS: usize = 16;
 
@@ -47,17 +51,82 @@ struct Shard {
 pub struct MetaCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    blkszbits: u8,
 }
 
 impl MetaCache {
-    /// A cache of about `budget` bytes of `block_size`-byte blocks.
-    pub fn new(budget: u64, block_size: u64) -> Self {
-        let blocks = budget.checked_div(block_size).unwrap_or(0);
+    /// A cache of about `budget` bytes of `1 << blkszbits`-byte blocks.
+    pub fn new(budget: u64, blkszbits: u8) -> Self {
+        let blocks = budget.checked_shr(u32::from(blkszbits)).unwrap_or(0);
         let per_shard = usize::try_from(blocks.div_ceil(SHARDS as u64)).unwrap_or(usize::MAX);
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard,
+            blkszbits,
         }
+    }
+
+    /// `len` bytes of metadata at byte `pos` of the primary device:
+    /// borrowed when the source is memory, a range of a cached block when
+    /// they fit in one, else an owned copy.
+    pub(super) fn read<'a>(
+        &self,
+        devices: &'a Devices,
+        what: &'static str,
+        pos: u64,
+        len: usize,
+    ) -> Result<MetaBytes<'a>> {
+        let src = devices.primary();
+        if let Some(s) = src.slice(pos, len) {
+            return Ok(MetaBytes::Borrowed(s));
+        }
+        let block_size = 1u64 << self.blkszbits;
+        let blk = pos >> self.blkszbits;
+        let off = (pos & block_size.wrapping_sub(1)) as usize;
+        if off.saturating_add(len) as u64 > block_size {
+            let mut v = vec![0u8; len];
+            devices.read_primary(what, pos, &mut v)?;
+            return Ok(MetaBytes::Owned(v));
+        }
+        let truncated = || Error::Truncated {
+            what,
+            at: At::Image(pos),
+            end: pos.saturating_add(len as u64),
+            size: src.size(),
+        };
+        let block = self.block(devices, what, blk).map_err(|e| match e {
+            Error::Truncated { .. } => truncated(),
+            other => other,
+        })?;
+        if off.saturating_add(len) > block.len() {
+            return Err(truncated());
+        }
+        Ok(MetaBytes::Cached(block, off, len))
+    }
+
+    /// Block `blk` of the primary device (shorter at the end of a truncated
+    /// image), from the cache or read and remembered.
+    fn block(&self, devices: &Devices, what: &'static str, blk: u64) -> Result<Arc<[u8]>> {
+        if let Some(b) = self.get(blk) {
+            return Ok(b);
+        }
+        let block_size = 1u64 << self.blkszbits;
+        let start = blk << self.blkszbits;
+        let size = devices.primary().size();
+        if start >= size {
+            return Err(Error::Truncated {
+                what,
+                at: At::Image(start),
+                end: start.saturating_add(block_size),
+                size,
+            });
+        }
+        let len = size.saturating_sub(start).min(block_size) as usize;
+        let mut v = vec![0u8; len];
+        devices.read_primary(what, start, &mut v)?;
+        let b: Arc<[u8]> = Arc::from(v);
+        self.insert(blk, b.clone());
+        Ok(b)
     }
 
     fn shard(&self, blk: u64) -> Option<&Mutex<Shard>> {
@@ -104,7 +173,7 @@ mod tests {
 
     #[test]
     fn test_metacache_hit_and_bounded() {
-        let c = MetaCache::new(16 * 4 * 4096, 4096);
+        let c = MetaCache::new(16 * 4 * 4096, 12);
         for b in 0..1000u64 {
             c.insert(b, Arc::from(vec![b as u8; 8]));
         }

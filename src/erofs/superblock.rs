@@ -2,8 +2,19 @@
 
 use zerocopy::FromBytes;
 
+use std::mem::offset_of;
+
+use super::error::At;
 use super::ondisk::{self, SuperBlock as RawSb};
 use super::{Error, Result};
+
+/// Where the superblock is.
+const SB_AT: At = At::Image(ondisk::SUPER_OFFSET);
+
+/// Where field `offset` (in the superblock) is in the image.
+pub(super) fn field_at(offset: usize) -> At {
+    SB_AT.plus(offset as u64)
+}
 
 /// Smallest and largest supported block size bits. The kernel accepts 9
 /// up to PAGE_SHIFT; mkfs can write up to 64 KiB blocks.
@@ -59,6 +70,10 @@ pub struct Superblock {
     pub metabox_nid: Option<u64>,
     /// Reserved byte of the xattr filter (filter used only when 0).
     pub xattr_filter_reserved: u8,
+    /// Long-prefix index naming the image-share (fingerprint) xattr, when
+    /// COMPAT_ISHARE_XATTRS is set. Not checked against the prefix count
+    /// here (the kernel refuses such a mount; we only lose the fingerprints).
+    pub ishare_xattr_prefix_id: Option<u8>,
 }
 
 impl Superblock {
@@ -71,16 +86,21 @@ impl Superblock {
         let (off, base_end) = (OFF, BASE_END);
         let base = head.get(off..base_end).ok_or(Error::Truncated {
             what: "superblock",
-            offset: 0,
+            at: At::Image(0),
             end: base_end as u64,
             size: head.len() as u64,
-            device: "image".into(),
         })?;
         // Zero-extend to the full struct so optional slots read as 0.
         let mut full = [0u8; std::mem::size_of::<RawSb>()];
         full[..base.len()].copy_from_slice(base);
-        let raw = RawSb::read_from_bytes(&full[..])
-            .map_err(|_| Error::corrupt(None, "superblock", "size mismatch decoding superblock"))?;
+        let raw = RawSb::read_from_bytes(&full[..]).map_err(|_| {
+            Error::corrupt(
+                None,
+                SB_AT,
+                "superblock",
+                "size mismatch decoding superblock",
+            )
+        })?;
         let magic = raw.magic.get();
         if magic != ondisk::SUPER_MAGIC {
             return Err(Error::NotErofs { found: magic });
@@ -125,6 +145,7 @@ impl Superblock {
         if sb_size > 4096usize.saturating_sub(off) {
             return Err(Error::corrupt(
                 None,
+                field_at(offset_of!(RawSb, sb_extslots)),
                 "sb_extslots",
                 format!("{} slots make a {sb_size}-byte superblock", raw.sb_extslots),
             ));
@@ -133,15 +154,14 @@ impl Superblock {
         if ext_end > base_end {
             let ext = head.get(base_end..ext_end).ok_or(Error::Truncated {
                 what: "superblock extension slots",
-                offset: base_end as u64,
+                at: At::Image(base_end as u64),
                 end: ext_end as u64,
                 size: head.len() as u64,
-                device: "image".into(),
             })?;
             full[ondisk::SUPER_BASE_SIZE..][..ext.len()].copy_from_slice(ext);
         }
         let raw = RawSb::read_from_bytes(&full[..])
-            .map_err(|_| Error::corrupt(None, "superblock", "size mismatch"))?;
+            .map_err(|_| Error::corrupt(None, SB_AT, "superblock", "size mismatch"))?;
         let is_48bit = feature_incompat & ondisk::INCOMPAT_48BIT != 0;
         let mut blocks = u64::from(raw.blocks_lo.get());
         let root_nid = if is_48bit && raw.rootnid_8b.get() != 0 {
@@ -151,9 +171,10 @@ impl Superblock {
             u64::from(raw.rootnid_2b.get())
         };
         let metabox_nid = if feature_incompat & ondisk::INCOMPAT_METABOX != 0 {
-            if sb_size <= std::mem::offset_of!(RawSb, metabox_nid) {
+            if sb_size <= offset_of!(RawSb, metabox_nid) {
                 return Err(Error::corrupt(
                     None,
+                    field_at(offset_of!(RawSb, sb_extslots)),
                     "sb_extslots",
                     "metabox feature set but the superblock has no metabox_nid slot",
                 ));
@@ -162,6 +183,7 @@ impl Superblock {
             if nid & ondisk::NID_METABOX_BIT != 0 {
                 return Err(Error::corrupt(
                     None,
+                    field_at(offset_of!(RawSb, metabox_nid)),
                     "metabox_nid",
                     "metabox inode inside itself",
                 ));
@@ -200,6 +222,8 @@ impl Superblock {
             packed_nid: raw.packed_nid.get(),
             metabox_nid,
             xattr_filter_reserved: raw.xattr_filter_reserved,
+            ishare_xattr_prefix_id: (feature_compat & ondisk::COMPAT_ISHARE_XATTRS != 0)
+                .then_some(raw.ishare_xattr_prefix_id),
         })
     }
 
@@ -218,10 +242,9 @@ impl Superblock {
         let end = start.saturating_add(len);
         let data = head.get(start..end).ok_or(Error::Truncated {
             what: "superblock checksum range",
-            offset: start as u64,
+            at: At::Image(start as u64),
             end: end as u64,
             size: head.len() as u64,
-            device: "image".into(),
         })?;
         // The kernel's crc32c(seed, ...) has no final inversion; the crc32c
         // crate applies pre- and post-inversion, so undo both.
@@ -327,6 +350,18 @@ mod tests {
             let err = Superblock::parse(&h).unwrap_err().to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn test_superblock_ishare_prefix_id_only_with_feature() {
+        let mut h = minimal_head(12);
+        h[1024 + 0x69] = 3;
+        assert_eq!(Superblock::parse(&h).unwrap().ishare_xattr_prefix_id, None);
+        h[1024 + 8..1024 + 12].copy_from_slice(&ondisk::COMPAT_ISHARE_XATTRS.to_le_bytes());
+        assert_eq!(
+            Superblock::parse(&h).unwrap().ishare_xattr_prefix_id,
+            Some(3)
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub fn walk(
     if !root.is_dir() {
         return Err(Error::corrupt(
             Some(root.nid),
+            root.loc,
             "root",
             "root inode is not a directory",
         ));
@@ -77,6 +78,7 @@ pub fn walk(
                         &path,
                         Error::corrupt(
                             Some(nid),
+                            inode.loc,
                             "directory",
                             "directory reached twice (cycle or hard-linked directory)",
                         ),
@@ -88,6 +90,7 @@ pub fn walk(
                         &path,
                         Error::corrupt(
                             Some(nid),
+                            inode.loc,
                             "directory",
                             format!("nesting deeper than {MAX_DEPTH}"),
                         ),

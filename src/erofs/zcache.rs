@@ -38,7 +38,9 @@ pub type Decoded = Arc<Vec<u8>>;
 /// Bound on remembered once-read extents (cleared when reached).
 const MAX_SEEN: usize = 1 << 16;
 
-type Slot = Arc<OnceLock<std::result::Result<Decoded, String>>>;
+/// A decode in flight or done: its bytes or its error (kept with its type,
+/// so every reader waiting on it gets the same errno).
+type Slot = Arc<OnceLock<Result<Decoded>>>;
 
 #[derive(Debug)]
 struct Entry {
@@ -165,7 +167,7 @@ impl ZCache {
         let mut fresh = false;
         let r = slot.get_or_init(|| {
             fresh = true;
-            decode().map(Arc::new).map_err(|e| e.to_string())
+            decode().map(Arc::new)
         });
         match r {
             Ok(data) => {
@@ -175,15 +177,16 @@ impl ZCache {
                 }
                 Ok(data)
             }
-            Err(msg) => {
-                let msg = msg.clone();
-                // Do not keep failures: a later read retries.
+            Err(e) => {
+                let e = e.clone();
+                // Do not keep failures: a later read retries. (Readers that
+                // waited on this decode share its error.)
                 if let Ok(mut g) = self.inner.lock() {
                     if g.map.get(&key).is_some_and(|e| Arc::ptr_eq(&e.slot, &slot)) {
                         g.map.remove(&key);
                     }
                 }
-                Err(Error::Earlier(msg))
+                Err(e)
             }
         }
     }
@@ -224,7 +227,7 @@ impl ZCache {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
         self.inner
             .lock()
-            .map_err(|_| Error::corrupt(None, "decode cache", "lock poisoned by a panic"))
+            .map_err(|_| Error::Poisoned("the decode cache lock"))
     }
 
     fn account(&self, key: Key, slot: &Slot, len: u64) -> Result<()> {
@@ -344,7 +347,7 @@ mod tests {
         let c = ZCache::new(100);
         for pa in 0..10_000u64 {
             if pa % 3 == 0 {
-                let _ = c.get_or_decode(key(pa), || Err(Error::corrupt(None, "x", "bad")));
+                let _ = c.get_or_decode(key(pa), || Err(Error::corrupt_unplaced(None, "x", "bad")));
             } else {
                 c.get_or_decode(key(pa), || Ok(vec![0; 10])).unwrap();
             }
@@ -363,8 +366,30 @@ mod tests {
     fn test_zcache_failure_is_not_kept() {
         let c = ZCache::new(100);
         assert!(c
-            .get_or_decode(key(9), || Err(Error::corrupt(None, "x", "bad")))
+            .get_or_decode(key(9), || Err(Error::corrupt_unplaced(None, "x", "bad")))
             .is_err());
         assert!(c.get_or_decode(key(9), || Ok(vec![1])).is_ok());
+    }
+
+    #[test]
+    fn test_zcache_failure_keeps_its_type() {
+        // A decode failing for a missing device answers ENODEV, not a
+        // generic EIO.
+        let c = ZCache::new(100);
+        let missing = Error::MissingDevice {
+            id: 1,
+            given: 0,
+            nid: Some(5),
+            offset: 4096,
+        };
+        let e = c
+            .get_or_decode(key(3), || Err(missing.clone()))
+            .unwrap_err();
+        assert!(matches!(e, Error::MissingDevice { id: 1, .. }), "{e}");
+        assert_eq!(e.errno(), libc::ENODEV);
+        let e = c
+            .get_or_decode(key(4), || Err(Error::unsupported(Some(5), "x")))
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EOPNOTSUPP);
     }
 }

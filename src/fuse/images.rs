@@ -82,6 +82,7 @@ pub(crate) fn root_of(image: &Image) -> crate::erofs::Result<Arc<Inode>> {
     if !root.is_dir() {
         return Err(crate::erofs::Error::corrupt(
             Some(root.nid),
+            root.loc,
             "root inode",
             "not a directory",
         ));

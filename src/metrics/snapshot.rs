@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    names, CacheCounters, DaxCounters, Histogram, RequestCounters, StoreCounters, LATENCY_BUCKETS,
+use super::counters::{
+    CacheCounters, DaxCounters, Histogram, RequestCounters, StoreCounters, LATENCY_BUCKETS,
     OPCODE_SLOTS,
 };
+use super::names;
 
 /// Every value of the registry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

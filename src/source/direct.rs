@@ -74,7 +74,9 @@ impl DirectFileSource {
 
     fn is_aligned(&self, buf: &[u8], offset: u64) -> bool {
         let a = self.align;
-        (buf.as_ptr() as usize) % a == 0 && buf.len() % a == 0 && offset % a as u64 == 0
+        (buf.as_ptr() as usize).is_multiple_of(a)
+            && buf.len().is_multiple_of(a)
+            && offset.is_multiple_of(a as u64)
     }
 }
 

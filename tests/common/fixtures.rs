@@ -1,5 +1,6 @@
-//! The shared fixtures (`../shared/fixtures`, see its README.md): images made
-//! by upstream mkfs.erofs 1.9.3 and the kernel's manifest of each.
+//! The fixture images (`docs/fixtures.md`): images made by upstream
+//! mkfs.erofs 1.9 and the kernel's manifest of each. Where they are:
+//! [`fixtures_dir`] (`$EROFS_FIXTURES`, else `tests/fixtures`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,24 +10,7 @@ use serde_json::Value;
 
 use super::manifest::{escape_bytes, parse_jsonl, raw_path_of, Entry};
 
-/// Environment variable that overrides the fixtures directory.
-pub const FIXTURES_ENV: &str = "EROFS_FIXTURES";
-
-/// The fixtures directory: `$EROFS_FIXTURES`, else
-/// `$CARGO_MANIFEST_DIR/../shared/fixtures`. Panics if it does not exist.
-pub fn fixtures_dir() -> PathBuf {
-    let dir = match std::env::var_os(FIXTURES_ENV) {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    };
-    assert!(
-        dir.join("manifests").is_dir() && dir.join("images").is_dir(),
-        "fixtures not found at {} (expected images/ and manifests/ there); \
-         set {FIXTURES_ENV} to the fixtures directory",
-        dir.display()
-    );
-    dir
-}
+pub use super::fixture_dir::{fixtures_dir, FIXTURES_ENV, FIXTURES_SCRIPT};
 
 /// A fixture image and its extra device, if it has one.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
 //! Manifest entries: one JSON object per file, as defined by
-//! `../shared/fixtures/README.md`, built from a mounted tree by
+//! `docs/fixtures.md`, built from a mounted tree by
 //! [`walk_manifest`] and compared by [`assert_manifests_eq`].
 
 use std::collections::BTreeMap;
@@ -104,7 +104,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Decodes hex (either case).
 pub fn hex_decode(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(format!("odd-length hex string: {text:?}"));
     }
     (0..text.len())

@@ -30,7 +30,7 @@
 //! - NOT supported: `-b` (the block size is always 4096 = page size),
 //!   `--mkfs-time`, `--xattr-prefix`, `-m`/metabox, `--tar`, `--aufs`,
 //!   `--ovlfs-strip`, `--sort`, `--gzip`. Images with other block sizes or
-//!   newer features come from the shared fixtures (mkfs 1.9.3).
+//!   newer features come from the fixture images (mkfs 1.9, `docs/fixtures.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,10 +2,11 @@
 //! is the oracle for what an image contains.
 //!
 //! - [`manifest`]: the manifest entry type (the JSON-lines format of
-//!   `../shared/fixtures/README.md`), a walker that builds it from a mounted
+//!   `docs/fixtures.md`), a walker that builds it from a mounted
 //!   tree, and a field-by-field comparison with a readable diff.
-//! - [`fixtures`]: where the shared fixtures live and the expected manifest of
-//!   each fixture image (tree manifest + per-image delta).
+//! - [`fixtures`]: where the fixtures live ([`fixture_dir`]) and the
+//!   expected manifest of each fixture image (tree manifest + per-image
+//!   delta); [`fixture_trees`]: the source trees of the fixture images.
 //! - [`kmount`]: mount an image with the kernel driver (RAII guard) and check
 //!   up front that we can.
 //! - [`trees`]: deterministic source trees for `mkfs.erofs` (edge cases, plain).
@@ -25,6 +26,8 @@
 pub mod bigtree;
 pub mod cli;
 pub mod daemon;
+pub mod fixture_dir;
+pub mod fixture_trees;
 pub mod fixtures;
 pub mod frontend;
 pub mod fuse_client;

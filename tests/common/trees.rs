@@ -182,13 +182,13 @@ pub fn plain_tree() -> Tree {
 
 /// Owner and permission bits of a new entry.
 #[derive(Clone, Copy, Debug)]
-struct Meta {
+pub(crate) struct Meta {
     mode: u32,
     uid: u32,
     gid: u32,
 }
 
-const fn m(mode: u32) -> Meta {
+pub(crate) const fn m(mode: u32) -> Meta {
     Meta {
         mode,
         uid: 0,
@@ -196,19 +196,20 @@ const fn m(mode: u32) -> Meta {
     }
 }
 
-const fn mo(mode: u32, uid: u32, gid: u32) -> Meta {
+pub(crate) const fn mo(mode: u32, uid: u32, gid: u32) -> Meta {
     Meta { mode, uid, gid }
 }
 
-const FILE: Meta = m(0o644);
-const DIR: Meta = m(0o755);
+pub(crate) const FILE: Meta = m(0o644);
+pub(crate) const DIR: Meta = m(0o755);
 
 /// Seconds (may be negative) and nanoseconds.
 type Timestamp = (i64, u32);
 
 /// Creates entries (relative paths given as raw bytes) and remembers them so
 /// that [`Builder::finish`] can set every timestamp last, children first.
-struct Builder {
+#[derive(Debug)]
+pub(crate) struct Builder {
     root: PathBuf,
     /// (relative path, explicit mtime) in creation order.
     made: Vec<(Vec<u8>, Option<Timestamp>)>,
@@ -249,13 +250,13 @@ impl Builder {
         self.made.push((rel.to_vec(), None));
     }
 
-    fn dir(&mut self, rel: &[u8], meta: Meta) {
+    pub(crate) fn dir(&mut self, rel: &[u8], meta: Meta) {
         let p = self.path(rel);
         fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
         self.record(rel, meta, false);
     }
 
-    fn file(&mut self, rel: &[u8], data: &[u8], meta: Meta) {
+    pub(crate) fn file(&mut self, rel: &[u8], data: &[u8], meta: Meta) {
         let p = self.path(rel);
         fs::write(&p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         self.record(rel, meta, false);
@@ -263,7 +264,7 @@ impl Builder {
 
     /// A sparse file: `pieces` of data at offsets, then truncated/extended
     /// to `len` (the gaps are holes).
-    fn sparse(&mut self, rel: &[u8], pieces: &[(u64, &[u8])], len: u64) {
+    pub(crate) fn sparse(&mut self, rel: &[u8], pieces: &[(u64, &[u8])], len: u64) {
         let p = self.path(rel);
         let mut f = File::create(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
         for (off, data) in pieces {
@@ -277,14 +278,14 @@ impl Builder {
         self.record(rel, FILE, false);
     }
 
-    fn symlink(&mut self, rel: &[u8], target: &[u8], meta: Meta) {
+    pub(crate) fn symlink(&mut self, rel: &[u8], target: &[u8], meta: Meta) {
         let p = self.path(rel);
         std::os::unix::fs::symlink(OsStr::from_bytes(target), &p)
             .unwrap_or_else(|e| panic!("symlink {}: {e}", p.display()));
         self.record(rel, meta, true);
     }
 
-    fn hardlink(&mut self, existing: &[u8], new: &[u8]) {
+    pub(crate) fn hardlink(&mut self, existing: &[u8], new: &[u8]) {
         let (a, b) = (self.path(existing), self.path(new));
         // linkat(2) without AT_SYMLINK_FOLLOW: links a symlink itself.
         fs::hard_link(&a, &b)
@@ -292,7 +293,7 @@ impl Builder {
     }
 
     /// A fifo, character or block device (`kind` is `libc::S_IF*`).
-    fn node(&mut self, rel: &[u8], kind: libc::mode_t, meta: Meta, rdev: (u32, u32)) {
+    pub(crate) fn node(&mut self, rel: &[u8], kind: libc::mode_t, meta: Meta, rdev: (u32, u32)) {
         let p = self.path(rel);
         let c = CString::new(p.as_os_str().as_bytes()).expect("no NUL in a tree path");
         let dev = make_dev(rdev.0, rdev.1) as libc::dev_t;
@@ -310,18 +311,18 @@ impl Builder {
         self.record(rel, meta, false);
     }
 
-    fn fifo(&mut self, rel: &[u8], meta: Meta) {
+    pub(crate) fn fifo(&mut self, rel: &[u8], meta: Meta) {
         self.node(rel, libc::S_IFIFO, meta, (0, 0));
     }
 
     /// A unix socket file: bind a listener, drop it; the file stays.
-    fn socket(&mut self, rel: &[u8], meta: Meta) {
+    pub(crate) fn socket(&mut self, rel: &[u8], meta: Meta) {
         let p = self.path(rel);
         drop(UnixListener::bind(&p).unwrap_or_else(|e| panic!("bind {}: {e}", p.display())));
         self.record(rel, meta, false);
     }
 
-    fn xattr(&mut self, rel: &[u8], name: &str, value: &[u8]) {
+    pub(crate) fn xattr(&mut self, rel: &[u8], name: &str, value: &[u8]) {
         let p = self.path(rel);
         xattr::set(&p, name, value).unwrap_or_else(|e| {
             panic!(
@@ -334,7 +335,7 @@ impl Builder {
     }
 
     /// Overrides the (otherwise derived) mtime of an entry.
-    fn mtime(&mut self, rel: &[u8], sec: i64, nsec: u32) {
+    pub(crate) fn mtime(&mut self, rel: &[u8], sec: i64, nsec: u32) {
         let slot = self
             .made
             .iter_mut()
@@ -407,7 +408,7 @@ fn repeat_to(pattern: &[u8], len: usize) -> Vec<u8> {
 }
 
 /// Log-like text of exactly `len` bytes (compressible, not repetitive).
-fn log_text(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn log_text(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = XorShift64::new(seed);
     let levels = ["INFO", "DEBUG", "WARN", "ERROR"];
     let mut out = Vec::with_capacity(len + 128);
@@ -454,7 +455,7 @@ fn long_target(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Random / zero / pattern / text blocks of 4 KiB, `len` bytes in all.
-fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = XorShift64::new(seed);
     let mut out = Vec::with_capacity(len);
     let mut block = 0u64;
@@ -520,6 +521,16 @@ pub const EDGE_XATTR_VALUE_SIZES: &[(&str, usize)] = &[
 /// - `/owners`: uids/gids 0..4294967294 (beyond 16 bits: extended inodes).
 /// - `/times`: mtimes from 1901 to 9999 with nanoseconds, negative ones.
 pub fn build_edge_tree(root: &Path, opts: &EdgeOptions) {
+    build_edge_tree_plus(root, opts, |_| {});
+}
+
+/// [`build_edge_tree`], with `more` adding entries (or xattrs, or mtimes)
+/// before the timestamps are set.
+pub(crate) fn build_edge_tree_plus(
+    root: &Path,
+    opts: &EdgeOptions,
+    more: impl FnOnce(&mut Builder),
+) {
     let mut b = Builder::new(root);
     b.xattr(b"", "user.root.comment", b"edge tree root");
     b.xattr(b"", "trusted.root.marker", &[1, 2, 3]);
@@ -536,6 +547,7 @@ pub fn build_edge_tree(root: &Path, opts: &EdgeOptions) {
     edge_modes(&mut b);
     edge_owners(&mut b);
     edge_times(&mut b);
+    more(&mut b);
     b.finish();
 }
 

@@ -14,11 +14,11 @@ use std::cell::RefCell;
 
 use flate2::{Decompress, FlushDecompress, Status};
 
-use super::{bad_data, Algorithm, Result};
+use super::{Algorithm, Result};
 use crate::erofs::Error;
 
 fn err(detail: impl Into<String>) -> Error {
-    bad_data(Algorithm::Deflate, detail)
+    Algorithm::Deflate.corrupt(detail)
 }
 
 thread_local! {

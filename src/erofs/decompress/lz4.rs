@@ -7,7 +7,7 @@
 //! (`LZ4_decompress_safe`, used for full decoding with zero padding).
 //! It is safe Rust and decodes straight into the caller's buffer.
 
-use super::{bad_data, Algorithm, Result};
+use super::{Algorithm, Result};
 use crate::erofs::Error;
 
 /// Shortest match.
@@ -21,7 +21,7 @@ const MF_LIMIT: usize = 12;
 const INPUT_MARGIN: usize = 2 + 1 + LAST_LITERALS;
 
 fn err(detail: impl Into<String>) -> Error {
-    bad_data(Algorithm::Lz4, detail)
+    Algorithm::Lz4.corrupt(detail)
 }
 
 /// Reads the extra length bytes after a 15 in a token nibble.

@@ -19,7 +19,7 @@ use std::io::Read;
 
 use lzma_rust2::LzmaReader;
 
-use super::{bad_data, Algorithm, LzmaConfig, Result};
+use super::{Algorithm, LzmaConfig, Result};
 use crate::erofs::Error;
 
 /// The properties byte, then four range-coder init bytes.
@@ -28,7 +28,7 @@ const MIN_STREAM: usize = 5;
 const MAX_PROPS: u8 = (4 * 5 + 4) * 9 + 8;
 
 fn err(detail: impl Into<String>) -> Error {
-    bad_data(Algorithm::Lzma, detail)
+    Algorithm::Lzma.corrupt(detail)
 }
 
 /// Splits a properties byte into (lc, lp, pb) like xz-embedded's

@@ -1,11 +1,16 @@
 //! Tests of the configs parser and of every algorithm on real pclusters.
 //!
-//! `testdata/vectors.tsv` lists pclusters cut from the mkfs.erofs 1.9.3
-//! fixture images (`../shared/fixtures/images`): each `NAME.bin` is one
-//! whole pcluster as stored (zero padding included) whose decompressed
-//! extent is a whole file; its length and sha256 are the kernel's view of
-//! that file (`../shared/fixtures/manifests/edge.jsonl`). The ignored test
-//! `test_vectors_regenerate_from_fixtures_writes_testdata` rebuilds them.
+//! `testdata/vectors.tsv` lists pclusters cut from fixture images made by
+//! mkfs.erofs 1.9.3 (an earlier fixture set whose `edge_multialg-hints`
+//! chose the algorithm per file): each `NAME.bin` is one whole pcluster as
+//! stored (zero padding included) whose decompressed extent is a whole
+//! file; its length and sha256 are the kernel's view of that file (the
+//! set's `manifests/edge.jsonl`). The ignored test
+//! `test_vectors_regenerate_from_fixtures_writes_testdata` rebuilds them
+//! from the fixtures directory (`$EROFS_FIXTURES`, else `tests/fixtures`,
+//! see `docs/fixtures.md`); the repository's own `edge_multialg-hints`
+//! compresses file data with lz4hc only, so its lzma and zstd cases (the
+//! last two) need such a set in `$EROFS_FIXTURES`.
 
 use sha2::{Digest, Sha256};
 
@@ -21,6 +26,15 @@ fn unhex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
         .collect()
+}
+
+/// A decoder with `configs` for an image with (or without) zero padding.
+fn decoder(configs: &Configs, zero_padding: bool, block_size: usize) -> Decoder {
+    Decoder {
+        configs: *configs,
+        zero_padding,
+        block_size,
+    }
 }
 
 fn sha(bytes: &[u8]) -> String {
@@ -54,15 +68,7 @@ impl Vector {
 
     fn decode(&self, input: &[u8], len: usize, partial: bool) -> Result<Vec<u8>> {
         let mut out = vec![0u8; len];
-        decompress(
-            self.alg,
-            &self.configs(),
-            input,
-            &mut out,
-            partial,
-            true,
-            4096,
-        )?;
+        decoder(&self.configs(), true, 4096).decompress(self.alg, input, &mut out, partial)?;
         Ok(out)
     }
 }
@@ -223,16 +229,9 @@ fn test_vectors_lz4_without_zero_padding_decodes_stream_start() {
         let mut stream = v.pcluster[start..].to_vec();
         // Legacy images may have data after the stream.
         stream.extend_from_slice(&[0xaa; 100]);
-        decompress(
-            Algorithm::Lz4,
-            &v.configs(),
-            &stream,
-            &mut out,
-            false,
-            false,
-            4096,
-        )
-        .unwrap();
+        decoder(&v.configs(), false, 4096)
+            .decompress(Algorithm::Lz4, &stream, &mut out, false)
+            .unwrap();
         assert_eq!(sha(&out), v.sha256, "{}", v.name);
     }
 }
@@ -246,7 +245,9 @@ fn test_vectors_padding_beyond_first_block_fails() {
         assert!(v.decode(&input, v.size, false).is_err(), "{}", v.name);
         // With a larger block size the same bytes are fine.
         let mut out = vec![0u8; v.size];
-        decompress(v.alg, &v.configs(), &input, &mut out, false, true, 8192).unwrap();
+        decoder(&v.configs(), true, 8192)
+            .decompress(v.alg, &input, &mut out, false)
+            .unwrap();
     }
 }
 
@@ -297,7 +298,8 @@ fn test_random_and_spliced_inputs_never_panic() {
         for alg in Algorithm::ALL {
             for partial in [false, true] {
                 for zero_padding in [false, true] {
-                    let _ = decompress(alg, &cfgs, &input, &mut out, partial, zero_padding, 4096);
+                    let _ = decoder(&cfgs, zero_padding, 4096)
+                        .decompress(alg, &input, &mut out, partial);
                 }
             }
         }
@@ -308,16 +310,9 @@ fn test_random_and_spliced_inputs_never_panic() {
 fn test_decompress_undeclared_algorithm_is_corrupt() {
     let mut out = [0u8; 4];
     for alg in [Algorithm::Lzma, Algorithm::Deflate, Algorithm::Zstd] {
-        let e = decompress(
-            alg,
-            &Configs::default(),
-            &[1, 2, 3],
-            &mut out,
-            false,
-            true,
-            4096,
-        )
-        .unwrap_err();
+        let e = decoder(&Configs::default(), true, 4096)
+            .decompress(alg, &[1, 2, 3], &mut out, false)
+            .unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     }
 }
@@ -333,38 +328,17 @@ fn test_decompress_corrupt_headers_fail() {
     };
     let mut out = [0u8; 64];
     // Invalid LZMA properties (!0x00 = 0xff > 224).
-    assert!(decompress(
-        Algorithm::Lzma,
-        &cfgs,
-        &[0, 0, 0, 0, 0, 0],
-        &mut out,
-        false,
-        true,
-        4096
-    )
-    .is_err());
+    assert!(decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Lzma, &[0, 0, 0, 0, 0, 0], &mut out, false)
+        .is_err());
     // DEFLATE reserved block type 3.
-    assert!(decompress(
-        Algorithm::Deflate,
-        &cfgs,
-        &[0x07, 0, 0],
-        &mut out,
-        true,
-        true,
-        4096
-    )
-    .is_err());
+    assert!(decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Deflate, &[0x07, 0, 0], &mut out, true)
+        .is_err());
     // Not a Zstandard frame.
-    assert!(decompress(
-        Algorithm::Zstd,
-        &cfgs,
-        &[1, 2, 3, 4, 5, 6, 7, 8],
-        &mut out,
-        true,
-        true,
-        4096
-    )
-    .is_err());
+    assert!(decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Zstd, &[1, 2, 3, 4, 5, 6, 7, 8], &mut out, true)
+        .is_err());
 }
 
 #[test]
@@ -378,7 +352,9 @@ fn test_zstd_window_above_cap_fails() {
     };
     let frame = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 11 << 3, 0x01, 0x00, 0x00];
     let mut out = [0u8; 16];
-    let e = decompress(Algorithm::Zstd, &cfgs, &frame, &mut out, true, true, 4096).unwrap_err();
+    let e = decoder(&cfgs, true, 4096)
+        .decompress(Algorithm::Zstd, &frame, &mut out, true)
+        .unwrap_err();
     assert!(e.to_string().contains("too much memory"), "{e}");
 }
 
@@ -517,6 +493,10 @@ fn test_parse_cfgs_no_algorithms_consumes_nothing() {
     assert!(!c.is_available(Algorithm::Lz4));
 }
 
+/// The fixtures directory resolver the integration tests use.
+#[path = "../../../tests/common/fixture_dir.rs"]
+mod fixture_dir;
+
 /// (image, path, algorithm, vector name): files whose whole content is one
 /// pcluster.
 const CASES: &[(&str, &str, Algorithm, &str)] = &[
@@ -599,12 +579,9 @@ const CASES: &[(&str, &str, Algorithm, &str)] = &[
 /// to the file's kernel sha256. Run with
 /// `cargo test test_vectors_regenerate -- --ignored`.
 #[test]
-#[ignore = "rewrites testdata/ from ../shared/fixtures"]
+#[ignore = "rewrites testdata/ from the fixture images"]
 fn test_vectors_regenerate_from_fixtures_writes_testdata() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let fixtures = std::env::var("EROFS_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("../shared/fixtures"));
+    let fixtures = fixture_dir::fixtures_dir();
     let manifest = std::fs::read_to_string(fixtures.join("manifests/edge.jsonl")).unwrap();
     let lookup = |path: &str| -> (usize, String) {
         for line in manifest.lines() {
@@ -647,7 +624,9 @@ fn test_vectors_regenerate_from_fixtures_writes_testdata() {
                 }
                 let mut out = vec![0u8; size];
                 let input = &img[start..end];
-                if decompress(alg, &cfgs, input, &mut out, false, true, bs).is_ok()
+                if decoder(&cfgs, true, bs)
+                    .decompress(alg, input, &mut out, false)
+                    .is_ok()
                     && sha(&out) == want
                 {
                     found = Some((start, input.to_vec()));

@@ -15,11 +15,11 @@ use std::cell::RefCell;
 
 use zstd::zstd_safe::{get_error_name, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
-use super::{bad_data, Algorithm, Result, ZstdConfig, ZSTD_MAX_WINDOW_LOG};
+use super::{Algorithm, Result, ZstdConfig, ZSTD_MAX_WINDOW_LOG};
 use crate::erofs::Error;
 
 fn err(detail: impl Into<String>) -> Error {
-    bad_data(Algorithm::Zstd, detail)
+    Algorithm::Zstd.corrupt(detail)
 }
 
 thread_local! {

@@ -1,0 +1,223 @@
+//! Image errors through our FUSE daemon: the client gets the errno the
+//! cause implies, and the daemon's stderr names the inode and the byte
+//! offset where the trouble is.
+//!
+//! - `test_fuse_device_not_given_is_enodev`: multi-device images mounted
+//!   without `--device`: reading a file whose data is on the blob is
+//!   ENODEV, logged with the nid and the byte of the device. Both kinds:
+//!   Debian's mkfs.erofs 1.5 `--chunksize --blobdev` (the device has no
+//!   unified address) and the fixture `edge_chunk4k-b512-blobdev` (mkfs
+//!   1.9: looked up inside the image at its unified address, past its
+//!   end). The fixture with the blob appended at its unified address
+//!   ("flat") reads like the kernel's mount without `--device`.
+//! - `test_fuse_undecodable_extent_is_eio_with_inode_and_offset`: a freshly
+//!   built lz4 image with one pcluster overwritten: reading that file is
+//!   EIO, logged with the nid, the file bytes and the pcluster's image
+//!   byte; the other file still reads and the daemon stays up.
+//!
+//! Needs root and /dev/fuse, Debian's mkfs.erofs and the shared fixtures
+//! (like `fuse_mount.rs`).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use erofs_virtiofsd::erofs::zmap::{ZKind, ZMap};
+use erofs_virtiofsd::erofs::{ExtentKind, Image, ImageOptions, Inode};
+use erofs_virtiofsd::source::open_path;
+
+use common::fusemount::FuseMount;
+use common::mkfs::{mkfs_compressed, FIXED_UUID};
+use common::trees::{image_dir, scratch_dir};
+use common::{
+    assert_kernel_erofs, assert_manifests_eq, fixture_image, load_expected, mkfs, walk_manifest,
+};
+
+/// Text lines of `len` bytes (compressible, different per `seed`).
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut n = seed;
+    while out.len() < len {
+        n = n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(format!("line {} of {seed}: {:x}\n", out.len(), n >> 40).as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A small tree: `/big.txt` (256 KiB) and `/other.txt` (64 KiB).
+fn small_tree(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    let files = vec![
+        ("big.txt", text(256 << 10, 1)),
+        ("other.txt", text(64 << 10, 2)),
+    ];
+    for (name, data) in &files {
+        fs::write(dir.join(name), data).expect("write tree file");
+    }
+    files
+}
+
+fn open_image(path: &Path) -> Image {
+    Image::open(open_path(path, 0).expect("open"), ImageOptions::default()).expect("Image::open")
+}
+
+/// The inode at `/path`.
+fn inode_at(img: &Image, path: &str) -> Inode {
+    let mut inode = img.inode(img.root_nid()).expect("root");
+    for name in path.split('/') {
+        let (nid, _) = img
+            .lookup(&inode, name.as_bytes())
+            .expect("lookup")
+            .unwrap_or_else(|| panic!("/{path} not found"));
+        inode = img.inode(nid).expect("inode");
+    }
+    inode
+}
+
+fn on(mount: &FuseMount, name: &str) -> PathBuf {
+    mount.path().join(OsStr::from_bytes(name.as_bytes()))
+}
+
+/// Reads `name` through `mount`, which must fail with ENODEV and log that
+/// the data of `nid` at byte `pa` of extra device 1 is missing.
+fn assert_missing_device(mount: &mut FuseMount, name: &str, nid: u64, pa: u64) {
+    let err = fs::read(on(mount, name)).expect_err("data of a missing device");
+    assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "/{name}: {err}");
+    assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
+    let log = mount.stderr_text();
+    let want = format!("data of nid {nid} at byte {pa} of extra device 1");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&want) && l.contains("--device")),
+        "no log line with {want:?}: {log}"
+    );
+}
+
+/// Where byte 0 of `inode` is: (device, address); it must be mapped.
+fn first_byte(img: &Image, inode: &Inode) -> (u16, u64) {
+    match img.map(inode, 0).expect("map").kind {
+        ExtentKind::Mapped { device, pa } => (device, pa),
+        other => panic!("nid {} starts with {other:?}", inode.nid),
+    }
+}
+
+#[test]
+fn test_fuse_device_not_given_is_enodev() {
+    assert_kernel_erofs();
+    // mkfs 1.5 --blobdev: the device has no unified address, so it cannot
+    // be inside the image.
+    let tree = scratch_dir("erofs-enodev-tree-");
+    small_tree(tree.path());
+    let scratch = image_dir("erofs-enodev-");
+    let blob = scratch.path().join("data.blob");
+    let blob_arg = format!("--blobdev={}", blob.display());
+    let image = mkfs(
+        tree.path(),
+        &scratch.path().join("meta.erofs"),
+        &["-U", FIXED_UUID, "--chunksize=4096", &blob_arg],
+    );
+    let img = open_image(&image);
+    assert_eq!(img.devices().len(), 1, "a device table");
+    let big = inode_at(&img, "big.txt");
+    let (device, pa) = first_byte(&img, &big);
+    assert_eq!(device, 1, "the data is on the blob");
+    let mut mount = FuseMount::new(&image, &[], &["--cache", "never"]);
+    assert_missing_device(&mut mount, "big.txt", big.nid, pa);
+    mount.finish("mkfs 1.5 blobdev image, device not given");
+
+    // A fixture whose device has a unified address (mkfs 1.9): without
+    // --device its data is looked up inside the image, past its end.
+    let name = "edge_chunk4k-b512-blobdev";
+    let fx = fixture_image(name);
+    let img = open_image(&fx.image);
+    let dev = img.devices().first().expect("a device table").clone();
+    assert_ne!(dev.uniaddr, 0, "{name}: no unified address");
+    let path = "files/log_65535";
+    let inode = inode_at(&img, path);
+    let (device, pa) = first_byte(&img, &inode);
+    assert_eq!(device, 1, "{name}: /{path} is on the blob");
+    let mut mount = FuseMount::new(&fx.image, &[], &["--cache", "never"]);
+    assert_missing_device(&mut mount, path, inode.nid, pa);
+    mount.finish("fixture, device not given");
+
+    // The same image with the blob appended at its unified address reads
+    // like the kernel's mount without --device ("flat").
+    let flat = scratch.path().join("flat.erofs");
+    let mut bytes = fs::read(&fx.image).expect("read image");
+    let at = usize::try_from(dev.uniaddr << img.blkszbits()).expect("address");
+    assert!(bytes.len() <= at, "{name}: the image overlaps its device");
+    bytes.resize(at, 0);
+    bytes.extend_from_slice(&fs::read(fx.blob.as_ref().expect("blob")).expect("read blob"));
+    fs::write(&flat, &bytes).expect("write flat image");
+    let mount = FuseMount::new(&flat, &[], &[]);
+    assert_manifests_eq(
+        &format!("{name} made flat: expected manifest vs our FUSE mount without --device"),
+        &load_expected(name),
+        &walk_manifest(mount.path()),
+    );
+    let log = mount.stderr_text();
+    assert!(log.is_empty(), "flat image: daemon stderr: {log}");
+    mount.finish("flat image");
+}
+
+#[test]
+fn test_fuse_undecodable_extent_is_eio_with_inode_and_offset() {
+    assert_kernel_erofs();
+    let tree = scratch_dir("erofs-eio-tree-");
+    let files = small_tree(tree.path());
+    let scratch = image_dir("erofs-eio-");
+    let pristine = mkfs_compressed(
+        tree.path(),
+        &scratch.path().join("lz4.erofs"),
+        "lz4",
+        &["-U", FIXED_UUID],
+    );
+    let img = open_image(&pristine);
+    let big = inode_at(&img, "big.txt");
+    let ext = ZMap::new(&img, &big).and_then(|z| z.map(0)).expect("map");
+    let ZKind::Encoded {
+        pa,
+        inline: false,
+        plen,
+        ..
+    } = ext.kind
+    else {
+        panic!("/big.txt does not start with its own pcluster: {ext:?}");
+    };
+    // An LZ4 stream of 0xff bytes never ends its literal run: undecodable.
+    let mut bytes = fs::read(&pristine).expect("read image");
+    let (start, end) = (pa as usize, (pa + plen) as usize);
+    bytes[start..end].fill(0xff);
+    let image = scratch.path().join("corrupt.erofs");
+    fs::write(&image, &bytes).expect("write corrupt image");
+
+    let mut mount = FuseMount::new(&image, &[], &["--cache", "never"]);
+    for _ in 0..2 {
+        let err = fs::read(on(&mount, "big.txt")).expect_err("the damaged pcluster");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    }
+    assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
+    let other = files
+        .iter()
+        .find(|(n, _)| *n == "other.txt")
+        .expect("other");
+    assert_eq!(
+        fs::read(on(&mount, "other.txt")).expect("undamaged file"),
+        other.1
+    );
+    let log = mount.stderr_text();
+    let want = format!(
+        "nid {}: cannot decode file bytes 0..{} from the {plen}-byte pcluster at image byte {pa}",
+        big.nid, ext.llen
+    );
+    assert!(
+        log.lines().any(|l| l.contains(&want) && l.contains("lz4")),
+        "no log line with {want:?}: {log}"
+    );
+    mount.finish("undecodable extent");
+}
