@@ -328,3 +328,93 @@ fn test_bad_configs_and_names_are_one_clear_line() {
         }
     }
 }
+
+/// An image removed from a live /dev/fuse mount (the library's share API;
+/// the daemon's API socket will call the same): the kernel takes the
+/// entry invalidation, the name is gone from the root at once, a file
+/// opened before keeps reading the image, and a lookup under a directory
+/// of the removed image held open gets ESTALE.
+#[test]
+fn test_image_removed_from_a_live_mount() {
+    use erofs_virtiofsd::erofs::{Image, ImageOptions};
+    use erofs_virtiofsd::fuse::devfuse::{self, MountConfig};
+    use erofs_virtiofsd::fuse::{ImageMeta, Share, ShareOptions};
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::Arc;
+
+    common::assert_kernel_erofs();
+    let open = |fixture: &str| {
+        let src = erofs_virtiofsd::source::open_path(&fixture_image(fixture).image, 0)
+            .expect("open fixture");
+        Arc::new(Image::open(src, ImageOptions::default()).expect("Image::open"))
+    };
+    let share = Arc::new(Share::named(ShareOptions::default()));
+    for (name, fixture) in FLAGS {
+        share
+            .add_image(name, open(fixture), ImageMeta::default())
+            .expect("add image");
+    }
+    let dir = tempfile::tempdir().expect("mount point");
+    let mountpoint = devfuse::preflight(dir.path()).expect("preflight");
+    let mount = devfuse::mount(&MountConfig {
+        mountpoint: mountpoint.clone(),
+        fsname: "erofs-test".into(),
+        subtype: "erofs-test".into(),
+        max_read: 1 << 20,
+        readahead_kb: None,
+    })
+    .expect("mount");
+    let served = Arc::clone(&share);
+    let server = std::thread::spawn(move || mount.serve(&served, 2, Vec::new()));
+
+    // A file and a directory of `lz4`, opened while it is served.
+    let (name, fixture) = FLAGS[0];
+    let kernel = common::KernelMount::mount(
+        &fixture_image(fixture).image,
+        &common::kmount::MountOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut files = Vec::new();
+    common::rangeread::list_files(kernel.path(), b"", &mut files);
+    let (rel, size) = files
+        .iter()
+        .find(|(_, size)| *size > 8192)
+        .expect("a file of more than 8 KiB")
+        .clone();
+    let rel = std::ffi::OsStr::from_bytes(&rel[1..]);
+    let want = fs::read(kernel.path().join(rel)).expect("kernel read");
+    let mut file = fs::File::open(mountpoint.join(name).join(rel)).expect("open through FUSE");
+    let mut head = vec![0u8; 4096];
+    file.read_exact(&mut head).expect("read the head");
+    assert_eq!(head, want[..4096]);
+    let held_dir = fs::File::open(mountpoint.join(name)).expect("open the image's root");
+
+    let removed = share.remove_image(name).expect("remove");
+    assert_eq!(removed.told, 1, "the kernel took the invalidation");
+    let err = fs::metadata(mountpoint.join(name)).expect_err("the name is gone");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    let listed: Vec<_> = fs::read_dir(&mountpoint)
+        .expect("list the root")
+        .map(|d| d.expect("dirent").file_name())
+        .collect();
+    assert_eq!(listed, [FLAGS[1].0]);
+    // What was open keeps reading.
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest)
+        .expect("read the rest after removal");
+    assert_eq!(4096 + rest.len() as u64, size);
+    assert_eq!(rest, want[4096..]);
+    // A name never looked up under the held directory: ESTALE.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held_dir);
+    let err = fs::metadata(format!("/proc/self/fd/{fd}/never-looked-up"))
+        .expect_err("a lookup in a removed image");
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    drop((file, held_dir));
+    devfuse::unmount(&mountpoint).expect("unmount");
+    server
+        .join()
+        .expect("serving thread")
+        .expect("served until unmounted");
+    assert_eq!(share.images().len(), 1);
+}

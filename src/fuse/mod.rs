@@ -55,7 +55,7 @@ pub use outbound::{DaxMapping, Outbound, RepliesOnly};
 pub use rootdir::ROOT_INO;
 pub use session::Session;
 pub use share::{
-    CachePolicy, ImageProvider, OpenError, Share, ShareError, ShareOptions, DEFAULT_MAX_HANDLES,
-    DEFAULT_MAX_READ, LONG_TIMEOUT_SECS, MAX_LOGGED_ERRORS,
+    CachePolicy, ImageProvider, OpenError, Removed, Share, ShareError, ShareOptions,
+    DEFAULT_MAX_HANDLES, DEFAULT_MAX_READ, LONG_TIMEOUT_SECS, MAX_LOGGED_ERRORS,
 };
 pub use sink::{out_header, Errno, Fill, ReplySink, VecSink, OUT_HEADER_LEN};

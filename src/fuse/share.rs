@@ -137,6 +137,16 @@ pub enum ShareError {
     NotNamed,
 }
 
+/// An image taken out of a share.
+#[derive(Debug)]
+pub struct Removed {
+    /// The image (still read by the files clients have open).
+    pub image: Arc<ShareImage>,
+    /// Connections told that its name is gone (those whose transport can
+    /// be told: /dev/fuse; virtio-fs clients see it at their next lookup).
+    pub told: usize,
+}
+
 /// How the share's root looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -160,9 +170,11 @@ enum Layout {
 /// - a file or directory of the image that a client still has open keeps
 ///   reading from the image until it is closed (and forgotten): the image
 ///   stays in memory until then;
-/// - anything else a client still holds of the image (a node it looked up)
-///   answers ESTALE, never another image's inode: node ids are keyed by the
-///   image's serial, which is never reused.
+/// - anything else a client asks about the image's nodes it still holds
+///   (LOOKUP, GETATTR, OPEN, ...) answers ESTALE, never another image's
+///   inode: node ids are keyed by the image's serial, which is never
+///   reused. (A client that opens a file from its own cache, without a
+///   message, reads it like a file already open.)
 pub struct Share {
     opts: ShareOptions,
     layout: Layout,
@@ -302,26 +314,26 @@ impl Share {
     /// Removes the image called `name` (named shares only) and tells every
     /// connection that can be told that the name is gone; see [`Share`]
     /// for what happens to what clients still hold of it.
-    pub fn remove_image(&self, name: &str) -> Result<Arc<ShareImage>, ShareError> {
+    pub fn remove_image(&self, name: &str) -> Result<Removed, ShareError> {
         if !self.is_named() {
             return Err(ShareError::NotNamed);
         }
-        let img = self
+        let image = self
             .write_table()
             .remove(name)
             .ok_or_else(|| ShareError::NotFound(name.to_owned()))?;
-        img.mark_removed();
+        image.mark_removed();
+        let mut told = 0usize;
         for out in self.live_outbounds() {
             match out.inval_entry(abi::ROOT_ID, name.as_bytes()) {
-                Ok(()) => {}
-                // Not supported, or the client never looked the name up.
-                Err(e)
-                    if e.kind() == io::ErrorKind::Unsupported
-                        || e.raw_os_error() == Some(libc::ENOENT) => {}
+                // ENOENT: the client had nothing cached under the name.
+                Ok(()) => told = told.saturating_add(1),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => told = told.saturating_add(1),
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
                 Err(e) => debug!("telling a connection that {name:?} is gone: {e}"),
             }
         }
-        Ok(img)
+        Ok(Removed { image, told })
     }
 
     /// Image errors met so far (logged or not).

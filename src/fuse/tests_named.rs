@@ -174,7 +174,8 @@ fn test_removed_image_is_gone_its_nodes_stale_its_open_files_readable() {
     let dfh = fx.open(dir.nodeid, true).unwrap().fh;
 
     let removed = share.remove_image("a").unwrap();
-    assert!(removed.is_removed());
+    assert!(removed.image.is_removed());
+    assert_eq!(removed.told, 1);
     assert_eq!(
         *gone.0.lock().unwrap(),
         [(ROOT_ID, b"a".to_vec())],
