@@ -95,10 +95,7 @@ impl Session {
                     first_file = Some(at);
                 }
                 let child = if plus && e.name != b"." && e.name != b".." {
-                    self.inode_of(img, e.nid).ok().map(|inode| Target {
-                        img: Arc::clone(img),
-                        inode,
-                    })
+                    self.inode_of(img, e.nid).ok()
                 } else {
                     None
                 };
@@ -267,12 +264,13 @@ impl Session {
             return;
         };
         let (mut seen, mut bytes, mut resume) = (0usize, 0u64, l.next);
-        let _ = img.image().readdir(&dir, l.next, |e, next| {
+        let _ = img.image().readdir(&dir.inode, l.next, |e, next| {
             seen = seen.saturating_add(1);
             if e.file_type == FileType::File {
-                let Ok(inode) = self.inode_of(img, e.nid) else {
+                let Ok(t) = self.inode_of(img, e.nid) else {
                     return false;
                 };
+                let inode = &t.inode;
                 let total = bytes.saturating_add(inode.size);
                 if inode.kind != InodeKind::File
                     || inode.size > STREAM_FILE_MAX
@@ -282,13 +280,7 @@ impl Session {
                     return false;
                 }
                 if let Some(id) = self.nodeid_of(img, e.nid) {
-                    p.offer_file(
-                        id,
-                        &Target {
-                            img: Arc::clone(img),
-                            inode,
-                        },
-                    );
+                    p.offer_file(id, &t);
                 }
                 bytes = total;
             }

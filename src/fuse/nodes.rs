@@ -23,11 +23,32 @@ use crate::erofs::Inode;
 const SHARDS: usize = 16;
 const SHARD_MASK: u64 = SHARDS as u64 - 1;
 
-/// An inode and the image it belongs to.
+/// An inode and the image it belongs to. Cheap to clone: one reference
+/// count of its own, so that requests on different nodes never touch the
+/// same count (the image's is shared by all its nodes and is touched only
+/// when a node is made).
 #[derive(Debug, Clone)]
-pub(crate) struct Target {
+pub(crate) struct Target(Arc<TargetParts>);
+
+/// What a [`Target`] holds.
+#[derive(Debug)]
+pub(crate) struct TargetParts {
     pub(crate) img: Arc<ShareImage>,
     pub(crate) inode: Arc<Inode>,
+}
+
+impl Target {
+    pub(crate) fn new(img: Arc<ShareImage>, inode: Arc<Inode>) -> Self {
+        Self(Arc::new(TargetParts { img, inode }))
+    }
+}
+
+impl std::ops::Deref for Target {
+    type Target = TargetParts;
+
+    fn deref(&self) -> &TargetParts {
+        &self.0
+    }
 }
 
 #[derive(Debug)]
@@ -299,10 +320,7 @@ mod tests {
             ImageMeta::default(),
             place,
         );
-        Target {
-            img: Arc::new(rec),
-            inode: root,
-        }
+        Target::new(Arc::new(rec), root)
     }
 
     #[test]

@@ -464,7 +464,7 @@ mod tests {
         );
         let out = Arc::new(Recorder::default());
         let pusher = Pusher::start(out.clone()).unwrap();
-        let t = Target { img, inode };
+        let t = Target::new(img, inode);
         pusher.send(77, &t, 4096, 8204);
         // The same range again is not pushed twice.
         pusher.send(77, &t, 4096, 8204);

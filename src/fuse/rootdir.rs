@@ -113,10 +113,7 @@ impl Session {
             .share
             .lookup_image(name)
             .ok_or(Fail::Errno(libc::ENOENT))?;
-        let t = Target {
-            inode: Arc::clone(img.root()),
-            img,
-        };
+        let t = Target::new(Arc::clone(&img), Arc::clone(img.root()));
         let out = self.entry(&t, true)?;
         send(sink, h.unique, &out)
     }
@@ -220,10 +217,7 @@ impl Session {
             }
             let Some(name) = img.name() else { continue };
             let ino = img.st_ino(img.root().nid);
-            let child = plus.then(|| Target {
-                inode: Arc::clone(img.root()),
-                img: Arc::clone(&img),
-            });
+            let child = plus.then(|| Target::new(Arc::clone(&img), Arc::clone(img.root())));
             if !self.push_entry(&mut out, name.as_bytes(), ino, DT_DIR, cookie, child) {
                 break;
             }

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use foldhash::fast::RandomState;
 use log::warn;
@@ -67,6 +67,8 @@ pub struct Session {
     /// Pushes data nobody read yet into the client's page cache (when the
     /// transport can and the cache is kept).
     pusher: Option<Pusher>,
+    /// The root's node in a share whose root is an image (once open).
+    root_target: OnceLock<Target>,
     /// Per directory (image serial, nid), the listing position of the file
     /// a reader going through it in order reads next (see
     /// `follow_listing`).
@@ -104,6 +106,7 @@ impl Session {
             no_opendir: AtomicBool::new(false),
             over_io_uring: AtomicBool::new(false),
             pusher,
+            root_target: OnceLock::new(),
             dir_streams: Mutex::new(HashMap::default()),
         }
     }
@@ -282,28 +285,29 @@ impl Session {
     /// reading).
     fn node_any(&self, nodeid: u64) -> Result<Target, Fail> {
         if nodeid == abi::ROOT_ID && !self.share.is_named() {
+            if let Some(t) = self.root_target.get() {
+                return Ok(t.clone());
+            }
             let img = self.root()?;
-            return Ok(Target {
-                inode: Arc::clone(img.root()),
-                img: Arc::clone(img),
-            });
+            let t = Target::new(Arc::clone(img), Arc::clone(img.root()));
+            return Ok(self.root_target.get_or_init(|| t).clone());
         }
         self.nodes.get(nodeid).ok_or(Fail::Errno(libc::ESTALE))
     }
 
-    /// The inode of `nid` of `img`: from the node table when the kernel
-    /// holds it, else decoded.
+    /// Inode `nid` of `img`: the node the kernel holds of it, else decoded.
     pub(crate) fn inode_of(
         &self,
         img: &Arc<ShareImage>,
         nid: u64,
-    ) -> Result<Arc<Inode>, crate::erofs::Error> {
+    ) -> Result<Target, crate::erofs::Error> {
         if let Some(t) = self.nodeid_of(img, nid).and_then(|id| self.node(id).ok()) {
             if t.inode.nid == nid && Arc::ptr_eq(&t.img, img) {
-                return Ok(t.inode);
+                return Ok(t);
             }
         }
-        img.image().inode(nid).map(Arc::new)
+        let inode = img.image().inode(nid)?;
+        Ok(Target::new(Arc::clone(img), Arc::new(inode)))
     }
 
     /// (seconds, nanoseconds) the kernel may cache entries and attributes.
@@ -492,13 +496,9 @@ impl Session {
             };
             return send(sink, h.unique, &out);
         };
-        let inode = self
+        let t = self
             .inode_of(img, nid)
             .map_err(|e| self.image_error(img, "lookup", &e))?;
-        let t = Target {
-            img: Arc::clone(img),
-            inode,
-        };
         let out = self.entry(&t, false)?;
         send(sink, h.unique, &out)
     }
