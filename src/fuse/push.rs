@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use super::nodes::Target;
 use super::outbound::Outbound;
 use super::splice::{spans_len, MAX_SPANS};
+use crate::erofs::Inode;
 
 /// Most bytes pushed on either side of one read.
 pub const MAX_PUSH: u64 = 1 << 20;
@@ -179,26 +180,32 @@ impl Pusher {
         }
     }
 
-    /// A small read (under [`SMALL_READ`]) of `offset..offset + len` of
-    /// uncompressed `t` (node `nodeid`) was answered: counts it, and
-    /// once the file has had enough of them (`AROUND_DENSITY`,
-    /// `AROUND_MIN_READS`) offers the rest of the [`AROUND`]-aligned
-    /// window holding `offset`.
-    pub(crate) fn read_around(&self, nodeid: u64, t: &Target, offset: u64, len: u64) {
-        if len >= SMALL_READ || t.inode.is_compressed() {
-            return;
+    /// Counts a small read (under [`SMALL_READ`]) of uncompressed `inode`
+    /// (node `nodeid`) of `len` bytes: how many it had so far, this one
+    /// included; `None` for reads read-around does not count. Called
+    /// before the read is answered, so that the counts follow the order in
+    /// which a reader sent its reads.
+    pub(crate) fn count_small_read(&self, nodeid: u64, inode: &Inode, len: u64) -> Option<u64> {
+        if len >= SMALL_READ || inode.is_compressed() {
+            return None;
         }
-        let misses = {
-            let Ok(mut m) = self.misses.lock() else {
-                return;
-            };
-            if m.len() >= COUNTED && !m.contains_key(&nodeid) {
-                m.clear();
-            }
-            let n = m.entry(nodeid).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
+        let Ok(mut m) = self.misses.lock() else {
+            return None;
         };
+        if m.len() >= COUNTED && !m.contains_key(&nodeid) {
+            m.clear();
+        }
+        let n = m.entry(nodeid).or_insert(0);
+        *n = n.saturating_add(1);
+        Some(*n)
+    }
+
+    /// The `misses`-th small read ([`Self::count_small_read`]) of
+    /// `offset..offset + len` of uncompressed `t` (node `nodeid`) was
+    /// answered: once the file has had enough of them (`AROUND_DENSITY`,
+    /// `AROUND_MIN_READS`) offers the rest of the [`AROUND`]-aligned window
+    /// holding `offset`.
+    pub(crate) fn read_around(&self, nodeid: u64, t: &Target, offset: u64, len: u64, misses: u64) {
         if let Some(window) = around_window(t.inode.size, offset, misses) {
             self.offer(nodeid, t, offset, len, window);
         }

@@ -693,12 +693,19 @@ impl Session {
         let len = u64::from(r.size).min(left);
         let len = usize::try_from(len).unwrap_or(0);
         let img = t.img.image();
+        // Counted before the reply goes out: once the reader has its data it
+        // may send the next READ, which another worker may take before this
+        // one gets on, and read-around must see the reads in their order.
+        let misses = self
+            .pusher
+            .as_ref()
+            .and_then(|p| p.count_small_read(h.nodeid, inode, len as u64));
         if len >= SPLICE_MIN && sink.can_splice() {
             // Uncompressed data straight from the image file's page cache;
             // anything else (or any doubt) takes the copying path below.
             if let Ok(Some(spans)) = img.plain_spans(inode, r.offset, len, MAX_SPANS) {
                 if sink.send_spans(h.unique, &spans)? {
-                    self.after_read(h.nodeid, &t, r.offset, len as u64);
+                    self.after_read(h.nodeid, &t, r.offset, len as u64, misses);
                     return Ok(());
                 }
             }
@@ -712,15 +719,16 @@ impl Session {
                 })
         };
         sink.send_with(h.unique, len, &mut fill)?;
-        self.after_read(h.nodeid, &t, r.offset, len as u64);
+        self.after_read(h.nodeid, &t, r.offset, len as u64, misses);
         Ok(())
     }
 
     /// After a READ of `offset..offset + len` of `inode` (node `nodeid`)
     /// was answered, by either path: offers the pushes it calls for (the
     /// rest of a decoded extent, the window around a small read, the next
-    /// files of a directory read in order).
-    fn after_read(&self, nodeid: u64, t: &Target, offset: u64, len: u64) {
+    /// files of a directory read in order). `misses`: the read's count from
+    /// [`Pusher::count_small_read`].
+    fn after_read(&self, nodeid: u64, t: &Target, offset: u64, len: u64, misses: Option<u64>) {
         let Some(p) = &self.pusher else {
             return;
         };
@@ -729,8 +737,8 @@ impl Session {
                 if let Ok(Some(range)) = t.img.image().decoded_range(&t.inode, offset, len) {
                     p.offer(nodeid, t, offset, len, range);
                 }
-            } else {
-                p.read_around(nodeid, t, offset, len);
+            } else if let Some(misses) = misses {
+                p.read_around(nodeid, t, offset, len, misses);
             }
         }
         if offset == 0 {
