@@ -10,7 +10,7 @@ use clap::Subcommand;
 
 use super::json::{backslash_replace, hex};
 use super::manifest;
-use super::ImageSource;
+use super::source::ImageSource;
 use crate::erofs::{self, Image, Inode, InodeKind};
 
 #[derive(Debug, Subcommand)]

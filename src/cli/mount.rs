@@ -1,19 +1,19 @@
-//! `erofs-virtiofsd mount IMAGE MOUNTPOINT`: serve an image through
-//! /dev/fuse.
+//! `erofs-virtiofsd mount [IMAGE] MOUNTPOINT`: serve an image (or named
+//! images, `--image NAME=PATH`, `--config FILE`) through /dev/fuse.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use super::images::ShareArgs;
+use super::log::{init_logger, LogLevel};
 use super::sandbox::SandboxArgs;
-use super::ImageSource;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
-use crate::fuse::{CachePolicy, Server, ServerOptions};
+use crate::fuse::{CachePolicy, ShareOptions};
 use crate::os::signal::{self, SignalSet};
 use crate::sandbox::{Profile, Supervision};
 
@@ -45,10 +45,15 @@ impl From<CacheArg> for CachePolicy {
 /// Arguments of `mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    #[command(flatten)]
-    src: ImageSource,
+    /// The image at the share's root (a file or block device); leave it
+    /// out to serve named images (`--image NAME=PATH`, `--config`).
+    #[arg(value_name = "IMAGE")]
+    image: Option<PathBuf>,
     /// Directory to mount on.
-    mountpoint: PathBuf,
+    #[arg(value_name = "MOUNTPOINT")]
+    mountpoint: Option<PathBuf>,
+    #[command(flatten)]
+    share: ShareArgs,
     /// Worker threads reading /dev/fuse.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -71,6 +76,10 @@ pub struct MountArgs {
     /// reader's CPU), so it is off by default. `auto`: use it when allowed.
     #[arg(long, value_enum, default_value_t = UringArg::Off)]
     io_uring: UringArg,
+    /// Log messages of this level and more severe to stderr (which is
+    /// /dev/null once detached: use --foreground to see them).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -98,19 +107,26 @@ impl MountArgs {
     /// Opens and checks the image, mounts, serves until unmounted (or
     /// SIGINT/SIGTERM/SIGHUP, which unmount).
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        // The image is opened and checked before anything is mounted.
-        let img = Arc::new(self.src.open()?);
-        let queues = self.uring_queues()?;
-        let opts = ServerOptions {
+        init_logger(self.log_level);
+        let (image, mountpoint) = match (&self.image, &self.mountpoint) {
+            (image, Some(m)) => (image.clone(), m.clone()),
+            // One path: the mount point, the images given by name.
+            (Some(m), None) => (None, m.clone()),
+            (None, None) => bail!("MOUNTPOINT is required"),
+        };
+        let plan = self
+            .share
+            .plan(image)?
+            .context("no image to serve: give IMAGE, --image NAME=PATH or --config FILE")?;
+        // The images are opened and checked before anything is mounted.
+        let opts = ShareOptions {
             cache: self.cache.into(),
             max_read: MOUNT_MAX_READ,
-            io_uring: !queues.is_empty(),
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         };
-        let server = Arc::new(
-            Server::new(img, opts).with_context(|| format!("{}", self.src.image.display()))?,
-        );
-        let mountpoint = devfuse::preflight(&self.mountpoint)?;
+        let share = Arc::new(plan.open_share(opts, self.share.decode_cache)?);
+        let queues = self.uring_queues()?;
+        let mountpoint = devfuse::preflight(&mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
         // signal between mount and serve cannot kill us with the mount up.
         let signals = SignalSet::new(&STOP_SIGNALS);
@@ -142,7 +158,7 @@ impl MountArgs {
             Supervision::run_on_stop(move || unmount_on_signal(&stop_at)),
         )?;
         spawn_signal_thread(signals, mountpoint.clone())?;
-        mount.serve(&server, self.threads, queues)?;
+        mount.serve(&share, self.threads, queues)?;
         Ok(ExitCode::SUCCESS)
     }
 
@@ -167,10 +183,7 @@ impl MountArgs {
                 Err(e).context("--io-uring on: setting up the io_uring queues")
             }
             Err(e) => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "erofs-virtiofsd: warning: no FUSE over io_uring ({e}); serving /dev/fuse only"
-                );
+                log::warn!("no FUSE over io_uring ({e}); serving /dev/fuse only");
                 Ok(Vec::new())
             }
         }
@@ -188,16 +201,12 @@ fn spawn_signal_thread(signals: SignalSet, mountpoint: PathBuf) -> anyhow::Resul
 }
 
 /// Unmounts on a stop signal (or, outside the sandbox, once the daemon in
-/// it has failed); a failure is reported on stderr.
+/// it has failed); a failure is logged.
 fn unmount_on_signal(mountpoint: &Path) {
     if let Err(e) = devfuse::unmount(mountpoint) {
         // Not mounted any more (already unmounted by someone): nothing to say.
         if e.raw_os_error() != Some(libc::EINVAL) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "erofs-virtiofsd: unmounting {}: {e}",
-                mountpoint.display()
-            );
+            log::error!("unmounting {}: {e}", mountpoint.display());
         }
     }
 }

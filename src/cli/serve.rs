@@ -4,17 +4,19 @@
 //! `--socket-group`, `--thread-pool-size`, `--cache`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::images::{Plan, ShareArgs};
+use super::log::{init_logger, LogLevel};
 use super::mount::CacheArg;
 use super::sandbox::SandboxArgs;
-use super::ImageSource;
-use crate::fuse::ServerOptions;
+use super::source::image_options;
+use crate::fuse::ShareOptions;
 use crate::sandbox::{Profile, Supervision};
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
@@ -41,29 +43,14 @@ pub struct ServeArgs {
     /// Give the socket to this group (name or gid), mode 0660.
     #[arg(long, value_name = "GROUP", requires = "socket_path")]
     socket_group: Option<String>,
-    /// The EROFS image to serve (a file or block device), or
-    /// `guest:GPA:LEN`: LEN bytes of the guest's own RAM at guest-physical
-    /// address GPA (decimal or 0x-hex), opened at FUSE INIT.
-    #[arg(long, value_name = "IMAGE")]
-    image: Option<PathBuf>,
-    /// The image is in inherited file descriptor FD (e.g. a memfd; with
-    /// `--offset` it may start anywhere in it); same as `--image fd:FD`.
-    #[arg(long, value_name = "FD", conflicts_with = "image")]
+    /// The images to serve and their options.
+    #[command(flatten)]
+    share: ShareArgs,
+    /// The image at the root is in inherited file descriptor FD (e.g. a
+    /// memfd; with `--offset` it may start anywhere in it); same as
+    /// `--image fd:FD`.
+    #[arg(long, value_name = "FD", conflicts_with = "images")]
     image_fd: Option<i32>,
-    /// Extra device (blob) for multi-device images, in device-table order;
-    /// repeat for several.
-    #[arg(long = "device", value_name = "BLOB")]
-    devices: Vec<PathBuf>,
-    /// Byte offset of the image inside IMAGE (any alignment).
-    #[arg(long, default_value_t = 0)]
-    offset: u64,
-    /// Bytes of decoded compressed data to keep cached (default: 1/16 of
-    /// RAM, between 64 MiB and 1 GiB).
-    #[arg(long, value_name = "BYTES")]
-    decode_cache: Option<u64>,
-    /// Read the image and its devices with O_DIRECT (no host page cache).
-    #[arg(long)]
-    direct_io: bool,
     /// How long the guest may cache names, attributes and data.
     #[arg(long, value_enum, default_value_t = CacheArg::Always)]
     cache: CacheArg,
@@ -81,23 +68,12 @@ pub struct ServeArgs {
     sandbox: SandboxArgs,
 }
 
-/// `--log-level`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogLevel {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
 impl ServeArgs {
     /// Whether nothing at all was asked (then the help is shown).
     pub fn is_empty(&self) -> bool {
         self.socket_path.is_none()
             && self.fd.is_none()
-            && self.image.is_none()
+            && self.share.is_empty()
             && !self.print_capabilities
     }
 
@@ -117,19 +93,16 @@ impl ServeArgs {
             (None, Some(fd)) => Listen::Fd(fd),
             _ => bail!("one of --socket-path or --fd is required"),
         };
-        let image = match (&self.image, self.image_fd) {
-            (Some(i), _) => i.clone(),
-            (None, Some(fd)) => PathBuf::from(format!("fd:{fd}")),
-            (None, None) => bail!("--image (or --image-fd) is required"),
+        let root_fd = self.image_fd.map(|fd| PathBuf::from(format!("fd:{fd}")));
+        let Some(plan) = self.share.plan(root_fd)? else {
+            bail!("--image (or --image-fd) is required");
         };
         if let Some(tag) = &self.tag {
-            vhost::config::VirtioFsConfig::new(tag, 1)
-                .map_err(anyhow::Error::msg)
-                .context("--tag")?;
+            vhost::config::VirtioFsConfig::new(tag, 1).context("--tag")?;
         }
-        let server_opts = ServerOptions {
+        let server_opts = ShareOptions {
             cache: self.cache.into(),
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         };
         let opts = ServeOptions {
             listen,
@@ -140,32 +113,28 @@ impl ServeArgs {
             },
             once: self.once,
         };
-        let new_session: Box<vhost::NewSession<'_>> =
-            if let Some(spec) = image.to_str().and_then(|s| s.strip_prefix("guest:")) {
-                let guest = self.guest_image(spec)?;
-                init_logger(self.log_level);
-                log::info!(
-                    "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
-                    guest.gpa,
-                    guest.len
-                );
-                let server_opts = server_opts.clone();
-                Box::new(move |mem| Ok(vhost::guest_image_session(&guest, &server_opts, mem)))
-            } else {
-                init_logger(self.log_level);
-                let src = ImageSource {
-                    image,
-                    devices: self.devices.clone(),
-                    offset: self.offset,
-                    decode_cache: self.decode_cache,
-                    direct_io: self.direct_io,
-                };
-                let img = Arc::new(src.open()?);
-                // Fail now, not at the first connection, if the root is unusable.
-                vhost::fuse_session(&img, &server_opts).map_err(anyhow::Error::msg)?;
-                let server_opts = server_opts.clone();
-                Box::new(move |_| vhost::fuse_session(&img, &server_opts))
-            };
+        let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest_range(&plan)? {
+            let guest = self.guest_image(range)?;
+            init_logger(self.log_level);
+            log::info!(
+                "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
+                guest.gpa,
+                guest.len
+            );
+            Box::new(move |mem| vhost::guest_image_share(&guest, &server_opts, mem))
+        } else {
+            init_logger(self.log_level);
+            let share = Arc::new(plan.open_share(server_opts, self.share.decode_cache)?);
+            if share.is_named() {
+                let names: Vec<_> = share
+                    .images()
+                    .iter()
+                    .filter_map(|i| i.name().map(str::to_owned))
+                    .collect();
+                log::info!("serving {} images: {}", names.len(), names.join(", "));
+            }
+            Box::new(move |_| Arc::clone(&share))
+        };
         let bound = vhost::bind(&opts.listen)?;
         // Everything is open: from here on the daemon runs in its sandbox.
         self.sandbox.options().enter(
@@ -175,7 +144,7 @@ impl ServeArgs {
             },
             Supervision::forward().remove_on_exit(bound.socket_path()),
         )?;
-        bound.serve(&opts, &*new_session)?;
+        bound.serve(&opts, &*share_for)?;
         Ok(ExitCode::SUCCESS)
     }
 
@@ -185,17 +154,37 @@ impl ServeArgs {
         let (gpa, len) = parse_guest_range(spec).with_context(|| {
             format!("--image guest:{spec}: expected guest:GPA:LEN (decimal or 0x-hex)")
         })?;
-        if self.offset != 0 {
+        if self.share.offset != 0 {
             bail!("--offset does not apply to a guest image (give the address in GPA)");
         }
-        if self.direct_io {
+        if self.share.direct_io {
             bail!("--direct-io does not apply to a guest image");
         }
         Ok(vhost::GuestImage {
             gpa,
             len,
-            options: super::image_options(&self.devices, false, self.decode_cache)?,
+            options: image_options(&self.share.devices, false, self.share.decode_cache)?,
         })
+    }
+}
+
+/// The `GPA:LEN` of a guest image at the share's root; guest images
+/// cannot be named.
+fn guest_range(plan: &Plan) -> anyhow::Result<Option<&str>> {
+    fn guest(p: &Path) -> Option<&str> {
+        p.to_str().and_then(|s| s.strip_prefix("guest:"))
+    }
+    match plan {
+        Plan::Root(spec) => Ok(guest(&spec.path)),
+        Plan::Named(specs) => {
+            if let Some(s) = specs.iter().find(|s| guest(&s.path).is_some()) {
+                bail!(
+                    "image {}: a guest image can only be the share's root (--image guest:GPA:LEN)",
+                    s.name.as_deref().unwrap_or_default()
+                );
+            }
+            Ok(None)
+        }
     }
 }
 
@@ -223,45 +212,6 @@ fn parse_u64(s: &str) -> anyhow::Result<u64> {
         None => s.parse::<u64>(),
     };
     r.with_context(|| format!("not a number: {s:?}"))
-}
-
-/// Logs to stderr, one line per message.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            // Not `eprintln!`, which panics when stderr is unwritable.
-            let _ = writeln!(
-                std::io::stderr(),
-                "erofs-virtiofsd: [{}] {}",
-                record.level(),
-                record.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger;
-
-fn init_logger(level: LogLevel) {
-    let filter = match level {
-        LogLevel::Off => log::LevelFilter::Off,
-        LogLevel::Error => log::LevelFilter::Error,
-        LogLevel::Warn => log::LevelFilter::Warn,
-        LogLevel::Info => log::LevelFilter::Info,
-        LogLevel::Debug => log::LevelFilter::Debug,
-        LogLevel::Trace => log::LevelFilter::Trace,
-    };
-    if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(filter);
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use super::json::{backslash_replace, Object};
-use super::ImageSource;
+use super::source::ImageSource;
 use crate::erofs::{self, Image, Inode, InodeKind};
 use crate::share::{self, Domain, FingerprintXattr, LoadOutcome, Store, StoreOptions};
 

@@ -261,7 +261,20 @@ pub struct OutHeader {
 
 /// Notification codes (`enum fuse_notify_code`), sent in `OutHeader::error`
 /// with `unique` 0.
+pub const NOTIFY_INVAL_ENTRY: i32 = 3;
+/// See [`NOTIFY_INVAL_ENTRY`].
 pub const NOTIFY_STORE: i32 = 4;
+
+/// `struct fuse_notify_inval_entry_out`: followed by the name and a NUL.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct NotifyInvalEntryOut {
+    pub parent: u64,
+    pub namelen: u32,
+    pub flags: u32,
+}
 
 /// `struct fuse_notify_store_out`: followed by `size` bytes of data.
 #[derive(
@@ -602,6 +615,11 @@ mod tests {
             ("fuse_in_header", size_of::<InHeader>(), 40),
             ("fuse_out_header", size_of::<OutHeader>(), 16),
             ("fuse_notify_store_out", size_of::<NotifyStoreOut>(), 24),
+            (
+                "fuse_notify_inval_entry_out",
+                size_of::<NotifyInvalEntryOut>(),
+                16,
+            ),
             ("fuse_init_in", size_of::<InitIn>(), 64),
             ("fuse_init_out", size_of::<InitOut>(), 64),
             ("fuse_entry_out", size_of::<EntryOut>(), 128),

@@ -6,19 +6,24 @@
 //! through the dispatcher's checks.
 
 use std::ffi::CString;
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use log::warn;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::abi::{self, OutHeader};
+use super::devnotify::{write_message, DevOutbound};
+use super::outbound::{Outbound, RepliesOnly};
+use super::session::Session;
+use super::share::Share;
 use super::sink::{out_header, Errno, Fill, ReplySink, OUT_HEADER_LEN};
 use super::splice::{spans_len, SplicePipe};
-use super::{uring, Server};
+use super::uring;
 use crate::erofs::Span;
 use crate::os;
 
@@ -35,12 +40,13 @@ pub enum DevFuseError {
     #[error("cannot open /dev/fuse (is the fuse module loaded? try `modprobe fuse`): {0}")]
     NoDevice(#[source] io::Error),
     /// The mount point is unusable.
-    #[error("bad mount point {path}: {why}")]
+    #[error("bad mount point {path}: {source}")]
     BadMountpoint {
         /// The path given.
         path: PathBuf,
         /// What is wrong.
-        why: String,
+        #[source]
+        source: io::Error,
     },
     /// mount(2) failed.
     #[error("mount(2) of fuse on {path} failed: {source}")]
@@ -109,14 +115,17 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, DevFuseError> {
     if euid != 0 {
         return Err(DevFuseError::NotRoot { euid });
     }
-    let bad = |why: String| DevFuseError::BadMountpoint {
+    let bad = |source: io::Error| DevFuseError::BadMountpoint {
         path: mountpoint.to_path_buf(),
-        why,
+        source,
     };
-    let abs = std::fs::canonicalize(mountpoint).map_err(|e| bad(e.to_string()))?;
-    let md = std::fs::metadata(&abs).map_err(|e| bad(e.to_string()))?;
+    let abs = std::fs::canonicalize(mountpoint).map_err(bad)?;
+    let md = std::fs::metadata(&abs).map_err(bad)?;
     if !md.is_dir() {
-        return Err(bad("not a directory".into()));
+        return Err(bad(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
     }
     drop(open_dev().map_err(DevFuseError::NoDevice)?);
     Ok(abs)
@@ -156,10 +165,10 @@ pub fn mount(cfg: &MountConfig) -> Result<FuseMount, DevFuseError> {
         .and_then(|kb| match open_readahead(&cfg.mountpoint) {
             Ok(f) => Some((f, kb)),
             Err(e) => {
-                warn(format_args!(
+                warn!(
                     "cannot set the readahead of {} to {kb} KiB: {e}",
                     cfg.mountpoint.display()
-                ));
+                );
                 None
             }
         });
@@ -271,18 +280,19 @@ impl FuseMount {
         }
     }
 
-    /// Serves requests with `threads` workers until the filesystem is
-    /// unmounted (the device then reads ENODEV). Workers past the first
-    /// use cloned fds; if cloning fails they share the main one.
+    /// Serves `share` with `threads` workers until the filesystem is
+    /// unmounted (the device then reads ENODEV), in a [`Session`] of its
+    /// own whose notifications go through a [`DevOutbound`]. Workers past
+    /// the first use cloned fds; if cloning fails they share the main one.
     ///
-    /// With `queues` (made by [`uring::make_queues`] before INIT, and the
-    /// server's `io_uring` option set), one more thread per queue registers
-    /// it once INIT agreed on FUSE over io_uring and serves the requests
-    /// the kernel puts there; the workers keep serving FORGET and INTERRUPT
-    /// (and everything, if io_uring was not agreed).
+    /// With `queues` (made by [`uring::make_queues`] before INIT), INIT
+    /// asks for FUSE over io_uring, and one more thread per queue registers
+    /// it once INIT agreed on it and serves the requests the kernel puts
+    /// there; the workers keep serving FORGET and INTERRUPT (and
+    /// everything, if io_uring was not agreed).
     pub fn serve(
         &mut self,
-        server: &Arc<Server>,
+        share: &Arc<Share>,
         threads: usize,
         queues: Vec<uring::Queue>,
     ) -> Result<(), DevFuseError> {
@@ -305,16 +315,18 @@ impl FuseMount {
             mountpoint: self.mountpoint.clone(),
             readahead: Mutex::new(self.readahead.take()),
         });
-        // Decoded pages nobody read yet go to the page cache through a
-        // descriptor of the pushing thread's own.
-        match self.fd.try_clone() {
-            Ok(fd) => {
-                if let Err(e) = server.start_pushing(fd) {
-                    warn(format_args!("no page cache pushing: {e}"));
-                }
+        // Notifications (decoded pages nobody read yet, names gone) go
+        // through a descriptor of their own.
+        let out: Arc<dyn Outbound> = match self.fd.try_clone() {
+            Ok(fd) => Arc::new(DevOutbound::new(fd)),
+            Err(e) => {
+                warn!("no page cache pushing: {e}");
+                Arc::new(RepliesOnly)
             }
-            Err(e) => warn(format_args!("no page cache pushing: {e}")),
-        }
+        };
+        let session =
+            Arc::new(Session::new(Arc::clone(share), out).with_io_uring(!queues.is_empty()));
+        let server = &session;
         for q in queues {
             let (server, init) = (Arc::clone(server), Arc::clone(&init));
             // Detached: a queue thread ends when the connection does; the
@@ -324,7 +336,7 @@ impl FuseMount {
                 .spawn(move || {
                     if init.wait() && server.over_io_uring() {
                         if let Err(e) = uring::serve_queue(q, main_fd, &server) {
-                            warn(format_args!("FUSE over io_uring queue: {e}"));
+                            warn!("FUSE over io_uring queue: {e}");
                         }
                     }
                 })
@@ -356,16 +368,9 @@ impl FuseMount {
             result
         });
         init.set(InitState::Stopped);
-        server.stop_pushing();
+        session.stop_pushing();
         result.map_err(DevFuseError::Serve)
     }
-}
-
-/// Writes a warning to stderr (the mount command has no logger; stderr is
-/// /dev/null once detached).
-fn warn(msg: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(io::stderr(), "erofs-virtiofsd: warning: {msg}");
 }
 
 /// Where the connection is in its life, for the threads that wait for INIT.
@@ -406,7 +411,7 @@ impl AfterInit {
 
     /// Called after each request: on the first call after INIT was
     /// answered, sets the readahead and wakes the queue threads.
-    fn check(&self, server: &Server) {
+    fn check(&self, server: &Session) {
         if self.acted.load(Ordering::Relaxed)
             || !server.initialized()
             || self.acted.swap(true, Ordering::AcqRel)
@@ -420,10 +425,10 @@ impl AfterInit {
             .take();
         if let Some((mut file, kb)) = readahead {
             if let Err(e) = write_readahead(&mut file, kb) {
-                warn(format_args!(
+                warn!(
                     "cannot set the readahead of {} to {kb} KiB: {e}",
                     self.mountpoint.display()
-                ));
+                );
             }
         }
         self.set(InitState::Done);
@@ -475,27 +480,6 @@ impl DevSink {
             // reply any more.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r,
-        }
-    }
-}
-
-/// Writes one message (a reply or a notification), gathered from `parts`
-/// (at most 8), to a /dev/fuse descriptor; retries when interrupted.
-pub(crate) fn write_message(fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
-    const MAX_IOV: usize = 8;
-    if parts.len() > MAX_IOV {
-        return Err(io::Error::other("too many message parts"));
-    }
-    let mut iov = [IoSlice::new(&[]); MAX_IOV];
-    for (v, p) in iov.iter_mut().zip(parts) {
-        *v = IoSlice::new(p);
-    }
-    let iov = iov.get(..parts.len()).unwrap_or(&[]);
-    loop {
-        match os::fd::writev(fd, iov) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => return Err(e),
         }
     }
 }
@@ -569,7 +553,7 @@ impl ReplySink for DevSink {
 
 /// Reads requests from `fd` and answers them until the device reports
 /// ENODEV (unmounted).
-fn worker(fd: RawFd, server: &Server, bufsize: usize, init: &AfterInit) -> io::Result<()> {
+fn worker(fd: RawFd, server: &Session, bufsize: usize, init: &AfterInit) -> io::Result<()> {
     let mut req = vec![0u8; bufsize];
     let mut sink = DevSink::new(fd, bufsize);
     loop {

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use zerocopy::IntoBytes;
 
 use super::abi::{self, *};
-use super::dispatch::{send, send_bytes, Fail, OpResult, Server};
-use super::nodes::Listed;
+use super::images::ShareImage;
+use super::nodes::{Listed, Target};
 use super::push::Pusher;
+use super::reply::{send, send_bytes, Fail, OpResult};
+use super::session::Session;
 use super::sink::ReplySink;
-use crate::erofs::{FileType, Inode, InodeKind};
+use crate::erofs::{FileType, InodeKind};
 
 /// A reader going through a directory in listing order gets the small
 /// files after the one it reads pushed into the page cache, at most this
@@ -31,6 +33,29 @@ const XATTR_NAME_MAX: usize = 255;
 const DIRENT_LEN: usize = std::mem::size_of::<Dirent>();
 const DIRENTPLUS_LEN: usize = std::mem::size_of::<Direntplus>();
 
+/// A READDIR(PLUS) reply being built.
+pub(crate) struct Listing {
+    pub(crate) buf: Vec<u8>,
+    /// Most bytes the reply may hold.
+    pub(crate) cap: usize,
+    /// Entries with attributes (READDIRPLUS).
+    pub(crate) plus: bool,
+    /// The names may go at any time (the root of a share of named
+    /// images): the client may not cache them.
+    pub(crate) volatile: bool,
+}
+
+impl Listing {
+    pub(crate) fn new(cap: usize, plus: bool) -> Self {
+        Self {
+            buf: Vec::with_capacity(cap.min(1 << 16)),
+            cap,
+            plus,
+            volatile: false,
+        }
+    }
+}
+
 /// Directory cookies: 0 is the start; cookie `c >= 1` resumes at byte
 /// `c - 1` of the on-disk entries (cookie 1, byte 0, follows the `.` that
 /// directories stored without one get).
@@ -38,7 +63,7 @@ fn cookie_to_pos(cookie: u64) -> Option<u64> {
     cookie.checked_sub(1)
 }
 
-impl Server {
+impl Session {
     pub(crate) fn readdir(
         &self,
         h: &InHeader,
@@ -46,16 +71,17 @@ impl Server {
         plus: bool,
         sink: &mut dyn ReplySink,
     ) -> OpResult {
-        let dir = self.file(h, r.fh, true)?;
+        let t = self.file(h, r.fh, true)?;
+        let (img, dir) = (&t.img, &t.inode);
         if !dir.is_dir() {
             return Err(Fail::Errno(libc::ENOTDIR));
         }
-        let cap = usize::try_from(r.size.min(self.opts.max_read)).unwrap_or(0);
-        let mut out: Vec<u8> = Vec::with_capacity(cap.min(1 << 16));
+        let cap = usize::try_from(r.size.min(self.share.options().max_read)).unwrap_or(0);
+        let mut out = Listing::new(cap, plus);
         let mut full = false;
         if r.offset == 0 && dir.dot_omitted {
-            let ino = self.st_ino(dir.nid);
-            full = !self.push_entry(&mut out, cap, plus, b".", ino, 4, 1, None);
+            let ino = img.st_ino(dir.nid);
+            full = !self.push_entry(&mut out, b".", ino, 4, 1, None);
         }
         let pos = cookie_to_pos(r.offset).unwrap_or(0);
         let mut failed = None;
@@ -64,29 +90,24 @@ impl Server {
         let mut first_file = None;
         if !full {
             let mut at = pos;
-            let res = self.img.readdir(&dir, pos, |e, next| {
+            let res = img.image().readdir(dir, pos, |e, next| {
                 if plus && r.offset == 0 && first_file.is_none() && e.file_type == FileType::File {
                     first_file = Some(at);
                 }
                 let child = if plus && e.name != b"." && e.name != b".." {
-                    self.inode_of(e.nid).ok()
+                    self.inode_of(img, e.nid).ok()
                 } else {
                     None
                 };
-                let child_nid = child.as_ref().map(|c| c.nid);
+                let child_nid = child.as_ref().map(|c| c.inode.nid);
                 let cookie = next.saturating_add(1);
-                let ino = self.st_ino(e.nid);
-                let fits = self.push_entry(
-                    &mut out,
-                    cap,
-                    plus,
-                    e.name,
-                    ino,
-                    e.file_type.dtype(),
-                    cookie,
-                    child,
-                );
-                if let Some(id) = child_nid.filter(|_| fits).and_then(|n| self.nodeid_of(n)) {
+                let ino = img.st_ino(e.nid);
+                let fits =
+                    self.push_entry(&mut out, e.name, ino, e.file_type.dtype(), cookie, child);
+                if let Some(id) = child_nid
+                    .filter(|_| fits)
+                    .and_then(|n| self.nodeid_of(img, n))
+                {
                     let listed = Listed {
                         parent: dir.nid,
                         at,
@@ -98,35 +119,34 @@ impl Server {
                 fits
             });
             if let Err(e) = res {
-                failed = Some(self.image_error("readdir", &e));
+                failed = Some(self.image_error(img, "readdir", &e));
             }
         }
         if let Some(at) = first_file {
-            self.expect_next(dir.nid, at, false);
+            self.expect_next((img.serial(), dir.nid), at, false);
         }
         match failed {
             // Entries before the damage are still worth returning.
-            Some(f) if out.is_empty() => Err(f),
-            _ => send_bytes(sink, h.unique, &[&out]),
+            Some(f) if out.buf.is_empty() => Err(f),
+            _ => send_bytes(sink, h.unique, &[&out.buf]),
         }
     }
 
-    /// Appends one entry if it fits in `cap`; false when it does not (the
-    /// listing stops there). With `plus`, a decoded `child` gets full
-    /// attributes and counts a lookup; others get node id 0 (the kernel
-    /// then looks the name up itself).
-    #[allow(clippy::too_many_arguments)]
-    fn push_entry(
+    /// Appends one entry if it fits; false when it does not (the listing
+    /// stops there). With `plus`, a decoded `child` gets full attributes
+    /// and counts a lookup; others get node id 0 (the kernel then looks the
+    /// name up itself).
+    pub(crate) fn push_entry(
         &self,
-        out: &mut Vec<u8>,
-        cap: usize,
-        plus: bool,
+        out: &mut Listing,
         name: &[u8],
         ino: u64,
         typ: u32,
         cookie: u64,
-        child: Option<Arc<Inode>>,
+        child: Option<Target>,
     ) -> bool {
+        let (plus, cap, volatile) = (out.plus, out.cap, out.volatile);
+        let out = &mut out.buf;
         let head = if plus { DIRENTPLUS_LEN } else { DIRENT_LEN };
         let Some(rec) = head.checked_add(name.len()).and_then(abi::dirent_align) else {
             return false;
@@ -146,7 +166,7 @@ impl Server {
         };
         if plus {
             let entry_out = match child {
-                Some(c) => self.entry(&c).unwrap_or_default(),
+                Some(c) => self.entry(&c, volatile).unwrap_or_default(),
                 None => EntryOut::default(),
             };
             out.extend_from_slice(Direntplus { entry_out, dirent }.as_bytes());
@@ -166,24 +186,26 @@ impl Server {
         name: &[u8],
         sink: &mut dyn ReplySink,
     ) -> OpResult {
-        let inode = self.node(h.nodeid)?;
+        let t = self.node(h.nodeid)?;
         if name.len() > XATTR_NAME_MAX || name.is_empty() {
             return Err(Fail::Errno(libc::ERANGE));
         }
-        let value = self
+        let value = t
             .img
-            .get_xattr(&inode, name)
-            .map_err(|e| self.image_error("getxattr", &e))?
+            .image()
+            .get_xattr(&t.inode, name)
+            .map_err(|e| self.image_error(&t.img, "getxattr", &e))?
             .ok_or(Fail::Errno(libc::ENODATA))?;
         sized_reply(sink, h.unique, size, &value)
     }
 
     pub(crate) fn listxattr(&self, h: &InHeader, size: u32, sink: &mut dyn ReplySink) -> OpResult {
-        let inode = self.node(h.nodeid)?;
-        let names = self
+        let t = self.node(h.nodeid)?;
+        let names = t
             .img
-            .list_xattr_names(&inode)
-            .map_err(|e| self.image_error("listxattr", &e))?;
+            .image()
+            .list_xattr_names(&t.inode)
+            .map_err(|e| self.image_error(&t.img, "listxattr", &e))?;
         let mut list = Vec::new();
         for n in names {
             // The kernel lists trusted.* only to CAP_SYS_ADMIN; root's uid
@@ -218,7 +240,7 @@ fn sized_reply(sink: &mut dyn ReplySink, unique: u64, size: u32, value: &[u8]) -
     send_bytes(sink, unique, &[value])
 }
 
-impl Server {
+impl Session {
     /// `nodeid`, a regular file, was read from its start. When it is the
     /// entry a reader going through its directory in listing order reads
     /// next (the one after the previous file read there, or where the last
@@ -226,28 +248,29 @@ impl Server {
     /// page cache, so that reading them costs no round trip (tar, cp -r,
     /// grep -r). A file read out of order only moves the directory's
     /// expected position: random access pushes nothing.
-    pub(crate) fn follow_listing(&self, p: &Pusher, nodeid: u64) {
+    pub(crate) fn follow_listing(&self, p: &Pusher, nodeid: u64, img: &Arc<ShareImage>) {
         let Some(l) = self.nodes.listed(nodeid) else {
             return;
         };
         let in_order = self
             .dir_streams
             .lock()
-            .is_ok_and(|s| s.get(&l.parent) == Some(&l.at));
+            .is_ok_and(|s| s.get(&(img.serial(), l.parent)) == Some(&l.at));
         if !in_order {
-            self.expect_next(l.parent, l.next, true);
+            self.expect_next((img.serial(), l.parent), l.next, true);
             return;
         }
-        let Ok(dir) = self.inode_of(l.parent) else {
+        let Ok(dir) = self.inode_of(img, l.parent) else {
             return;
         };
         let (mut seen, mut bytes, mut resume) = (0usize, 0u64, l.next);
-        let _ = self.img.readdir(&dir, l.next, |e, next| {
+        let _ = img.image().readdir(&dir.inode, l.next, |e, next| {
             seen = seen.saturating_add(1);
             if e.file_type == FileType::File {
-                let Ok(inode) = self.inode_of(e.nid) else {
+                let Ok(t) = self.inode_of(img, e.nid) else {
                     return false;
                 };
+                let inode = &t.inode;
                 let total = bytes.saturating_add(inode.size);
                 if inode.kind != InodeKind::File
                     || inode.size > STREAM_FILE_MAX
@@ -256,20 +279,21 @@ impl Server {
                     // Read by itself: the next batch starts there.
                     return false;
                 }
-                if let Some(id) = self.nodeid_of(e.nid) {
-                    p.offer_file(id, &inode);
+                if let Some(id) = self.nodeid_of(img, e.nid) {
+                    p.offer_file(id, &t);
                 }
                 bytes = total;
             }
             resume = next;
             seen < STREAM_ENTRIES
         });
-        self.expect_next(l.parent, resume, true);
+        self.expect_next((img.serial(), l.parent), resume, true);
     }
 
     /// Remembers `pos` as where the next file read in order in directory
-    /// `dir` sits (with `replace` false, only if nothing is remembered).
-    fn expect_next(&self, dir: u64, pos: u64, replace: bool) {
+    /// `dir` (image serial, nid) sits (with `replace` false, only if
+    /// nothing is remembered).
+    fn expect_next(&self, dir: (u64, u64), pos: u64, replace: bool) {
         let Ok(mut streams) = self.dir_streams.lock() else {
             return;
         };

@@ -1,23 +1,59 @@
 //! The dispatcher's state tables: nodes the kernel holds (with their lookup
 //! counts and decoded inodes) and open file handles.
 //!
-//! Both are bounded: the node table by the inodes the image has (node ids
-//! are a bijection of nids, so the kernel can only name inodes that lookup
-//! or readdirplus handed out), the handle table by a fixed cap.
+//! Node ids: in a share whose root is one image, a node id is a function
+//! of the nid (see `super::session`). In a share of named images, ids are
+//! handed out in increasing order, keyed by (image serial, nid), so the
+//! same inode keeps its id while the kernel holds it, and an id is never
+//! handed out again, for any image: a removed image's ids stay unknown
+//! (ESTALE) once forgotten, never another image's inode.
+//!
+//! Both are bounded: the node table by the inodes the kernel holds (it can
+//! only name inodes that lookup or readdirplus handed out, and forgets
+//! them), the handle table by a fixed cap.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use foldhash::fast::RandomState;
 
+use super::images::ShareImage;
 use crate::erofs::Inode;
 
 const SHARDS: usize = 16;
 const SHARD_MASK: u64 = SHARDS as u64 - 1;
 
+/// An inode and the image it belongs to. Cheap to clone: one reference
+/// count of its own, so that requests on different nodes never touch the
+/// same count (the image's is shared by all its nodes and is touched only
+/// when a node is made).
+#[derive(Debug, Clone)]
+pub(crate) struct Target(Arc<TargetParts>);
+
+/// What a [`Target`] holds.
+#[derive(Debug)]
+pub(crate) struct TargetParts {
+    pub(crate) img: Arc<ShareImage>,
+    pub(crate) inode: Arc<Inode>,
+}
+
+impl Target {
+    pub(crate) fn new(img: Arc<ShareImage>, inode: Arc<Inode>) -> Self {
+        Self(Arc::new(TargetParts { img, inode }))
+    }
+}
+
+impl std::ops::Deref for Target {
+    type Target = TargetParts;
+
+    fn deref(&self) -> &TargetParts {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
 struct Node {
-    inode: Arc<Inode>,
+    target: Target,
     nlookup: u64,
     /// Where the node was last listed by READDIRPLUS.
     listed: Option<Listed>,
@@ -38,6 +74,17 @@ pub(crate) struct Listed {
 #[derive(Debug)]
 pub(crate) struct NodeTable {
     shards: Vec<Mutex<HashMap<u64, Node, RandomState>>>,
+    /// Handed-out ids by (image serial, nid), for shares of named images.
+    /// Locked before a shard, never after.
+    ids: Option<Mutex<IdMap>>,
+}
+
+/// The ids of a share of named images.
+#[derive(Debug, Default)]
+struct IdMap {
+    by_key: HashMap<(u64, u64), u64, RandomState>,
+    /// The last id handed out (ids 0 and 1 are never handed out).
+    last: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,12 +94,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl NodeTable {
-    pub(crate) fn new() -> Self {
+    /// A table whose ids the caller computes (`keyed` false) or which hands
+    /// them out ([`add_lookup_keyed`](Self::add_lookup_keyed)).
+    pub(crate) fn new(keyed: bool) -> Self {
         Self {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
+            ids: keyed.then(|| {
+                Mutex::new(IdMap {
+                    last: 1,
+                    ..IdMap::default()
+                })
+            }),
         }
+    }
+
+    /// The id handed out for `nid` of image `serial`, while the kernel
+    /// holds it (keyed tables only).
+    pub(crate) fn id_of(&self, serial: u64, nid: u64) -> Option<u64> {
+        let ids = lock(self.ids.as_ref()?);
+        ids.by_key.get(&(serial, nid)).copied()
+    }
+
+    /// Counts one more lookup of `target`, handing out a new id the first
+    /// time (keyed tables only); returns the id.
+    pub(crate) fn add_lookup_keyed(&self, target: &Target) -> Option<u64> {
+        let mut ids = lock(self.ids.as_ref()?);
+        let key = (target.img.serial(), target.inode.nid);
+        let id = match ids.by_key.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = ids.last.checked_add(1)?;
+                ids.last = id;
+                ids.by_key.insert(key, id);
+                id
+            }
+        };
+        self.add_lookup(id, target);
+        Some(id)
     }
 
     fn shard(&self, nodeid: u64) -> &Mutex<HashMap<u64, Node, RandomState>> {
@@ -62,17 +142,17 @@ impl NodeTable {
     }
 
     /// The inode of a node the kernel holds.
-    pub(crate) fn get(&self, nodeid: u64) -> Option<Arc<Inode>> {
+    pub(crate) fn get(&self, nodeid: u64) -> Option<Target> {
         lock(self.shard(nodeid))
             .get(&nodeid)
-            .map(|n| Arc::clone(&n.inode))
+            .map(|n| n.target.clone())
     }
 
-    /// Counts one more lookup of `nodeid` (inserting it with `inode`).
-    pub(crate) fn add_lookup(&self, nodeid: u64, inode: &Arc<Inode>) {
+    /// Counts one more lookup of `nodeid` (inserting it with `target`).
+    pub(crate) fn add_lookup(&self, nodeid: u64, target: &Target) {
         let mut shard = lock(self.shard(nodeid));
         let node = shard.entry(nodeid).or_insert_with(|| Node {
-            inode: Arc::clone(inode),
+            target: target.clone(),
             nlookup: 0,
             listed: None,
         });
@@ -91,13 +171,19 @@ impl NodeTable {
         lock(self.shard(nodeid)).get(&nodeid).and_then(|n| n.listed)
     }
 
-    /// Drops `n` lookups; the node goes when none remain.
+    /// Drops `n` lookups; the node goes when none remain (and with it its
+    /// key: the id is not handed out again).
     pub(crate) fn forget(&self, nodeid: u64, n: u64) {
+        let mut ids = self.ids.as_ref().map(lock);
         let mut shard = lock(self.shard(nodeid));
         if let Some(node) = shard.get_mut(&nodeid) {
             node.nlookup = node.nlookup.saturating_sub(n);
             if node.nlookup == 0 {
+                let key = (node.target.img.serial(), node.target.inode.nid);
                 shard.remove(&nodeid);
+                if let Some(ids) = ids.as_mut() {
+                    ids.by_key.remove(&key);
+                }
             }
         }
     }
@@ -114,10 +200,15 @@ impl NodeTable {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
-    /// Forgets everything (FUSE_DESTROY).
+    /// Forgets everything (FUSE_DESTROY); ids already handed out are still
+    /// not handed out again.
     pub(crate) fn clear(&self) {
+        let mut ids = self.ids.as_ref().map(lock);
         for s in &self.shards {
             lock(s).clear();
+        }
+        if let Some(ids) = ids.as_mut() {
+            ids.by_key.clear();
         }
     }
 }
@@ -125,7 +216,8 @@ impl NodeTable {
 /// What an open handle refers to.
 #[derive(Debug, Clone)]
 pub(crate) struct Handle {
-    pub(crate) inode: Arc<Inode>,
+    /// The inode; `None` for the synthetic root of a share of named images.
+    pub(crate) target: Option<Target>,
     pub(crate) dir: bool,
 }
 
@@ -208,5 +300,55 @@ impl HandleTable {
     /// Closes everything (FUSE_DESTROY).
     pub(crate) fn clear(&self) {
         *self.inner.write().unwrap_or_else(PoisonError::into_inner) = Slots::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::images::{root_of, ImageMeta, Place};
+    use crate::fuse::testutil::{memory_image, TINY_IMAGE};
+
+    fn target(serial: u64) -> Target {
+        let img = memory_image(TINY_IMAGE).unwrap();
+        let root = root_of(&img).unwrap();
+        let place = Place { serial, slot: 1 };
+        let rec = ShareImage::new(
+            Some("x".into()),
+            img,
+            Arc::clone(&root),
+            ImageMeta::default(),
+            place,
+        );
+        Target::new(Arc::new(rec), root)
+    }
+
+    #[test]
+    fn test_keyed_ids_are_per_image_and_never_handed_out_again() {
+        let t = NodeTable::new(true);
+        let (a, b) = (target(1), target(2));
+        let ida = t.add_lookup_keyed(&a).unwrap();
+        let idb = t.add_lookup_keyed(&b).unwrap();
+        assert_ne!(ida, idb, "same nid, other image: other id");
+        assert!(ida > 1 && idb > 1, "0 and 1 are not handed out");
+        assert_eq!(t.add_lookup_keyed(&a), Some(ida));
+        assert_eq!(t.lookups(ida), 2);
+        assert_eq!(t.id_of(1, a.inode.nid), Some(ida));
+        t.forget(ida, 2);
+        assert!(t.get(ida).is_none());
+        assert_eq!(t.id_of(1, a.inode.nid), None);
+        let again = t.add_lookup_keyed(&a).unwrap();
+        assert!(again > idb, "a forgotten id is not reused: {again}");
+        t.clear();
+        assert_eq!(t.len(), 0);
+        assert!(t.add_lookup_keyed(&b).unwrap() > again);
+        assert_eq!(t.get(ida).map(|x| x.img.serial()), None);
+    }
+
+    #[test]
+    fn test_unkeyed_tables_hand_out_nothing() {
+        let t = NodeTable::new(false);
+        assert_eq!(t.add_lookup_keyed(&target(1)), None);
+        assert_eq!(t.id_of(1, 0), None);
     }
 }

@@ -14,29 +14,27 @@
 //! needs a worker to answer it.
 //!
 //! The same thread pushes whole small files ahead of a reader going
-//! through a directory in listing order (`Server::follow_listing`), and
+//! through a directory in listing order (`Session::follow_listing`), and
 //! the [window](AROUND) around small reads of uncompressed files once a
 //! file is read densely enough at random ([`Pusher::read_around`]).
-//! Uncompressed data is spliced from the image file's page cache, as READ
-//! replies are.
 //!
-//! Only for `/dev/fuse` mounts with the page cache kept (`--cache always`):
-//! virtio-fs has no notifications.
+//! This is the policy (what to push, when, how much) and the queue; the
+//! writing is the transport's, through its [`Outbound`]: uncompressed
+//! data goes as file ranges ([`Outbound::store_spans`], spliced from the
+//! image file's page cache on /dev/fuse, as READ replies are), anything
+//! else as bytes ([`Outbound::store`]). Only transports that can store
+//! (/dev/fuse: virtio-fs has no notifications) with the page cache kept
+//! (`--cache always`) get a pusher.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use zerocopy::IntoBytes;
-
-use crate::erofs::{Image, Inode};
-
-use super::abi::{NotifyStoreOut, OutHeader, NOTIFY_STORE};
-use super::devfuse::write_message;
-use super::sink::OUT_HEADER_LEN;
-use super::splice::{spans_len, SplicePipe, MAX_SPANS};
+use super::nodes::Target;
+use super::outbound::Outbound;
+use super::splice::{spans_len, MAX_SPANS};
+use crate::erofs::Inode;
 
 /// Most bytes pushed on either side of one read.
 pub const MAX_PUSH: u64 = 1 << 20;
@@ -80,7 +78,7 @@ const RECENT: usize = 128;
 
 struct Push {
     nodeid: u64,
-    inode: Arc<Inode>,
+    target: Target,
     offset: u64,
     len: u64,
 }
@@ -100,6 +98,10 @@ pub struct PushStats {
 #[derive(Debug)]
 pub struct Pusher {
     tx: Mutex<Option<SyncSender<Push>>>,
+    /// Joined only by tests: in service the thread may be stuck in a store
+    /// the kernel holds, and nobody needs to wait for it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     recent: Mutex<VecDeque<(u64, u64)>>,
     stats: Arc<Mutex<PushStats>>,
     page: u64,
@@ -114,19 +116,19 @@ impl std::fmt::Debug for Push {
 }
 
 impl Pusher {
-    /// Starts the pushing thread, which writes notifications to `fd` (its
-    /// own descriptor of the mount's `/dev/fuse` connection) and reads the
-    /// data from `img`. It ends at [`close`](Self::close) or when the
-    /// connection goes away.
-    pub fn start(img: Arc<Image>, fd: OwnedFd) -> io::Result<Pusher> {
+    /// Starts the pushing thread, which reads the data from the images and
+    /// stores it through `out`. It ends at [`close`](Self::close) (or when
+    /// the pusher is dropped) or when the connection goes away.
+    pub fn start(out: Arc<dyn Outbound>) -> io::Result<Pusher> {
         let (tx, rx) = sync_channel(QUEUE);
         let stats = Arc::new(Mutex::new(PushStats::default()));
         let thread_stats = Arc::clone(&stats);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("fuse-push".into())
-            .spawn(move || run(&rx, &img, &fd, &thread_stats))?;
+            .spawn(move || run(&rx, &*out, &thread_stats))?;
         Ok(Pusher {
             tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             stats,
             page: crate::os::proc::page_size(),
@@ -141,28 +143,39 @@ impl Pusher {
         }
     }
 
+    /// Stops taking offers and waits until the thread has sent what was
+    /// queued.
+    #[cfg(test)]
+    pub(crate) fn finish(&self) {
+        self.close();
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
     /// What the thread has done so far.
     pub fn stats(&self) -> PushStats {
         self.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
-    /// A read of `offset..offset + len` of `inode` (node `nodeid`) was
+    /// A read of `offset..offset + len` of `t` (node `nodeid`) was
     /// answered and decoding it produced `decoded` (from
-    /// [`Image::decoded_range`]): offers the whole pages of `decoded` on
+    /// [`crate::erofs::Image::decoded_range`]): offers the whole pages of `decoded` on
     /// either side of the read, at most [`MAX_PUSH`] bytes each, nearest
     /// the read first; nothing when that is under [`MIN_PUSH`] in all or
     /// the read is not [small](SMALL_READ).
-    pub fn offer(
+    pub(crate) fn offer(
         &self,
         nodeid: u64,
-        inode: &Arc<Inode>,
+        t: &Target,
         offset: u64,
         len: u64,
         decoded: (u64, u64),
     ) {
-        for (a, b) in push_ranges(self.page, inode.size, offset, len, decoded) {
+        for (a, b) in push_ranges(self.page, t.inode.size, offset, len, decoded) {
             if b > a {
-                self.send(nodeid, inode, a, b.saturating_sub(a));
+                self.send(nodeid, t, a, b.saturating_sub(a));
             }
         }
     }
@@ -172,7 +185,7 @@ impl Pusher {
     /// included; `None` for reads read-around does not count. Called
     /// before the read is answered, so that the counts follow the order in
     /// which a reader sent its reads.
-    pub fn count_small_read(&self, nodeid: u64, inode: &Inode, len: u64) -> Option<u64> {
+    pub(crate) fn count_small_read(&self, nodeid: u64, inode: &Inode, len: u64) -> Option<u64> {
         if len >= SMALL_READ || inode.is_compressed() {
             return None;
         }
@@ -188,24 +201,24 @@ impl Pusher {
     }
 
     /// The `misses`-th small read ([`Self::count_small_read`]) of
-    /// `offset..offset + len` of uncompressed `inode` (node `nodeid`) was
+    /// `offset..offset + len` of uncompressed `t` (node `nodeid`) was
     /// answered: once the file has had enough of them (`AROUND_DENSITY`,
     /// `AROUND_MIN_READS`) offers the rest of the [`AROUND`]-aligned window
     /// holding `offset`.
-    pub fn read_around(&self, nodeid: u64, inode: &Arc<Inode>, offset: u64, len: u64, misses: u64) {
-        if let Some(window) = around_window(inode.size, offset, misses) {
-            self.offer(nodeid, inode, offset, len, window);
+    pub(crate) fn read_around(&self, nodeid: u64, t: &Target, offset: u64, len: u64, misses: u64) {
+        if let Some(window) = around_window(t.inode.size, offset, misses) {
+            self.offer(nodeid, t, offset, len, window);
         }
     }
 
     /// Offers all of a (small) file, from its start.
-    pub fn offer_file(&self, nodeid: u64, inode: &Arc<Inode>) {
-        if inode.size > 0 {
-            self.send(nodeid, inode, 0, inode.size);
+    pub(crate) fn offer_file(&self, nodeid: u64, t: &Target) {
+        if t.inode.size > 0 {
+            self.send(nodeid, t, 0, t.inode.size);
         }
     }
 
-    fn send(&self, nodeid: u64, inode: &Arc<Inode>, offset: u64, len: u64) {
+    fn send(&self, nodeid: u64, t: &Target, offset: u64, len: u64) {
         {
             let Ok(mut recent) = self.recent.lock() else {
                 return;
@@ -226,7 +239,7 @@ impl Pusher {
         };
         let push = Push {
             nodeid,
-            inode: Arc::clone(inode),
+            target: t.clone(),
             offset,
             len,
         };
@@ -289,14 +302,10 @@ fn around_window(size: u64, offset: u64, misses: u64) -> Option<(u64, u64)> {
     Some((start, start.saturating_add(AROUND).min(size)))
 }
 
-fn run(rx: &Receiver<Push>, img: &Image, fd: &OwnedFd, stats: &Mutex<PushStats>) {
+fn run(rx: &Receiver<Push>, out: &dyn Outbound, stats: &Mutex<PushStats>) {
     let mut buf = Vec::new();
-    let pipe = SplicePipe::new().ok();
     while let Ok(p) = rx.recv() {
-        let spliced = pipe
-            .as_ref()
-            .and_then(|pipe| store_spliced(pipe, img, fd, &p));
-        let sent = match spliced {
+        let sent = match store_spans(out, &p) {
             Some(r) => r,
             None => {
                 let Ok(len) = usize::try_from(p.len) else {
@@ -305,11 +314,16 @@ fn run(rx: &Receiver<Push>, img: &Image, fd: &OwnedFd, stats: &Mutex<PushStats>)
                 buf.resize(len, 0);
                 // Anything the image cannot give is simply not pushed: the
                 // reader asks for it and gets the error then.
-                match img.read(&p.inode, p.offset, &mut buf) {
+                match p
+                    .target
+                    .img
+                    .image()
+                    .read(&p.target.inode, p.offset, &mut buf)
+                {
                     Ok(n) if n == len => {}
                     _ => continue,
                 }
-                store(fd, p.nodeid, p.offset, &buf)
+                out.store(p.nodeid, p.offset, &buf)
             }
         };
         match sent {
@@ -326,47 +340,26 @@ fn run(rx: &Receiver<Push>, img: &Image, fd: &OwnedFd, stats: &Mutex<PushStats>)
     }
 }
 
-/// The headers of a `FUSE_NOTIFY_STORE` of `size` bytes at `offset` of
-/// node `nodeid`.
-fn store_head(nodeid: u64, offset: u64, size: usize) -> io::Result<(OutHeader, NotifyStoreOut)> {
-    let out = NotifyStoreOut {
-        nodeid,
-        offset,
-        size: u32::try_from(size).map_err(io::Error::other)?,
-        padding: 0,
-    };
-    let body = std::mem::size_of::<NotifyStoreOut>().saturating_add(size);
-    let header = OutHeader {
-        len: u32::try_from(body.saturating_add(OUT_HEADER_LEN)).map_err(io::Error::other)?,
-        error: NOTIFY_STORE,
-        unique: 0,
-    };
-    Ok((header, out))
-}
-
-/// Writes one `FUSE_NOTIFY_STORE` of `data` at `offset` of node `nodeid`.
-fn store(fd: &OwnedFd, nodeid: u64, offset: u64, data: &[u8]) -> io::Result<()> {
-    let (header, out) = store_head(nodeid, offset, data.len())?;
-    write_message(fd.as_raw_fd(), &[header.as_bytes(), out.as_bytes(), data])
-}
-
-/// Sends push `p` spliced from the image file's page cache, when its data
-/// is uncompressed and in that file (`None` otherwise, and when the spans
-/// turn out shorter than the file says: the copying path then decides).
-fn store_spliced(pipe: &SplicePipe, img: &Image, fd: &OwnedFd, p: &Push) -> Option<io::Result<()>> {
+/// Sends push `p` as file ranges, when its data is uncompressed and in
+/// the image file (`None` otherwise, when the spans turn out shorter than
+/// the file says, and when the transport did not take them: the copying
+/// path then decides).
+fn store_spans(out: &dyn Outbound, p: &Push) -> Option<io::Result<()>> {
     let len = usize::try_from(p.len).ok()?;
-    let spans = img.plain_spans(&p.inode, p.offset, len, MAX_SPANS).ok()??;
-    let total = spans_len(&spans);
-    if total != len || !pipe.fits(total, spans.len()) {
+    let spans = p
+        .target
+        .img
+        .image()
+        .plain_spans(&p.target.inode, p.offset, len, MAX_SPANS)
+        .ok()??;
+    if spans_len(&spans) != len {
         return None;
     }
-    let (header, out) = store_head(p.nodeid, p.offset, len).ok()?;
-    pipe.load(&[header.as_bytes(), out.as_bytes()], &spans)
-        .ok()?;
-    let msg = OUT_HEADER_LEN
-        .saturating_add(std::mem::size_of::<NotifyStoreOut>())
-        .saturating_add(len);
-    Some(pipe.send(fd.as_raw_fd(), msg))
+    match out.store_spans(p.nodeid, p.offset, &spans) {
+        Ok(true) => Some(Ok(())),
+        Ok(false) => None,
+        Err(e) => Some(Err(e)),
+    }
 }
 
 #[cfg(test)]
@@ -374,7 +367,6 @@ fn store_spliced(pipe: &SplicePipe, img: &Image, fd: &OwnedFd, p: &Push) -> Opti
 mod tests {
     use super::*;
     use crate::fuse::testutil::{memory_image, TINY_IMAGE};
-    use std::io::Read;
 
     const K: u64 = 1024;
 
@@ -444,31 +436,50 @@ mod tests {
         );
     }
 
+    /// Records what it is asked to store.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        stores: Mutex<Vec<(u64, u64, Vec<u8>)>>,
+    }
+
+    impl Outbound for Recorder {
+        fn can_store(&self) -> bool {
+            true
+        }
+
+        fn store(&self, nodeid: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.stores
+                .lock()
+                .unwrap()
+                .push((nodeid, offset, data.to_vec()));
+            Ok(())
+        }
+    }
+
     #[test]
-    fn test_push_writes_a_notify_store() {
+    fn test_push_stores_through_the_transport_once() {
         let img = memory_image(TINY_IMAGE).unwrap();
-        let root = img.inode(img.root_nid()).unwrap();
-        let (nid, _) = img.lookup(&root, b"big").unwrap().unwrap();
-        let inode = Arc::new(img.inode(nid).unwrap());
+        let share = crate::fuse::Share::new(img, Default::default()).unwrap();
+        let img = Arc::clone(share.root_image().unwrap());
+        let root = img.root();
+        let (nid, _) = img.image().lookup(root, b"big").unwrap().unwrap();
+        let inode = Arc::new(img.image().inode(nid).unwrap());
         let mut want = vec![0u8; 8204];
-        assert_eq!(img.read(&inode, 4096, &mut want).unwrap(), want.len());
-        let (r, w) = crate::os::fd::pipe(false).unwrap();
-        let pusher = Pusher::start(Arc::clone(&img), w).unwrap();
-        pusher.send(77, &inode, 4096, 8204);
+        assert_eq!(
+            img.image().read(&inode, 4096, &mut want).unwrap(),
+            want.len()
+        );
+        let out = Arc::new(Recorder::default());
+        let pusher = Pusher::start(out.clone()).unwrap();
+        let t = Target::new(img, inode);
+        pusher.send(77, &t, 4096, 8204);
         // The same range again is not pushed twice.
-        pusher.send(77, &inode, 4096, 8204);
-        pusher.close();
-        let mut got = Vec::new();
-        std::fs::File::from(r).read_to_end(&mut got).unwrap();
-        let body = 24 + want.len();
-        assert_eq!(got.len(), 16 + body, "one message");
-        assert_eq!(&got[0..4], &((16 + body) as u32).to_ne_bytes());
-        assert_eq!(&got[4..8], &NOTIFY_STORE.to_ne_bytes());
-        assert_eq!(&got[8..16], &0u64.to_ne_bytes());
-        assert_eq!(&got[16..24], &77u64.to_ne_bytes());
-        assert_eq!(&got[24..32], &4096u64.to_ne_bytes());
-        assert_eq!(&got[32..36], &8204u32.to_ne_bytes());
-        assert_eq!(&got[40..], &want[..]);
+        pusher.send(77, &t, 4096, 8204);
+        pusher.finish();
+        let stores = out.stores.lock().unwrap();
+        assert_eq!(stores.len(), 1, "one store");
+        assert_eq!((stores[0].0, stores[0].1), (77, 4096));
+        assert_eq!(stores[0].2, want);
         assert_eq!(
             pusher.stats(),
             PushStats {

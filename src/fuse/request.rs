@@ -86,14 +86,21 @@ pub struct HeaderError {
     pub error: DecodeError,
 }
 
+/// The `unique` of a (possibly partial or malformed) request, if at least
+/// the bytes up to it arrived: what an error reply to it carries.
+pub fn unique_of(buf: &[u8]) -> Option<u64> {
+    let off = std::mem::offset_of!(InHeader, unique);
+    let end = off.checked_add(8)?;
+    buf.get(off..end)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_ne_bytes)
+}
+
 /// Splits a request into its header and argument bytes (extensions cut
 /// off). `len` may be shorter than `buf` (a transport's buffer holding more
 /// than the message): the bytes after `len` are ignored.
 pub fn parse_header(buf: &[u8]) -> Result<(InHeader, &[u8]), HeaderError> {
-    let unique = buf
-        .get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_ne_bytes);
+    let unique = unique_of(buf);
     let Ok((hdr, _)) = InHeader::read_from_prefix(buf) else {
         return Err(HeaderError {
             unique,
@@ -128,6 +135,51 @@ pub fn parse_header(buf: &[u8]) -> Result<(InHeader, &[u8]), HeaderError> {
         });
     };
     Ok((hdr, args.get(..args_len).unwrap_or(&[])))
+}
+
+/// Rebuilds a request as /dev/fuse frames it (in-header, op header,
+/// payload) from the three areas a FUSE-over-io_uring ring entry delivers
+/// it in: `in_area` starts with the in-header, `op_area` holds the op
+/// header (the bytes of `len` that are neither header nor payload) and
+/// `payload` the rest. Fails, with the `unique` when readable, when the
+/// header is short or its `len` does not add up.
+pub fn reassemble(
+    in_area: &[u8],
+    op_area: &[u8],
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), HeaderError> {
+    out.clear();
+    let unique = unique_of(in_area);
+    let Ok((hdr, _)) = InHeader::read_from_prefix(in_area) else {
+        return Err(HeaderError {
+            unique,
+            error: DecodeError::ShortHeader {
+                have: in_area.len(),
+            },
+        });
+    };
+    let op_len = usize::try_from(hdr.len)
+        .ok()
+        .and_then(|len| len.checked_sub(IN_HEADER_LEN)?.checked_sub(payload.len()));
+    let (Some(head), Some(op)) = (
+        in_area.get(..IN_HEADER_LEN),
+        op_len.and_then(|n| op_area.get(..n)),
+    ) else {
+        return Err(HeaderError {
+            unique,
+            error: DecodeError::BadLength {
+                len: hdr.len,
+                have: IN_HEADER_LEN
+                    .saturating_add(op_area.len())
+                    .saturating_add(payload.len()),
+            },
+        });
+    };
+    out.extend_from_slice(head);
+    out.extend_from_slice(op);
+    out.extend_from_slice(payload);
+    Ok(())
 }
 
 /// One decoded request body.
@@ -410,5 +462,45 @@ mod tests {
         };
         let got: Vec<(u64, u64)> = b.iter().map(|f| (f.nodeid, f.nlookup)).collect();
         assert_eq!(got, vec![(5, 2)]);
+    }
+
+    #[test]
+    fn test_unique_of_needs_its_bytes() {
+        let req = request(abi::GETATTR, &[0; 16]);
+        assert_eq!(unique_of(&req), Some(77));
+        assert_eq!(unique_of(&req[..16]), Some(77));
+        assert_eq!(unique_of(&req[..15]), None);
+        assert_eq!(unique_of(&[]), None);
+    }
+
+    #[test]
+    fn test_reassemble_table() {
+        // A READ: 40-byte header, 40-byte op header, no payload; a
+        // 5-byte payload after a 0-byte op header; then broken frames.
+        let read = request(abi::READ, &[9; 40]);
+        let (head, op) = read.split_at(IN_HEADER_LEN);
+        let mut out = Vec::new();
+        reassemble(&read, op, &[], &mut out).unwrap();
+        assert_eq!(out, read);
+        let mut hdr = InHeader::read_from_prefix(head).unwrap().0;
+        hdr.len = (IN_HEADER_LEN + 5) as u32;
+        reassemble(hdr.as_bytes(), &[1; 128], b"abcde", &mut out).unwrap();
+        assert_eq!(&out[IN_HEADER_LEN..], b"abcde");
+        let table: &[(u32, usize, Option<u64>)] = &[
+            // len shorter than header + payload.
+            (IN_HEADER_LEN as u32 + 2, 5, Some(77)),
+            // Op header longer than its area.
+            (IN_HEADER_LEN as u32 + 200, 0, Some(77)),
+        ];
+        for &(len, payload, unique) in table {
+            hdr.len = len;
+            let e = reassemble(hdr.as_bytes(), &[0; 128], &vec![0; payload], &mut out)
+                .expect_err("broken frame");
+            assert_eq!(e.unique, unique, "len {len}");
+            assert_eq!(e.error.errno(), libc::EINVAL);
+        }
+        let e = reassemble(&head[..20], &[], &[], &mut out).unwrap_err();
+        assert_eq!(e.unique, Some(77));
+        assert!(matches!(e.error, DecodeError::ShortHeader { have: 20 }));
     }
 }

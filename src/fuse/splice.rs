@@ -33,6 +33,7 @@ const PIPE_BYTES: libc::c_int = 2 << 20;
 
 /// A non-blocking pipe big enough for one whole message (header and
 /// payload, in as many page-sized buffers as the pieces need).
+#[derive(Debug)]
 pub(crate) struct SplicePipe {
     r: OwnedFd,
     w: OwnedFd,

@@ -6,20 +6,27 @@ use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::abi::{self, *};
+use super::fuzzing::{fuzz_dispatch, fuzz_seeds};
 use super::testutil::*;
-use super::{CachePolicy, Server, ServerOptions, VecSink};
+use super::{CachePolicy, RepliesOnly, Session, Share, ShareOptions, VecSink};
 
-struct Fx {
-    srv: Server,
-    sink: VecSink,
-    unique: u64,
+/// A session over `img` that sends nothing but replies.
+fn session(img: Arc<crate::erofs::Image>, opts: ShareOptions) -> Session {
+    let share = Share::new(img, opts).unwrap();
+    Session::new(Arc::new(share), Arc::new(RepliesOnly))
+}
+
+pub(super) struct Fx {
+    pub(super) srv: Session,
+    pub(super) sink: VecSink,
+    pub(super) unique: u64,
 }
 
 impl Fx {
-    fn new(opts: ServerOptions) -> Self {
+    fn new(opts: ShareOptions) -> Self {
         let img = memory_image(TINY_IMAGE).unwrap();
         Self {
-            srv: Server::new(img, opts).unwrap(),
+            srv: session(img, opts),
             sink: VecSink::new(),
             unique: 100,
         }
@@ -27,9 +34,9 @@ impl Fx {
 
     /// A server after INIT with everything offered, caching `cache`.
     fn ready(cache: CachePolicy) -> Self {
-        let mut fx = Self::new(ServerOptions {
+        let mut fx = Self::new(ShareOptions {
             cache,
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         });
         let no_zero_open = KERNEL_FLAGS & !(abi::NO_OPEN_SUPPORT | abi::NO_OPENDIR_SUPPORT);
         let (h, _) = fx.raw(&init_request(1, no_zero_open));
@@ -38,7 +45,7 @@ impl Fx {
     }
 
     /// Sends raw bytes; returns the reply (panics if none).
-    fn raw(&mut self, req: &[u8]) -> (OutHeader, Vec<u8>) {
+    pub(super) fn raw(&mut self, req: &[u8]) -> (OutHeader, Vec<u8>) {
         let before = self.sink.replies.len();
         self.srv.handle(req, &mut self.sink).unwrap();
         assert_eq!(self.sink.replies.len(), before + 1, "no reply");
@@ -48,7 +55,12 @@ impl Fx {
         (h, body.to_vec())
     }
 
-    fn call(&mut self, opcode: u32, nodeid: u64, args: &[&[u8]]) -> Result<Vec<u8>, i32> {
+    pub(super) fn call(
+        &mut self,
+        opcode: u32,
+        nodeid: u64,
+        args: &[&[u8]],
+    ) -> Result<Vec<u8>, i32> {
         self.unique += 1;
         let (h, body) = self.raw(&request(opcode, nodeid, self.unique, args));
         assert_eq!(h.unique, self.unique);
@@ -60,7 +72,7 @@ impl Fx {
         }
     }
 
-    fn no_reply(&mut self, opcode: u32, nodeid: u64, args: &[&[u8]]) {
+    pub(super) fn no_reply(&mut self, opcode: u32, nodeid: u64, args: &[&[u8]]) {
         let before = self.sink.replies.len();
         self.srv
             .handle(&request(opcode, nodeid, 9, args), &mut self.sink)
@@ -68,20 +80,26 @@ impl Fx {
         assert_eq!(self.sink.replies.len(), before, "unexpected reply");
     }
 
-    fn lookup(&mut self, dir: u64, name: &str) -> Result<EntryOut, i32> {
+    pub(super) fn lookup(&mut self, dir: u64, name: &str) -> Result<EntryOut, i32> {
         let mut n = name.as_bytes().to_vec();
         n.push(0);
         let b = self.call(LOOKUP, dir, &[&n])?;
         Ok(EntryOut::read_from_bytes(&b).unwrap())
     }
 
-    fn open(&mut self, node: u64, dir: bool) -> Result<OpenOut, i32> {
+    pub(super) fn open(&mut self, node: u64, dir: bool) -> Result<OpenOut, i32> {
         let o = OpenIn::default();
         let b = self.call(if dir { OPENDIR } else { OPEN }, node, &[o.as_bytes()])?;
         Ok(OpenOut::read_from_bytes(&b).unwrap())
     }
 
-    fn read(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
+    pub(super) fn read(
+        &mut self,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, i32> {
         let r = ReadIn {
             fh,
             offset,
@@ -98,7 +116,7 @@ fn getxattr_in(size: u32) -> Vec<u8> {
 
 #[test]
 fn test_requests_before_init_get_eio() {
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     for op in [LOOKUP, GETATTR, READ, STATFS, 9999] {
         assert_eq!(fx.call(op, 1, &[&[0u8; 64]]), Err(libc::EIO), "opcode {op}");
     }
@@ -107,7 +125,7 @@ fn test_requests_before_init_get_eio() {
 
 #[test]
 fn test_init_negotiates_big_reads_readdirplus_and_flags2() {
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     let (h, body) = fx.raw(&init_request(5, KERNEL_FLAGS));
     assert_eq!((h.error, h.unique), (0, 5));
     let out = InitOut::read_from_bytes(&body).unwrap();
@@ -145,7 +163,7 @@ fn test_init_version_table() {
         ("newer minor", 7, 99, 0, Some(KERNEL_MINOR_VERSION)),
     ];
     for (name, major, minor, err, want_minor) in cases {
-        let mut fx = Fx::new(ServerOptions::default());
+        let mut fx = Fx::new(ShareOptions::default());
         let init = InitIn {
             major: *major,
             minor: *minor,
@@ -160,7 +178,7 @@ fn test_init_version_table() {
         assert_eq!(fx.srv.initialized(), want_minor.is_some(), "{name}");
     }
     // A newer major: we answer with ours and wait for another INIT.
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     let init = InitIn {
         major: 8,
         minor: 0,
@@ -305,7 +323,7 @@ fn test_read_matches_image() {
     for (image, chunk) in [(TINY_IMAGE, 0), (TINY_IMAGE, 1000), (TINY_LZ4_IMAGE, 4096)] {
         let img = memory_image(image).unwrap();
         let mut fx = Fx {
-            srv: Server::new(Arc::clone(&img), ServerOptions::default()).unwrap(),
+            srv: session(Arc::clone(&img), ShareOptions::default()),
             sink: VecSink {
                 replies: vec![],
                 chunk,
@@ -407,7 +425,7 @@ fn test_open_flags_by_cache_policy() {
 
 #[test]
 fn test_zero_message_open_when_kernel_supports_it() {
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     fx.raw(&init_request(1, KERNEL_FLAGS));
     let e = fx.lookup(1, "hello").unwrap();
     assert_eq!(fx.open(e.nodeid, false), Err(libc::ENOSYS));
@@ -416,7 +434,7 @@ fn test_zero_message_open_when_kernel_supports_it() {
     assert_eq!(fx.call(FLUSH, e.nodeid, &[&[0u8; 24]]), Err(libc::ENOSYS));
     // A kernel with zero-message opens for files only (7.23..7.28) still
     // gets real directory handles.
-    let mut fx = Fx::new(ServerOptions::default());
+    let mut fx = Fx::new(ShareOptions::default());
     fx.raw(&init_request(1, KERNEL_FLAGS & !NO_OPENDIR_SUPPORT));
     let e = fx.lookup(1, "hello").unwrap();
     assert_eq!(fx.open(e.nodeid, false), Err(libc::ENOSYS));
@@ -432,9 +450,9 @@ fn test_zero_message_open_when_kernel_supports_it() {
 
 #[test]
 fn test_handle_table_is_bounded() {
-    let mut fx = Fx::new(ServerOptions {
+    let mut fx = Fx::new(ShareOptions {
         max_handles: 2,
-        ..ServerOptions::default()
+        ..ShareOptions::default()
     });
     fx.raw(&init_request(1, 0));
     let e = fx.lookup(1, "hello").unwrap();
@@ -454,7 +472,7 @@ fn test_handle_table_is_bounded() {
     assert!(fx.open(e.nodeid, false).is_ok());
 }
 
-fn parse_dirents(mut b: &[u8], plus: bool) -> Vec<(String, u64, EntryOut)> {
+pub(super) fn parse_dirents(mut b: &[u8], plus: bool) -> Vec<(String, u64, EntryOut)> {
     let mut out = vec![];
     while !b.is_empty() {
         let (entry, rest) = if plus {
@@ -654,9 +672,9 @@ fn test_init_readdirplus_auto_only_without_long_caching() {
         (CachePolicy::Auto, true),
         (CachePolicy::Never, true),
     ] {
-        let mut fx = Fx::new(ServerOptions {
+        let mut fx = Fx::new(ShareOptions {
             cache,
-            ..ServerOptions::default()
+            ..ShareOptions::default()
         });
         let (h, body) = fx.raw(&init_request(5, KERNEL_FLAGS));
         assert_eq!(h.error, 0);
@@ -665,4 +683,59 @@ fn test_init_readdirplus_auto_only_without_long_caching() {
         assert_ne!(flags & DO_READDIRPLUS, 0, "{cache:?}");
         assert_eq!(flags & READDIRPLUS_AUTO != 0, auto, "{cache:?}");
     }
+}
+
+/// Opens the tiny image after failing `fails` times (ENODEV).
+#[derive(Debug)]
+struct LateImage {
+    fails: std::sync::atomic::AtomicU32,
+}
+
+impl super::ImageProvider for LateImage {
+    fn describe(&self) -> String {
+        "late image".into()
+    }
+
+    fn open(&self) -> Result<crate::erofs::Image, super::OpenError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fails
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(super::OpenError::Unavailable(std::io::Error::other(
+                "not there yet",
+            )));
+        }
+        let img = memory_image(TINY_IMAGE).unwrap();
+        Ok(Arc::try_unwrap(img).unwrap())
+    }
+}
+
+#[test]
+fn test_image_opened_at_init_refuses_until_it_opens() {
+    let provider = LateImage {
+        fails: std::sync::atomic::AtomicU32::new(2),
+    };
+    let share = Share::opened_at_init(Box::new(provider), ShareOptions::default());
+    let mut fx = Fx {
+        srv: Session::new(Arc::new(share), Arc::new(RepliesOnly)),
+        sink: VecSink::new(),
+        unique: 1,
+    };
+    assert_eq!(fx.call(GETATTR, 1, &[&[0; 16]]), Err(libc::EIO));
+    for _ in 0..2 {
+        let (h, _) = fx.raw(&init_request(1, KERNEL_FLAGS));
+        assert_eq!(h.error, -libc::ENODEV);
+        assert!(!fx.srv.initialized());
+        assert!(fx.srv.share().root_image().is_none());
+    }
+    // Requests that want no reply get none, before INIT as after.
+    fx.no_reply(FORGET, 5, &[&[1, 0, 0, 0, 0, 0, 0, 0]]);
+    let (h, _) = fx.raw(&init_request(1, KERNEL_FLAGS));
+    assert_eq!(h.error, 0);
+    assert!(fx.srv.share().root_image().is_some());
+    let attr = fx.call(GETATTR, 1, &[&[0; 16]]).unwrap();
+    let attr = AttrOut::read_from_bytes(&attr).unwrap();
+    assert_eq!(attr.attr.mode & libc::S_IFMT, libc::S_IFDIR);
 }

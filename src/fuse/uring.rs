@@ -25,9 +25,10 @@ use std::os::fd::RawFd;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::abi::{InHeader, OutHeader};
+use super::abi::OutHeader;
+use super::request::{reassemble, unique_of};
+use super::session::Session;
 use super::sink::{out_header, Errno, Fill, ReplySink};
-use super::Server;
 use crate::os::uring::FuseRing;
 
 /// Size of the in/out header area of an entry.
@@ -159,7 +160,7 @@ impl ReplySink for EntrySink<'_> {
 /// Serves one queue until the connection ends: registers the entries,
 /// then answers each completion and commits it. Runs on its own thread,
 /// pinned to the queue's CPU.
-pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Server) -> io::Result<()> {
+pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Session) -> io::Result<()> {
     crate::os::proc::pin_to_cpu(usize::from(q.qid));
     let qid = q.qid;
     q.ring.register(fd, qid)?;
@@ -195,49 +196,36 @@ pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Server) -> io::Result<()> {
 
 /// Answers the request in an entry (`h`, `payload`); returns its commit
 /// id.
-fn answer(h: &mut ReqHeader, payload: &mut [u8], server: &Server, req: &mut Vec<u8>) -> u64 {
+fn answer(h: &mut ReqHeader, payload: &mut [u8], server: &Session, req: &mut Vec<u8>) -> u64 {
     let commit_id = h.ent.commit_id;
     let payload_sz = usize::try_from(h.ent.payload_sz)
         .unwrap_or(usize::MAX)
         .min(payload.len());
-    let in_len = std::mem::size_of::<InHeader>();
-    let in_header = InHeader::read_from_prefix(&h.in_out).map(|(v, _)| v).ok();
-    // The request as /dev/fuse would frame it: in-header, op header (the
-    // rest of `len` not in the payload), payload.
-    let op_len = in_header.and_then(|ih| {
-        usize::try_from(ih.len)
-            .ok()?
-            .checked_sub(in_len)?
-            .checked_sub(payload_sz)
-    });
-    req.clear();
-    let unique = in_header.map_or(commit_id, |ih| ih.unique);
-    match (in_header, op_len) {
-        (Some(_), Some(op_len)) if op_len <= OP_IN_OUT_SZ => {
-            req.extend_from_slice(h.in_out.get(..in_len).unwrap_or(&[]));
-            req.extend_from_slice(h.op_in.get(..op_len).unwrap_or(&[]));
-            req.extend_from_slice(payload.get(..payload_sz).unwrap_or(&[]));
-        }
-        _ => {
-            // A frame this transport does not understand: refuse it.
-            let mut sink = EntrySink {
-                header: h,
-                payload,
-                sent: false,
-            };
-            sink.set(&out_header(unique, libc::EIO, 0), 0);
-            return commit_id;
-        }
-    }
+    let framed = reassemble(
+        &h.in_out,
+        &h.op_in,
+        payload.get(..payload_sz).unwrap_or(&[]),
+        req,
+    );
     let mut sink = EntrySink {
         header: h,
         payload,
         sent: false,
     };
-    // Transport errors cannot happen here (the reply is only memory), and
-    // a request that produced no reply still has to be committed.
-    let _ = server.handle(req, &mut sink);
+    match framed {
+        // Transport errors cannot happen here (the reply is only memory).
+        Ok(()) => {
+            let _ = server.handle(req, &mut sink);
+        }
+        // A frame that does not add up gets what any transport answers.
+        Err(e) => {
+            let unique = e.unique.unwrap_or(commit_id);
+            sink.set(&out_header(unique, e.error.errno(), 0), 0);
+        }
+    }
+    // A request that produced no reply still has to be committed.
     if !sink.sent {
+        let unique = unique_of(req).unwrap_or(commit_id);
         sink.set(&out_header(unique, libc::EIO, 0), 0);
     }
     commit_id

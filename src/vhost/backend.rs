@@ -3,7 +3,8 @@
 //! replies back.
 //!
 //! Owns the session of one connection (a fresh [`Session`] per backend) and
-//! the worker pool. Trusts the vhost-user-backend crate for the control
+//! the worker pool. FUSE framing and everything a request means is the
+//! session's: this side only moves bytes between chains and the session. Trusts the vhost-user-backend crate for the control
 //! plane (memory table, vring setup, which it validates) and nothing in the
 //! virtqueues: chains go through [`super::chain`], and a broken queue stops
 //! being served without taking the daemon down (an error returned from
@@ -25,30 +26,21 @@ use vmm_sys_util::event::{
 
 use super::chain;
 use super::config::{self, VirtioFsConfig, MAX_QUEUE_SIZE};
+use super::error::DeviceError;
 use super::pool::Pool;
 use super::reply::error_reply;
 use super::writer::GuestWriter;
+use crate::fuse::request::unique_of;
+use crate::fuse::Session;
 
 /// The guest memory as the backend sees it.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
 type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 type Chain = DescriptorChain<MemGuard>;
 
-/// Size of a FUSE request header; anything shorter cannot be a request.
-const IN_HEADER_LEN: usize = 40;
-
 /// Largest request accepted (readable bytes of a chain): a read-only
 /// server gets no large WRITEs; 1 MiB of payload plus headers is plenty.
 pub const MAX_REQUEST: usize = (1 << 20) + 4096;
-
-/// Handles the FUSE requests of one frontend connection.
-pub trait Session: Send + Sync {
-    /// Answers one request (`request`: the readable bytes of a chain, its
-    /// `len` checked), writing the reply, if any, into `reply`. An error
-    /// means the reply could not be delivered (it did not fit the chain);
-    /// the transport then answers EIO in its place.
-    fn handle(&self, request: &[u8], reply: &mut GuestWriter<'_>) -> io::Result<()>;
-}
 
 /// How the device is set up (from the command line).
 #[derive(Debug, Clone)]
@@ -132,7 +124,7 @@ impl Drop for QueuedChain {
 
 /// What request handling needs, shared with the pool's jobs.
 struct Core {
-    session: Arc<dyn Session>,
+    session: Arc<Session>,
     event_idx: AtomicBool,
     inflight: Vec<InFlight>,
 }
@@ -159,18 +151,21 @@ impl FsBackend {
     /// A backend serving `session` over `mem` (the memory the vhost-user
     /// daemon updates on SET_MEM_TABLE).
     pub fn new(
-        session: Arc<dyn Session>,
+        session: Arc<Session>,
         opts: &DeviceOptions,
         mem: GuestMem,
-    ) -> Result<Self, String> {
-        let queues = u32::try_from(opts.request_queues).map_err(|e| e.to_string())?;
+    ) -> Result<Self, DeviceError> {
+        let queues =
+            u32::try_from(opts.request_queues).map_err(|_| DeviceError::TooManyQueues {
+                queues: opts.request_queues,
+            })?;
         let config = match &opts.tag {
             Some(tag) => Some(VirtioFsConfig::new(tag, queues)?),
             None => None,
         };
         let num_queues = opts.request_queues.saturating_add(1);
         let pool = if opts.thread_pool_size > 0 {
-            Some(Pool::new(opts.thread_pool_size).map_err(|e| format!("worker threads: {e}"))?)
+            Some(Pool::new(opts.thread_pool_size).map_err(DeviceError::Threads)?)
         } else {
             None
         };
@@ -287,7 +282,8 @@ impl Core {
                 None => self.dispatch(queue, &parsed.request, &mut writer),
                 Some(e) => {
                     warn!("queue {queue}: {e}");
-                    error_reply(&mut writer, unique_of(&parsed.request), errno_of(&e));
+                    let unique = unique_of(&parsed.request).unwrap_or(0);
+                    error_reply(&mut writer, unique, errno_of(&e));
                 }
             }
             writer.used()
@@ -295,42 +291,23 @@ impl Core {
         self.complete(queue, vring, head, used);
     }
 
-    /// Checks the request's framing and hands it to the session.
+    /// Hands the request (the chain's readable bytes; the session checks
+    /// its framing) to the session. An error from the session means the
+    /// reply did not fit the chain: EIO is answered in its place.
     fn dispatch(&self, queue: usize, req: &[u8], w: &mut GuestWriter<'_>) {
-        let unique = unique_of(req);
-        let Some(len) = req.get(0..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
-            debug!(
-                "queue {queue}: request of {} bytes has no header",
-                req.len()
-            );
-            error_reply(w, unique, libc::EINVAL);
-            return;
-        };
-        let len = u32::from_le_bytes(len) as usize;
-        if req.len() < IN_HEADER_LEN || len < IN_HEADER_LEN || len > req.len() {
-            debug!(
-                "queue {queue}: request header says {len} bytes, chain has {}",
-                req.len()
-            );
-            error_reply(w, unique, libc::EINVAL);
-            return;
-        }
-        let req = &req[..len];
         // A panic in the session is a bug, but it must not take the queue
         // thread (and with it the device) down: answer EIO instead.
         let r =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.session.handle(req, w)));
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!("queue {queue}: reply to request {unique} not delivered: {e}");
-                error_reply(w, unique, libc::EIO);
-            }
-            Err(_) => {
-                warn!("queue {queue}: request {unique} panicked; answered EIO");
-                error_reply(w, unique, libc::EIO);
-            }
+        if let Ok(Ok(())) = r {
+            return;
         }
+        let unique = unique_of(req).unwrap_or(0);
+        match r {
+            Ok(Err(e)) => debug!("queue {queue}: reply to request {unique} not delivered: {e}"),
+            _ => warn!("queue {queue}: request {unique} panicked; answered EIO"),
+        }
+        error_reply(w, unique, libc::EIO);
     }
 
     /// Puts the chain on the used ring and notifies the guest if needed.
@@ -354,14 +331,6 @@ impl Core {
             }
         }
     }
-}
-
-/// The `unique` of a (possibly partial) request, 0 when it has none.
-fn unique_of(req: &[u8]) -> u64 {
-    req.get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
 }
 
 fn errno_of(e: &super::error::ChainError) -> i32 {

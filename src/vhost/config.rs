@@ -8,6 +8,8 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use zerocopy::little_endian::U32;
+
+use super::error::TagError;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Length of the tag field of the config space.
@@ -36,16 +38,19 @@ pub struct VirtioFsConfig {
 
 impl VirtioFsConfig {
     /// The config space for `tag` and `queues` request queues.
-    pub fn new(tag: &str, queues: u32) -> Result<Self, String> {
+    pub fn new(tag: &str, queues: u32) -> Result<Self, TagError> {
         let bytes = tag.as_bytes();
         if bytes.is_empty() || bytes.len() > TAG_LEN {
-            return Err(format!(
-                "tag {tag:?} must be 1 to {TAG_LEN} bytes, not {}",
-                bytes.len()
-            ));
+            return Err(TagError::Length {
+                tag: tag.to_owned(),
+                len: bytes.len(),
+                max: TAG_LEN,
+            });
         }
         if bytes.contains(&0) {
-            return Err(format!("tag {tag:?} contains a NUL byte"));
+            return Err(TagError::Nul {
+                tag: tag.to_owned(),
+            });
         }
         let mut t = [0u8; TAG_LEN];
         t[..bytes.len()].copy_from_slice(bytes);

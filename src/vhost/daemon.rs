@@ -1,5 +1,6 @@
-//! The daemon around the device: the listening socket, one session per
-//! frontend connection, and clean shutdown on SIGTERM/SIGINT.
+//! The daemon around the device: the listening socket, one FUSE session
+//! per frontend connection (of the share the caller gives), and clean
+//! shutdown on SIGTERM/SIGINT.
 
 use std::fs;
 use std::io::{self, Write};
@@ -14,8 +15,10 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonLibError, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::backend::{DeviceOptions, FsBackend, GuestMem, Session};
-use super::error::DaemonError;
+use super::backend::{DeviceOptions, FsBackend, GuestMem};
+use super::error::{DaemonError, FdProblem};
+use super::session::connection_session;
+use crate::fuse::Share;
 use crate::os;
 use crate::os::signal::SignalSet;
 
@@ -34,8 +37,10 @@ pub enum Listen {
     Fd(RawFd),
 }
 
-/// Makes the session of one connection, given its guest memory.
-pub type NewSession<'a> = dyn Fn(&GuestMem) -> Result<Arc<dyn Session>, String> + 'a;
+/// The share a connection serves, given its guest memory (the same share
+/// for every connection, or one made for it, e.g. over an image in that
+/// guest's memory).
+pub type ShareFor<'a> = dyn Fn(&GuestMem) -> Arc<Share> + 'a;
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -48,16 +53,16 @@ pub struct ServeOptions {
     pub once: bool,
 }
 
-/// Serves frontends one after another, each with a session from
-/// `new_session` (given the connection's guest memory, which the
-/// vhost-user control plane updates on SET_MEM_TABLE), until the first
+/// Serves frontends one after another, each with a fresh FUSE session of
+/// the share from `share_for` (given the connection's guest memory, which
+/// the vhost-user control plane updates on SET_MEM_TABLE), until the first
 /// disconnect with `once`, or a signal: [`bind`], then [`Bound::serve`].
 ///
 /// Must be called before any other thread is started: it blocks SIGTERM and
 /// SIGINT for the whole process and handles them on a thread of its own
 /// (removing the socket file and exiting with status 0).
-pub fn serve(opts: &ServeOptions, new_session: &NewSession<'_>) -> Result<(), DaemonError> {
-    bind(&opts.listen)?.serve(opts, new_session)
+pub fn serve(opts: &ServeOptions, share_for: &ShareFor<'_>) -> Result<(), DaemonError> {
+    bind(&opts.listen)?.serve(opts, share_for)
 }
 
 /// The listening socket, made (or adopted) but not served yet: bound before
@@ -106,7 +111,7 @@ impl Bound {
     pub fn serve(
         mut self,
         opts: &ServeOptions,
-        new_session: &NewSession<'_>,
+        share_for: &ShareFor<'_>,
     ) -> Result<(), DaemonError> {
         let listener = self.listener.take().ok_or_else(|| DaemonError::Os {
             what: "serving the socket",
@@ -115,24 +120,22 @@ impl Bound {
         spawn_signal_thread(self.signals, self.created.clone())?;
         let mut listener = Listener::from(listener);
         // The socket file is removed when `self` is dropped, on return.
-        session_loop(opts, new_session, &mut listener)
+        session_loop(opts, share_for, &mut listener)
     }
 }
 
 fn session_loop(
     opts: &ServeOptions,
-    new_session: &NewSession<'_>,
+    share_for: &ShareFor<'_>,
     listener: &mut Listener,
 ) -> Result<(), DaemonError> {
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let session = new_session(&mem).map_err(DaemonError::VhostUser)?;
-        let backend = Arc::new(
-            FsBackend::new(session, &opts.device, mem.clone()).map_err(DaemonError::VhostUser)?,
-        );
+        let session = connection_session(&share_for(&mem));
+        let backend = Arc::new(FsBackend::new(session, &opts.device, mem.clone())?);
         let mut daemon =
             VhostUserDaemon::new("erofs-virtiofsd".to_string(), Arc::clone(&backend), mem)
-                .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+                .map_err(|e| DaemonError::VhostUser(e.into()))?;
         info!("waiting for a vhost-user frontend");
         // The readiness line VMM launchers wait for on stderr (Kata's
         // runtime-rs, as with virtiofsd): not a log message, so it is
@@ -140,7 +143,7 @@ fn session_loop(
         let _ = writeln!(io::stderr(), "Waiting for vhost-user socket connection...");
         daemon
             .start(listener)
-            .map_err(|e| DaemonError::VhostUser(e.to_string()))?;
+            .map_err(|e| DaemonError::VhostUser(e.into()))?;
         info!("frontend connected");
         let result = daemon.wait();
         for handler in daemon.get_epoll_handlers() {
@@ -219,18 +222,18 @@ fn group_id(group: &str) -> io::Result<u32> {
 
 /// Takes over `fd` after checking that it is a listening Unix socket.
 fn adopt_listening_fd(fd: RawFd) -> Result<UnixListener, DaemonError> {
-    let bad = |reason: String| DaemonError::BadFd { fd, reason };
+    let bad = |problem: FdProblem| DaemonError::BadFd { fd, problem };
     if fd < 0 {
-        return Err(bad("not a file descriptor".to_string()));
+        return Err(bad(FdProblem::Negative));
     }
     // A close-on-exec descriptor of our own for the inherited socket.
-    let sock = os::fd::dup_inherited(fd).map_err(|e| bad(e.to_string()))?;
-    let int_opt = |opt| os::fd::socket_option(&sock, opt).map_err(|e| bad(e.to_string()));
+    let sock = os::fd::dup_inherited(fd).map_err(|e| bad(FdProblem::Unusable(e)))?;
+    let int_opt = |opt| os::fd::socket_option(&sock, opt).map_err(|e| bad(FdProblem::Unusable(e)));
     if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
-        return Err(bad("not a Unix domain socket".to_string()));
+        return Err(bad(FdProblem::NotUnix));
     }
     if int_opt(libc::SO_ACCEPTCONN)? == 0 {
-        return Err(bad("socket is not listening".to_string()));
+        return Err(bad(FdProblem::NotListening));
     }
     Ok(UnixListener::from(sock))
 }

@@ -83,6 +83,102 @@ impl From<ReplyTooLong> for io::Error {
     }
 }
 
+/// A filesystem tag the config space cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagError {
+    /// Empty or longer than the field.
+    #[error("tag {tag:?} must be 1 to {max} bytes, not {len}")]
+    Length {
+        /// The tag.
+        tag: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The field's size.
+        max: usize,
+    },
+    /// A NUL byte would end it early.
+    #[error("tag {tag:?} contains a NUL byte")]
+    Nul {
+        /// The tag.
+        tag: String,
+    },
+}
+
+/// Why a device could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The tag is unusable.
+    #[error(transparent)]
+    Tag(#[from] TagError),
+    /// More request queues than the config space can say.
+    #[error("{queues} request queues are too many")]
+    TooManyQueues {
+        /// Queues asked for.
+        queues: usize,
+    },
+    /// The worker threads could not be started.
+    #[error("worker threads: {0}")]
+    Threads(#[source] io::Error),
+}
+
+/// What is wrong with an inherited descriptor given to listen on.
+#[derive(Debug, thiserror::Error)]
+pub enum FdProblem {
+    /// A negative number.
+    #[error("not a file descriptor")]
+    Negative,
+    /// Not open, or not a socket we could query.
+    #[error("{0}")]
+    Unusable(#[source] io::Error),
+    /// A socket of another family.
+    #[error("not a Unix domain socket")]
+    NotUnix,
+    /// A socket nobody called listen(2) on.
+    #[error("socket is not listening")]
+    NotListening,
+}
+
+/// How the vhost-user control plane failed: vhost-user-backend's error
+/// (which is neither `Sync` nor a `std::error::Error`) taken apart, its
+/// causes kept.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    /// The connection's handler could not be made.
+    #[error("cannot create the vhost-user handler: {0}")]
+    Handler(#[source] vhost_user_backend::VhostUserHandlerError),
+    /// The socket or a message failed.
+    #[error("{what}: {source}")]
+    Protocol {
+        /// What was being done.
+        what: &'static str,
+        /// The protocol error.
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    /// The thread serving the frontend could not be started.
+    #[error("cannot start the frontend thread: {0}")]
+    Start(#[source] io::Error),
+    /// The thread serving the frontend panicked.
+    #[error("the frontend thread panicked")]
+    Panicked,
+}
+
+impl From<vhost_user_backend::Error> for VhostUserError {
+    fn from(e: vhost_user_backend::Error) -> Self {
+        use vhost_user_backend::Error as E;
+        let protocol = |what, source| VhostUserError::Protocol { what, source };
+        match e {
+            E::NewVhostUserHandler(e) => VhostUserError::Handler(e),
+            E::CreateBackendListener(e) => protocol("cannot create the backend listener", e),
+            E::CreateBackendReqHandler(e) => protocol("cannot create the backend handler", e),
+            E::CreateVhostUserListener(e) => protocol("cannot create the vhost-user listener", e),
+            E::StartDaemon(e) => VhostUserError::Start(e),
+            E::WaitDaemon(_) => VhostUserError::Panicked,
+            E::HandleRequest(e) => protocol("handling a frontend request", e),
+        }
+    }
+}
+
 /// Errors that stop the daemon (setup, sockets), as opposed to per-request
 /// problems, which are logged and answered.
 #[derive(Debug, thiserror::Error)]
@@ -108,16 +204,20 @@ pub enum DaemonError {
         source: io::Error,
     },
     /// `--fd` is not a listening Unix socket.
-    #[error("--fd {fd}: {reason}")]
+    #[error("--fd {fd}: {problem}")]
     BadFd {
         /// The descriptor number.
         fd: i32,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        problem: FdProblem,
     },
+    /// The device could not be set up.
+    #[error("vhost-user device: {0}")]
+    Device(#[from] DeviceError),
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
-    VhostUser(String),
+    VhostUser(#[source] VhostUserError),
     /// A signal-handling or thread setup call failed.
     #[error("{what}: {source}")]
     Os {

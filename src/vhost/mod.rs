@@ -7,6 +7,9 @@
 //! - [`GuestWriter`]: the reply space, written with volatile copies and,
 //!   for file data, by the kernel (`preadv` into the guest's buffers);
 //! - [`FsBackend`]: the `VhostUserBackend` of one connection;
+//! - [`connection_session`]: the FUSE session of one connection, with its
+//!   [`VhostOutbound`]; [`guest_image_share`]: a share over an image in
+//!   guest memory;
 //! - [`serve`]: the listening socket, one fresh session per frontend,
 //!   signals.
 //!
@@ -26,8 +29,10 @@ mod reply;
 mod session;
 mod writer;
 
-pub use backend::{DeviceOptions, FsBackend, GuestMem, Session, MAX_REQUEST};
-pub use daemon::{bind, serve, Bound, Listen, NewSession, ServeOptions};
-pub use error::{ChainError, DaemonError, ReplyTooLong};
-pub use session::{fuse_session, guest_image_session, GuestImage};
+pub use backend::{DeviceOptions, FsBackend, GuestMem, MAX_REQUEST};
+pub use daemon::{bind, serve, Bound, Listen, ServeOptions, ShareFor};
+pub use error::{
+    ChainError, DaemonError, DeviceError, FdProblem, ReplyTooLong, TagError, VhostUserError,
+};
+pub use session::{connection_session, guest_image_share, GuestImage, VhostOutbound};
 pub use writer::GuestWriter;

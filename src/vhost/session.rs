@@ -1,34 +1,34 @@
-//! The FUSE dispatcher as a [`Session`]: one `fuse::Server` per frontend
-//! connection, so that a reconnecting VMM or a rebooted guest starts with
-//! no lookup counts and no open handles.
+//! What the device serves: a `fuse::Session` per frontend connection
+//! (so that a reconnecting VMM or a rebooted guest starts with no lookup
+//! counts and no open handles) over a share that outlives connections.
 //!
-//! [`guest_image_session`]: the same over an image in the guest's own
-//! RAM, opened at FUSE INIT through the connection's memory table.
+//! - [`VhostOutbound`]: what a connection sends besides replies (nothing
+//!   yet: virtio-fs has no notifications; DAX window mappings go here);
+//! - [`guest_image_share`]: a share whose image is in the guest's own RAM,
+//!   opened at FUSE INIT through the connection's memory table (the FUSE
+//!   layer answers everything before that, as for any share).
 
-use std::io;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::Arc;
 
-use log::{info, warn};
-
-use super::backend::{GuestMem, Session};
-use super::reply::error_reply;
-use super::writer::GuestWriter;
+use super::backend::GuestMem;
 use crate::erofs::{Image, ImageOptions};
-use crate::fuse::request::{parse_header, Op};
-use crate::fuse::{Server, ServerOptions};
+use crate::fuse::{ImageProvider, OpenError, Outbound, Session, Share, ShareOptions};
 use crate::source::GuestMemorySource;
 
-impl Session for Server {
-    fn handle(&self, request: &[u8], reply: &mut GuestWriter<'_>) -> io::Result<()> {
-        Server::handle(self, request, reply)
-    }
-}
+/// What a vhost-user connection sends its guest besides replies. Page-cache
+/// stores and entry invalidations do not exist on virtio-fs; DAX window
+/// mappings (`SHMEM_MAP`/`SHMEM_UNMAP` through the backend request
+/// channel) will.
+#[derive(Debug, Default)]
+pub struct VhostOutbound;
 
-/// A fresh FUSE session over `image` (shared between sessions: it is
-/// immutable, and its caches stay warm across reconnections).
-pub fn fuse_session(image: &Arc<Image>, opts: &ServerOptions) -> Result<Arc<dyn Session>, String> {
-    let server = Server::new(Arc::clone(image), opts.clone()).map_err(|e| e.to_string())?;
-    Ok(Arc::new(server))
+impl Outbound for VhostOutbound {}
+
+/// A fresh FUSE session of `share` for one frontend connection (the share
+/// is shared between connections: its images are immutable, and their
+/// caches stay warm across reconnections).
+pub fn connection_session(share: &Arc<Share>) -> Arc<Session> {
+    Arc::new(Session::new(Arc::clone(share), Arc::new(VhostOutbound)))
 }
 
 /// An image in the guest's own RAM (`--image guest:GPA:LEN`).
@@ -42,123 +42,63 @@ pub struct GuestImage {
     pub options: ImageOptions,
 }
 
-impl GuestImage {
-    fn describe(&self) -> String {
-        format!(
-            "guest image at {:#x}..{:#x} ({} bytes)",
-            self.gpa,
-            self.gpa.saturating_add(self.len),
-            self.len
-        )
-    }
-}
-
-/// A session over an image in guest memory, opened when FUSE INIT
-/// arrives (after SET_MEM_TABLE: the image is read through the
-/// connection's memory table).
+/// The share of an image in guest memory: opened when FUSE INIT arrives
+/// (after SET_MEM_TABLE: the image is read through the connection's
+/// memory table `mem`).
 ///
-/// Before a successful INIT every request gets EIO (as the FUSE server
-/// answers before INIT); an INIT whose range is not mapped gets ENODEV,
-/// one whose range holds no usable image (or too little of it) EIO, each
-/// with a log line, and a later INIT tries again.
+/// Before a successful INIT every request gets EIO (as before any INIT);
+/// an INIT whose range is not mapped gets ENODEV, one whose range holds no
+/// usable image (or too little of it) the errno of the cause (EIO for
+/// garbage), each with a log line, and a later INIT tries again.
 ///
 /// The image's metadata and decoded-extent caches keep validated copies:
 /// when the guest rewrites the image while it is served, the daemon may
 /// go on answering from those copies (stale but consistent), while what
 /// it reads afresh reflects the new bytes (validated again, or an error).
-pub fn guest_image_session(
-    image: &GuestImage,
-    opts: &ServerOptions,
-    mem: &GuestMem,
-) -> Arc<dyn Session> {
-    Arc::new(GuestImageSession {
+pub fn guest_image_share(image: &GuestImage, opts: &ShareOptions, mem: &GuestMem) -> Arc<Share> {
+    let provider = GuestImageProvider {
         image: image.clone(),
-        opts: opts.clone(),
         mem: mem.clone(),
-        opening: Mutex::new(()),
-        server: OnceLock::new(),
-    })
+    };
+    Arc::new(Share::opened_at_init(Box::new(provider), opts.clone()))
 }
 
-struct GuestImageSession {
+struct GuestImageProvider {
     image: GuestImage,
-    opts: ServerOptions,
     mem: GuestMem,
-    /// Held while opening, so that concurrent INITs open the image once.
-    opening: Mutex<()>,
-    server: OnceLock<Server>,
 }
 
-impl GuestImageSession {
-    /// The server, opening the image first if needed; on failure the
-    /// errno for the INIT reply (the reason is logged).
-    fn open(&self) -> Result<&Server, i32> {
-        let _guard = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = self.server.get() {
-            return Ok(s);
-        }
-        let what = self.image.describe();
-        let src = GuestMemorySource::new(self.mem.clone(), self.image.gpa, self.image.len)
-            .and_then(|s| s.check_mapped().map(|()| s))
-            .map_err(|e| {
-                warn!("{what}: {e}; FUSE INIT refused (ENODEV)");
-                libc::ENODEV
-            })?;
-        let refuse = |e: &dyn std::fmt::Display| {
-            warn!("{what}: {e}; FUSE INIT refused (EIO)");
-            libc::EIO
-        };
-        let img = Image::open(Arc::new(src), self.image.options.clone()).map_err(|e| refuse(&e))?;
-        let sb = img.superblock();
-        let need = sb.blocks.saturating_mul(sb.block_size());
-        if need > self.image.len {
-            return Err(refuse(&format_args!(
-                "too small: the superblock says {need} bytes"
-            )));
-        }
-        let server = Server::new(Arc::new(img), self.opts.clone()).map_err(|e| refuse(&e))?;
-        info!("{what}: opened");
-        Ok(self.server.get_or_init(|| server))
-    }
-}
-
-impl std::fmt::Debug for GuestImageSession {
+impl std::fmt::Debug for GuestImageProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestImageSession")
+        f.debug_struct("GuestImageProvider")
             .field("image", &self.image)
-            .field("open", &self.server.get().is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Session for GuestImageSession {
-    fn handle(&self, request: &[u8], reply: &mut GuestWriter<'_>) -> io::Result<()> {
-        if let Some(s) = self.server.get() {
-            return Server::handle(s, request, reply);
-        }
-        let (hdr, args) = match parse_header(request) {
-            Ok(x) => x,
-            Err(e) => return send_error(reply, e.unique.unwrap_or(0), e.error.errno()),
-        };
-        match Op::decode(hdr.opcode, args) {
-            Err(e) => send_error(reply, hdr.unique, e.errno()),
-            Ok(Op::Init(_)) => match self.open() {
-                Ok(s) => Server::handle(s, request, reply),
-                Err(errno) => send_error(reply, hdr.unique, errno),
-            },
-            Ok(op) if !op.wants_reply() => Ok(()),
-            Ok(_) => send_error(reply, hdr.unique, libc::EIO),
-        }
+impl ImageProvider for GuestImageProvider {
+    fn describe(&self) -> String {
+        format!(
+            "guest image at {:#x}..{:#x} ({} bytes)",
+            self.image.gpa,
+            self.image.gpa.saturating_add(self.image.len),
+            self.image.len
+        )
     }
-}
 
-fn send_error(reply: &mut GuestWriter<'_>, unique: u64, errno: i32) -> io::Result<()> {
-    if error_reply(reply, unique, errno) {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "no room for a reply header",
-        ))
+    fn open(&self) -> Result<Image, OpenError> {
+        let src = GuestMemorySource::new(self.mem.clone(), self.image.gpa, self.image.len)
+            .and_then(|s| s.check_mapped().map(|()| s))
+            .map_err(OpenError::Unavailable)?;
+        let img = Image::open(Arc::new(src), self.image.options.clone())?;
+        let sb = img.superblock();
+        let need = sb.blocks.saturating_mul(sb.block_size());
+        if need > self.image.len {
+            return Err(OpenError::TooSmall {
+                need,
+                have: self.image.len,
+            });
+        }
+        Ok(img)
     }
 }

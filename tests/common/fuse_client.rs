@@ -426,9 +426,15 @@ fn entry_of(c: &mut FuseClient, nodeid: u64, raw_path: Vec<u8>, attr: &Attr) -> 
 /// GETATTR of every entry (both must agree with READDIRPLUS), READ of every
 /// regular file, READLINK, LISTXATTR/GETXATTR. Sorted by raw path.
 pub fn walk(c: &mut FuseClient) -> Vec<Entry> {
-    let root_attr = c.getattr(ROOT_ID).expect("GETATTR of the root");
-    let mut out = vec![entry_of(c, ROOT_ID, b"/".to_vec(), &root_attr)];
-    let mut stack = vec![(ROOT_ID, b"/".to_vec())];
+    walk_from(c, ROOT_ID)
+}
+
+/// [`walk`] of the tree under node `top` (looked up already), with paths
+/// from there: the manifest of an image served as a top-level directory.
+pub fn walk_from(c: &mut FuseClient, top: u64) -> Vec<Entry> {
+    let root_attr = c.getattr(top).expect("GETATTR of the top");
+    let mut out = vec![entry_of(c, top, b"/".to_vec(), &root_attr)];
+    let mut stack = vec![(top, b"/".to_vec())];
     while let Some((dir, dir_path)) = stack.pop() {
         let entries = c
             .list_dir(dir)

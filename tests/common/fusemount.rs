@@ -6,6 +6,7 @@
 //! file for failure messages, and on drop unmounts (lazily if busy), waits
 //! for the daemon to exit and removes the mount point.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,25 @@ impl FuseMount {
 
     /// Like [`FuseMount::new`], returning the failure text.
     pub fn try_new(image: &Path, devices: &[&Path], args: &[&str]) -> Result<FuseMount, String> {
+        let mut all: Vec<OsString> = Vec::new();
+        for d in devices {
+            all.push("--device".into());
+            all.push(d.as_os_str().to_owned());
+        }
+        all.extend(args.iter().map(OsString::from));
+        Self::spawn(Some(image), &all)
+    }
+
+    /// Mounts with no positional image: the images come from `args`
+    /// (`--image NAME=PATH`, `--config FILE`).
+    #[track_caller]
+    pub fn named(args: &[OsString]) -> FuseMount {
+        Self::spawn(None, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs `mount [IMAGE] DIR --foreground ARGS` on a fresh directory and
+    /// waits until it is mounted (or the daemon exits).
+    fn spawn(image: Option<&Path>, args: &[OsString]) -> Result<FuseMount, String> {
         let dir = tempfile::Builder::new()
             .prefix("erofs-fuse-")
             .tempdir()
@@ -71,10 +91,11 @@ impl FuseMount {
         let stderr = dir.with_extension("stderr");
         let err_file = fs::File::create(&stderr).map_err(|e| format!("{e}"))?;
         let mut cmd = Command::new(BIN);
-        cmd.arg("mount").arg(image).arg(&dir).arg("--foreground");
-        for d in devices {
-            cmd.arg("--device").arg(d);
+        cmd.arg("mount");
+        if let Some(image) = image {
+            cmd.arg(image);
         }
+        cmd.arg(&dir).arg("--foreground");
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -441,6 +441,36 @@ fn abbreviate(v: &Value) -> String {
 /// Panics with a readable report when the manifests differ. `what` says what
 /// was compared with what, e.g. `"kernel mount of X vs fixture manifest"`.
 #[track_caller]
+/// The entries at and under `/top` of `entries`, with paths taken from
+/// there (`/top` becomes `/`, `/top/x` becomes `/x`): the manifest of an
+/// image served as the top-level directory `top` of a share.
+pub fn subtree(entries: &[Entry], top: &[u8]) -> Vec<Entry> {
+    let mut prefix = b"/".to_vec();
+    prefix.extend_from_slice(top);
+    let mut out: Vec<Entry> = entries
+        .iter()
+        .filter_map(|e| {
+            let rest = e.raw_path.strip_prefix(prefix.as_slice())?;
+            let raw = match rest {
+                [] => b"/".to_vec(),
+                [b'/', ..] => rest.to_vec(),
+                _ => return None,
+            };
+            let mut fields = e.fields.clone();
+            fields.insert("path".into(), escape_bytes(&raw).into());
+            if fields.contains_key("path_hex") {
+                fields.insert("path_hex".into(), hex(&raw).into());
+            }
+            Some(Entry {
+                raw_path: raw,
+                fields,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.raw_path.cmp(&b.raw_path));
+    out
+}
+
 pub fn assert_manifests_eq(what: &str, expected: &[Entry], actual: &[Entry]) {
     if let Some(report) = diff_manifests(expected, actual) {
         panic!("manifest mismatch: {what}\n{report}");

@@ -1,123 +1,59 @@
-//! The read-only FUSE server: one request in, at most one reply out, over an
-//! `Arc<Image>`, independent of the transport.
+//! One connection's FUSE session: one request in, at most one reply out,
+//! independent of the transport.
 //!
-//! [`Server::handle`] takes the raw bytes of one request (header included)
-//! and answers through a [`ReplySink`]. It keeps the session state (INIT,
-//! node lookup counts, open handles) behind locks, so any number of
-//! transport threads may call it at once.
+//! [`Session::handle`] takes the raw bytes of one request (header included)
+//! and answers through a [`ReplySink`]. It keeps the connection's state
+//! (INIT, node lookup counts, open handles, directory reading positions)
+//! behind locks, so any number of transport threads may call it at once.
+//! What every connection sees the same (the images, the options) is the
+//! [`Share`] it points at; what the transport can send besides replies
+//! (page-cache pushes) goes through its [`Outbound`].
 //!
-//! Node ids: the root is [`abi::ROOT_ID`]; every other inode is `nid + 2`
-//! (ids 0 and 1 are taken, and nid 0 is a valid inode), so a real nid never
-//! collides with the root. `st_ino` is what the kernel's EROFS driver
-//! reports for the nid.
+//! Framing and what happens before INIT are decided here for every
+//! transport: a request that cannot be decoded gets EINVAL (with its
+//! `unique` when it has one), anything but INIT before INIT gets EIO, and
+//! INIT first opens what the share opens late ([`Share::opened_at_init`]).
+//!
+//! Node ids: the root is [`abi::ROOT_ID`]. In a share whose root is one
+//! image, every other inode is `nid + 2` (ids 0 and 1 are taken, and nid 0
+//! is a valid inode), so a real nid never collides with the root, and
+//! `st_ino` is what the kernel's EROFS driver reports for the nid. In a
+//! share of named images the root is synthetic (`super::rootdir`), ids are
+//! handed out per (image, nid) and never reused (`super::nodes`), and
+//! `st_ino` carries the image's slot (`super::images`).
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use foldhash::fast::RandomState;
-
-use zerocopy::{Immutable, IntoBytes};
+use log::warn;
 
 use super::abi::{self, *};
-use super::nodes::{Handle, HandleTable, NodeTable};
+use super::images::ShareImage;
+use super::nodes::{Handle, HandleTable, NodeTable, Target};
+use super::outbound::Outbound;
 use super::push::{Pusher, SMALL_READ};
+use super::reply::{send, send_bytes, send_err, send_ok, Fail, OpResult};
 use super::request::{parse_header, BatchForget, Op};
-use super::sink::{out_header, Errno, ReplySink};
+use super::share::{CachePolicy, Share, LONG_TIMEOUT_SECS};
+use super::sink::{Errno, ReplySink};
 use super::splice::MAX_SPANS;
-use crate::erofs::{ondisk, Image, Inode, InodeKind};
-
-/// How long the kernel may trust what it was told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CachePolicy {
-    /// No caching: zero timeouts and direct I/O (every read reaches us).
-    Never,
-    /// Short timeouts (1 s); the page cache is dropped on open.
-    Auto,
-    /// Long timeouts, data and directory listings kept across opens (the
-    /// image never changes).
-    #[default]
-    Always,
-}
-
-/// Attribute and entry timeout under [`CachePolicy::Always`] (one year).
-pub const LONG_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
-
-/// Default largest READ: 1 MiB (256 pages).
-pub const DEFAULT_MAX_READ: u32 = 1 << 20;
-
-/// Default cap on open handles.
-pub const DEFAULT_MAX_HANDLES: usize = 1 << 16;
-
-/// Server settings.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    /// Caching policy.
-    pub cache: CachePolicy,
-    /// Largest READ (and READDIR) size accepted; also what INIT offers as
-    /// `max_pages` (in 4 KiB pages).
-    pub max_read: u32,
-    /// Most handles open at once (ENFILE beyond).
-    pub max_handles: usize,
-    /// Background requests the kernel may have in flight (readahead).
-    pub max_background: u16,
-    /// Ask for FUSE over io_uring at INIT (the transport has its rings
-    /// ready and will register them once INIT is answered).
-    pub io_uring: bool,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            cache: CachePolicy::default(),
-            max_read: DEFAULT_MAX_READ,
-            max_handles: DEFAULT_MAX_HANDLES,
-            max_background: 64,
-            io_uring: false,
-        }
-    }
-}
+use crate::erofs::{ondisk, Inode, InodeKind};
 
 /// Reads at least this long are spliced when they can be: shorter ones
 /// cost fewer system calls with pread + writev.
 const SPLICE_MIN: usize = 32 << 10;
 
-/// Failure of one operation: an errno for the reply, or the transport's own
-/// error (passed up).
+/// The FUSE session of one connection to a [`Share`].
 #[derive(Debug)]
-pub(crate) enum Fail {
-    Errno(i32),
-    Io(io::Error),
-}
-
-impl From<io::Error> for Fail {
-    fn from(e: io::Error) -> Self {
-        Fail::Io(e)
-    }
-}
-
-impl From<Errno> for Fail {
-    fn from(e: Errno) -> Self {
-        Fail::Errno(e.0)
-    }
-}
-
-impl From<crate::erofs::Error> for Fail {
-    fn from(e: crate::erofs::Error) -> Self {
-        Fail::Errno(e.errno())
-    }
-}
-
-pub(crate) type OpResult = Result<(), Fail>;
-
-/// The read-only FUSE server of one image.
-#[derive(Debug)]
-pub struct Server {
-    pub(crate) img: Arc<Image>,
-    pub(crate) opts: ServerOptions,
-    pub(crate) root: Arc<Inode>,
+pub struct Session {
+    pub(crate) share: Arc<Share>,
+    /// What the transport sends besides replies.
+    out: Arc<dyn Outbound>,
+    /// Ask for FUSE over io_uring at INIT.
+    io_uring: bool,
     /// Negotiated minor version; 0 before INIT.
     minor: AtomicU32,
     /// The kernel supports zero-message opens and we use them.
@@ -128,68 +64,73 @@ pub struct Server {
     over_io_uring: AtomicBool,
     pub(crate) nodes: NodeTable,
     pub(crate) handles: HandleTable,
-    errors_logged: AtomicU32,
-    /// Pushes decoded pages nobody read yet into the page cache (set by a
-    /// `/dev/fuse` transport).
-    pusher: OnceLock<Pusher>,
-    /// Per directory (nid), the listing position of the file a reader going
-    /// through it in order reads next (see `follow_listing`).
-    pub(crate) dir_streams: Mutex<HashMap<u64, u64, RandomState>>,
+    /// Pushes data nobody read yet into the client's page cache (when the
+    /// transport can and the cache is kept).
+    pusher: Option<Pusher>,
+    /// The root's node in a share whose root is an image (once open).
+    root_target: OnceLock<Target>,
+    /// Per directory (image serial, nid), the listing position of the file
+    /// a reader going through it in order reads next (see
+    /// `follow_listing`).
+    pub(crate) dir_streams: Mutex<HashMap<(u64, u64), u64, RandomState>>,
 }
 
-/// How many image errors are logged to stderr (then they are only counted).
-const MAX_LOGGED_ERRORS: u32 = 100;
-
-impl Server {
-    /// A server for `img`; fails if the root inode cannot be decoded.
-    pub fn new(img: Arc<Image>, opts: ServerOptions) -> crate::erofs::Result<Self> {
-        let root = Arc::new(img.inode(img.root_nid())?);
-        if !root.is_dir() {
-            return Err(crate::erofs::Error::corrupt(
-                Some(root.nid),
-                root.loc,
-                "root inode",
-                "not a directory",
-            ));
-        }
-        Ok(Self {
-            img,
-            handles: HandleTable::new(opts.max_handles),
-            opts,
-            root,
+impl Session {
+    /// A session of `share` over a transport that sends `out` besides
+    /// replies. When the transport can store pages and the share keeps the
+    /// page cache ([`CachePolicy::Always`]), a thread pushes data nobody
+    /// read yet (the rest of each decoded extent after a small read of
+    /// compressed data, the next small files of a directory read in order;
+    /// see [`Pusher`]); it ends with the session.
+    pub fn new(share: Arc<Share>, out: Arc<dyn Outbound>) -> Self {
+        let pusher = if out.can_store() && share.options().cache == CachePolicy::Always {
+            match Pusher::start(Arc::clone(&out)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warn!("no page cache pushing: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        share.register(&out);
+        Self {
+            handles: HandleTable::new(share.options().max_handles),
+            nodes: NodeTable::new(share.is_named()),
+            share,
+            out,
+            io_uring: false,
             minor: AtomicU32::new(0),
             no_open: AtomicBool::new(false),
             no_opendir: AtomicBool::new(false),
             over_io_uring: AtomicBool::new(false),
-            nodes: NodeTable::new(),
-            errors_logged: AtomicU32::new(0),
-            pusher: OnceLock::new(),
+            pusher,
+            root_target: OnceLock::new(),
             dir_streams: Mutex::new(HashMap::default()),
-        })
-    }
-
-    /// The image served.
-    pub fn image(&self) -> &Arc<Image> {
-        &self.img
-    }
-
-    /// Starts pushing data nobody read yet into the page cache (the rest of
-    /// each decoded extent after a small read of compressed data, the next
-    /// small files of a directory read in order; see [`Pusher`]), through
-    /// `fd`, a descriptor of the mount's `/dev/fuse` connection. Only with
-    /// [`CachePolicy::Always`] (otherwise, or when already started, it does
-    /// nothing and returns `Ok(false)`).
-    pub fn start_pushing(&self, fd: OwnedFd) -> io::Result<bool> {
-        if self.opts.cache != CachePolicy::Always || self.pusher.get().is_some() {
-            return Ok(false);
         }
-        let p = Pusher::start(Arc::clone(&self.img), fd)?;
-        Ok(self.pusher.set(p).is_ok())
     }
 
-    /// Stops pushing (the pushing thread ends).
+    /// Asks for FUSE over io_uring at INIT (the transport has its rings
+    /// ready and registers them once INIT is answered).
+    pub fn with_io_uring(mut self, on: bool) -> Self {
+        self.io_uring = on;
+        self
+    }
+
+    /// The share served.
+    pub fn share(&self) -> &Arc<Share> {
+        &self.share
+    }
+
+    /// What the transport sends besides replies.
+    pub fn outbound(&self) -> &Arc<dyn Outbound> {
+        &self.out
+    }
+
+    /// Stops pushing (the pushing thread ends once its queue is empty).
     pub fn stop_pushing(&self) {
-        if let Some(p) = self.pusher.get() {
+        if let Some(p) = &self.pusher {
             p.close();
         }
     }
@@ -198,6 +139,11 @@ impl Server {
     /// the transport's rings once they are registered).
     pub fn over_io_uring(&self) -> bool {
         self.over_io_uring.load(Ordering::Acquire)
+    }
+
+    /// The negotiated minor version (0 before INIT).
+    pub(crate) fn minor(&self) -> u32 {
+        self.minor.load(Ordering::Acquire)
     }
 
     /// Whether INIT has been answered.
@@ -220,10 +166,11 @@ impl Server {
         self.handles.len()
     }
 
-    /// Handles one request (`req`: the whole message, header included) and
-    /// sends its reply, if it gets one, to `sink`. Malformed requests get an
-    /// error reply (EINVAL, or EIO before INIT); nothing here panics on any
-    /// input. Returns only the sink's own errors.
+    /// Handles one request (`req`: the whole message, header included;
+    /// bytes past its `len` are ignored) and sends its reply, if it gets
+    /// one, to `sink`. Malformed requests get an error reply (EINVAL, or
+    /// EIO before INIT); nothing here panics on any input. Returns only the
+    /// sink's own errors.
     pub fn handle(&self, req: &[u8], sink: &mut dyn ReplySink) -> io::Result<()> {
         let (hdr, args) = match parse_header(req) {
             Ok(x) => x,
@@ -260,6 +207,11 @@ impl Server {
     }
 
     fn dispatch(&self, h: &InHeader, op: Op<'_>, sink: &mut dyn ReplySink) -> OpResult {
+        if h.nodeid == abi::ROOT_ID && self.share.is_named() {
+            if let Some(r) = self.root_op(h, &op, sink) {
+                return r;
+            }
+        }
         match op {
             Op::Init(i) => self.init(h, &i, sink),
             Op::Lookup(name) => self.lookup(h, name, sink),
@@ -290,63 +242,77 @@ impl Server {
     // -----------------------------------------------------------------
     // Helpers.
 
-    /// Logs an image error (the first [`MAX_LOGGED_ERRORS`]) and turns it
-    /// into its errno.
-    pub(crate) fn image_error(&self, what: &str, e: &crate::erofs::Error) -> Fail {
-        let n = self.errors_logged.fetch_add(1, Ordering::Relaxed);
-        if n < MAX_LOGGED_ERRORS {
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr(),
-                format_args!("erofs-virtiofsd: {what}: {e}\n"),
-            );
-        }
-        Fail::Errno(e.errno())
+    /// Logs an image error (rate-limited, see [`Share`]) and turns it into
+    /// its errno.
+    pub(crate) fn image_error(
+        &self,
+        img: &ShareImage,
+        what: &str,
+        e: &crate::erofs::Error,
+    ) -> Fail {
+        self.share.image_error(img, what, e)
     }
 
-    /// Node id of `nid`.
-    pub(crate) fn nodeid_of(&self, nid: u64) -> Option<u64> {
-        if nid == self.root.nid {
+    /// The image at the root (open once INIT was answered).
+    fn root(&self) -> Result<&Arc<ShareImage>, Fail> {
+        self.share.root_image().ok_or(Fail::Errno(libc::EIO))
+    }
+
+    /// Node id of `nid` of `img` (in a share of named images: while the
+    /// kernel holds it).
+    pub(crate) fn nodeid_of(&self, img: &ShareImage, nid: u64) -> Option<u64> {
+        if self.share.is_named() {
+            self.nodes.id_of(img.serial(), nid)
+        } else if nid == img.root().nid {
             Some(abi::ROOT_ID)
         } else {
             nid.checked_add(2)
         }
     }
 
-    /// `st_ino` of `nid`, as the kernel's EROFS driver reports it
-    /// (`erofs_nid_to_ino64`: nids of metabox images are folded so the
-    /// metabox bit lands on bit 31).
-    pub(crate) fn st_ino(&self, nid: u64) -> u64 {
-        if self.img.superblock().metabox_nid.is_none() {
-            return nid;
+    /// The inode of a node the kernel holds; ESTALE for ids never handed
+    /// out (or forgotten), and for nodes of an image removed from the
+    /// share.
+    pub(crate) fn node(&self, nodeid: u64) -> Result<Target, Fail> {
+        let t = self.node_any(nodeid)?;
+        if t.img.is_removed() {
+            return Err(Fail::Errno(libc::ESTALE));
         }
-        ((nid << 1) & 0xffff_ffff_0000_0000)
-            | (nid & 0x7fff_ffff)
-            | ((nid >> ondisk::NID_METABOX_BIT.trailing_zeros()) << 31)
+        Ok(t)
     }
 
-    /// The inode of a node the kernel holds; ESTALE for ids never handed
-    /// out (or forgotten).
-    pub(crate) fn node(&self, nodeid: u64) -> Result<Arc<Inode>, Fail> {
-        if nodeid == abi::ROOT_ID {
-            return Ok(Arc::clone(&self.root));
+    /// The same, also for nodes of a removed image (files still open keep
+    /// reading).
+    fn node_any(&self, nodeid: u64) -> Result<Target, Fail> {
+        if nodeid == abi::ROOT_ID && !self.share.is_named() {
+            if let Some(t) = self.root_target.get() {
+                return Ok(t.clone());
+            }
+            let img = self.root()?;
+            let t = Target::new(Arc::clone(img), Arc::clone(img.root()));
+            return Ok(self.root_target.get_or_init(|| t).clone());
         }
         self.nodes.get(nodeid).ok_or(Fail::Errno(libc::ESTALE))
     }
 
-    /// The inode of `nid`: from the node table when the kernel holds it,
-    /// else decoded.
-    pub(crate) fn inode_of(&self, nid: u64) -> Result<Arc<Inode>, crate::erofs::Error> {
-        if let Some(i) = self.nodeid_of(nid).and_then(|id| self.node(id).ok()) {
-            if i.nid == nid {
-                return Ok(i);
+    /// Inode `nid` of `img`: the node the kernel holds of it, else decoded.
+    pub(crate) fn inode_of(
+        &self,
+        img: &Arc<ShareImage>,
+        nid: u64,
+    ) -> Result<Target, crate::erofs::Error> {
+        if let Some(t) = self.nodeid_of(img, nid).and_then(|id| self.node(id).ok()) {
+            if t.inode.nid == nid && Arc::ptr_eq(&t.img, img) {
+                return Ok(t);
             }
         }
-        self.img.inode(nid).map(Arc::new)
+        let inode = img.image().inode(nid)?;
+        Ok(Target::new(Arc::clone(img), Arc::new(inode)))
     }
 
     /// (seconds, nanoseconds) the kernel may cache entries and attributes.
     pub(crate) fn timeout(&self) -> (u64, u32) {
-        match self.opts.cache {
+        match self.share.options().cache {
             CachePolicy::Never => (0, 0),
             CachePolicy::Auto => (1, 0),
             CachePolicy::Always => (LONG_TIMEOUT_SECS, 0),
@@ -355,13 +321,13 @@ impl Server {
 
     /// FUSE attributes of an inode, field for field what the kernel's EROFS
     /// driver reports (atime and ctime are the mtime).
-    pub(crate) fn attr(&self, i: &Inode) -> Attr {
-        let bits = self.img.blkszbits();
+    pub(crate) fn attr(&self, img: &ShareImage, i: &Inode) -> Attr {
+        let bits = img.image().blkszbits();
         // Casting i64 to u64 keeps the two's complement bits, which the
         // kernel reads back as a signed time.
         let mtime = i.mtime as u64;
         Attr {
-            ino: self.st_ino(i.nid),
+            ino: img.st_ino(i.nid),
             size: i.size,
             blocks: i.blocks_512(bits),
             atime: mtime,
@@ -380,21 +346,30 @@ impl Server {
         }
     }
 
-    /// The entry reply for `inode`, counting one lookup of it.
-    pub(crate) fn entry(&self, inode: &Arc<Inode>) -> Result<EntryOut, Fail> {
-        let nodeid = self.nodeid_of(inode.nid).ok_or(Fail::Errno(libc::EIO))?;
-        if nodeid != abi::ROOT_ID {
-            self.nodes.add_lookup(nodeid, inode);
-        }
+    /// The entry reply for `t`, counting one lookup of it. A `volatile`
+    /// entry (a name in the root of a share of named images, which may go
+    /// at any time) may not be cached; its attributes may.
+    pub(crate) fn entry(&self, t: &Target, volatile: bool) -> Result<EntryOut, Fail> {
+        let nodeid = if self.share.is_named() {
+            self.nodes.add_lookup_keyed(t)
+        } else {
+            let id = self.nodeid_of(&t.img, t.inode.nid);
+            if let Some(id) = id.filter(|&id| id != abi::ROOT_ID) {
+                self.nodes.add_lookup(id, t);
+            }
+            id
+        };
+        let nodeid = nodeid.ok_or(Fail::Errno(libc::EIO))?;
         let (secs, nsecs) = self.timeout();
+        let (entry_secs, entry_nsecs) = if volatile { (0, 0) } else { (secs, nsecs) };
         Ok(EntryOut {
             nodeid,
             generation: 0,
-            entry_valid: secs,
+            entry_valid: entry_secs,
             attr_valid: secs,
-            entry_valid_nsec: nsecs,
+            entry_valid_nsec: entry_nsecs,
             attr_valid_nsec: nsecs,
-            attr: self.attr(inode),
+            attr: self.attr(&t.img, &t.inode),
         })
     }
 
@@ -405,6 +380,7 @@ impl Server {
         if self.initialized() {
             return Err(Fail::Errno(libc::EIO));
         }
+        self.share.open_at_init().map_err(Fail::Errno)?;
         if i.major < KERNEL_VERSION {
             return Err(Fail::Errno(libc::EPROTO));
         }
@@ -435,12 +411,18 @@ impl Server {
         // sends plain READDIR after a directory's first request and then a
         // LOOKUP per entry for `ls -l` / `find -ls`. Attributes never change,
         // so entries read with plus are never wasted.
-        match self.opts.cache {
+        let opts = self.share.options();
+        match opts.cache {
             CachePolicy::Never => want |= DIRECT_IO_ALLOW_MMAP | READDIRPLUS_AUTO,
             CachePolicy::Auto => want |= CACHE_SYMLINKS | READDIRPLUS_AUTO,
             CachePolicy::Always => want |= CACHE_SYMLINKS | NO_OPEN_SUPPORT | NO_OPENDIR_SUPPORT,
         }
-        if self.opts.io_uring {
+        if self.share.is_named() {
+            // Zero-message opendir would have the client cache every
+            // directory's listing, the root's too, whose names change.
+            want &= !NO_OPENDIR_SUPPORT;
+        }
+        if self.io_uring {
             want |= OVER_IO_URING;
         }
         let flags = want & kernel;
@@ -450,8 +432,8 @@ impl Server {
             .store(flags & NO_OPEN_SUPPORT != 0, Ordering::Release);
         self.no_opendir
             .store(flags & NO_OPENDIR_SUPPORT != 0, Ordering::Release);
-        let pages = (self.opts.max_read / 4096).clamp(1, u32::from(u16::MAX));
-        let bg = self.opts.max_background.max(1);
+        let pages = (opts.max_read / 4096).clamp(1, u32::from(u16::MAX));
+        let bg = opts.max_background.max(1);
         let out = InitOut {
             major: KERNEL_VERSION,
             minor: i.minor.min(KERNEL_MINOR_VERSION),
@@ -490,16 +472,17 @@ impl Server {
 
     fn lookup(&self, h: &InHeader, name: &[u8], sink: &mut dyn ReplySink) -> OpResult {
         let dir = self.node(h.nodeid)?;
-        if !dir.is_dir() {
+        if !dir.inode.is_dir() {
             return Err(Fail::Errno(libc::ENOTDIR));
         }
         if name.len() > ondisk::NAME_LEN {
             return Err(Fail::Errno(libc::ENAMETOOLONG));
         }
-        let found = self
-            .img
-            .lookup(&dir, name)
-            .map_err(|e| self.image_error("lookup", &e))?;
+        let img = &dir.img;
+        let found = img
+            .image()
+            .lookup(&dir.inode, name)
+            .map_err(|e| self.image_error(img, "lookup", &e))?;
         let Some((nid, _)) = found else {
             let (secs, nsecs) = self.timeout();
             if secs == 0 && nsecs == 0 {
@@ -513,10 +496,10 @@ impl Server {
             };
             return send(sink, h.unique, &out);
         };
-        let inode = self
-            .inode_of(nid)
-            .map_err(|e| self.image_error("lookup", &e))?;
-        let out = self.entry(&inode)?;
+        let t = self
+            .inode_of(img, nid)
+            .map_err(|e| self.image_error(img, "lookup", &e))?;
+        let out = self.entry(&t, false)?;
         send(sink, h.unique, &out)
     }
 
@@ -527,13 +510,13 @@ impl Server {
     }
 
     fn getattr(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
-        let inode = self.node(h.nodeid)?;
+        let t = self.node(h.nodeid)?;
         let (secs, nsecs) = self.timeout();
         let out = AttrOut {
             attr_valid: secs,
             attr_valid_nsec: nsecs,
             dummy: 0,
-            attr: self.attr(&inode),
+            attr: self.attr(&t.img, &t.inode),
         };
         send(sink, h.unique, &out)
     }
@@ -542,8 +525,9 @@ impl Server {
         if self.minor.load(Ordering::Acquire) < 39 {
             return Err(Fail::Errno(libc::ENOSYS));
         }
-        let inode = self.node(h.nodeid)?;
-        let a = self.attr(&inode);
+        let t = self.node(h.nodeid)?;
+        let inode = &t.inode;
+        let a = self.attr(&t.img, inode);
         let (secs, nsecs) = self.timeout();
         let t = SxTime {
             tv_sec: inode.mtime,
@@ -583,49 +567,34 @@ impl Server {
     }
 
     fn readlink(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
-        let inode = self.node(h.nodeid)?;
-        if inode.kind != InodeKind::Symlink {
+        let t = self.node(h.nodeid)?;
+        if t.inode.kind != InodeKind::Symlink {
             return Err(Fail::Errno(libc::EINVAL));
         }
-        let target = self
+        let target = t
             .img
-            .readlink(&inode)
-            .map_err(|e| self.image_error("readlink", &e))?;
+            .image()
+            .readlink(&t.inode)
+            .map_err(|e| self.image_error(&t.img, "readlink", &e))?;
         send_bytes(sink, h.unique, &[&target])
     }
 
     fn statfs(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
-        let sb = self.img.superblock();
-        let blocks = self
-            .img
-            .devices()
-            .iter()
-            .fold(sb.blocks, |acc, d| acc.saturating_add(d.blocks));
-        let bsize = u32::try_from(sb.block_size()).unwrap_or(4096);
-        let out = StatfsOut {
-            st: Kstatfs {
-                blocks,
-                bfree: 0,
-                bavail: 0,
-                files: u64::MAX,
-                ffree: u64::MAX.saturating_sub(sb.inos),
-                bsize,
-                namelen: ondisk::NAME_LEN as u32,
-                frsize: bsize,
-                padding: 0,
-                spare: [0; 6],
-            },
+        let img = if self.share.is_named() {
+            Arc::clone(&self.node(h.nodeid)?.img)
+        } else {
+            Arc::clone(self.root()?)
         };
-        send(sink, h.unique, &out)
+        send(sink, h.unique, &statfs_of(&[img]))
     }
 
     fn access(&self, h: &InHeader, mask: u32, sink: &mut dyn ReplySink) -> OpResult {
-        let inode = self.node(h.nodeid)?;
+        let t = self.node(h.nodeid)?;
         let mask = mask & 7;
         if mask & 2 != 0 {
             return Err(Fail::Errno(libc::EROFS));
         }
-        if !may_access(&inode, h.uid, h.gid, mask) {
+        if !may_access(&t.inode, h.uid, h.gid, mask) {
             return Err(Fail::Errno(libc::EACCES));
         }
         send_ok(sink, h.unique)
@@ -635,14 +604,8 @@ impl Server {
     // Files.
 
     fn open(&self, h: &InHeader, o: &OpenIn, dir: bool, sink: &mut dyn ReplySink) -> OpResult {
-        let inode = self.node(h.nodeid)?;
-        let acc = o.flags & libc::O_ACCMODE as u32;
-        if acc != libc::O_RDONLY as u32 || o.flags & libc::O_TRUNC as u32 != 0 {
-            return Err(Fail::Errno(libc::EROFS));
-        }
-        if dir != inode.is_dir() {
-            return Err(Fail::Errno(if dir { libc::ENOTDIR } else { libc::EISDIR }));
-        }
+        let target = self.node(h.nodeid)?;
+        check_open(o, dir, target.inode.is_dir())?;
         if self.zero_message_open(dir) {
             // Zero-message opens: the kernel then keeps the page cache and
             // directory cache by itself and sends no RELEASE.
@@ -650,10 +613,13 @@ impl Server {
         }
         let fh = self
             .handles
-            .insert(Handle { inode, dir })
+            .insert(Handle {
+                target: Some(target),
+                dir,
+            })
             .ok_or(Fail::Errno(libc::ENFILE))?;
         let mut open_flags = FOPEN_NOFLUSH;
-        match self.opts.cache {
+        match self.share.options().cache {
             CachePolicy::Never if !dir => open_flags |= FOPEN_DIRECT_IO,
             CachePolicy::Never | CachePolicy::Auto => {}
             CachePolicy::Always => open_flags |= FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR,
@@ -701,55 +667,59 @@ impl Server {
 
     /// The inode a READ/READDIR/LSEEK is about: the handle's when `fh` is
     /// set, else (zero-message opens) the node's.
-    pub(crate) fn file(&self, h: &InHeader, fh: u64, dir: bool) -> Result<Arc<Inode>, Fail> {
+    pub(crate) fn file(&self, h: &InHeader, fh: u64, dir: bool) -> Result<Target, Fail> {
         if fh == 0 && self.zero_message_open(dir) {
-            return self.node(h.nodeid);
+            return self.node_any(h.nodeid);
         }
         match self.handles.get(fh) {
-            Some(hd) if hd.dir == dir => Ok(hd.inode),
+            Some(Handle {
+                target: Some(t),
+                dir: d,
+            }) if d == dir => Ok(t),
             _ => Err(Fail::Errno(libc::EBADF)),
         }
     }
 
     fn read(&self, h: &InHeader, r: &ReadIn, sink: &mut dyn ReplySink) -> OpResult {
-        if r.size > self.opts.max_read {
+        if r.size > self.share.options().max_read {
             return Err(Fail::Errno(libc::EINVAL));
         }
-        let inode = self.file(h, r.fh, false)?;
+        let t = self.file(h, r.fh, false)?;
+        let inode = &t.inode;
         if inode.kind != InodeKind::File {
             return Err(Fail::Errno(libc::EINVAL));
         }
         let left = inode.size.saturating_sub(r.offset);
         let len = u64::from(r.size).min(left);
         let len = usize::try_from(len).unwrap_or(0);
-        let img = &self.img;
+        let img = t.img.image();
         // Counted before the reply goes out: once the reader has its data it
         // may send the next READ, which another worker may take before this
         // one gets on, and read-around must see the reads in their order.
         let misses = self
             .pusher
-            .get()
-            .and_then(|p| p.count_small_read(h.nodeid, &inode, len as u64));
+            .as_ref()
+            .and_then(|p| p.count_small_read(h.nodeid, inode, len as u64));
         if len >= SPLICE_MIN && sink.can_splice() {
             // Uncompressed data straight from the image file's page cache;
             // anything else (or any doubt) takes the copying path below.
-            if let Ok(Some(spans)) = img.plain_spans(&inode, r.offset, len, MAX_SPANS) {
+            if let Ok(Some(spans)) = img.plain_spans(inode, r.offset, len, MAX_SPANS) {
                 if sink.send_spans(h.unique, &spans)? {
-                    self.after_read(h.nodeid, &inode, r.offset, len as u64, misses);
+                    self.after_read(h.nodeid, &t, r.offset, len as u64, misses);
                     return Ok(());
                 }
             }
         }
         let mut fill = |buf: &mut [u8], pos: usize| -> Result<usize, Errno> {
             let off = r.offset.saturating_add(pos as u64);
-            img.read(&inode, off, buf)
-                .map_err(|e| match self.image_error("read", &e) {
+            img.read(inode, off, buf)
+                .map_err(|e| match self.image_error(&t.img, "read", &e) {
                     Fail::Errno(n) => Errno(n),
                     Fail::Io(_) => Errno(libc::EIO),
                 })
         };
         sink.send_with(h.unique, len, &mut fill)?;
-        self.after_read(h.nodeid, &inode, r.offset, len as u64, misses);
+        self.after_read(h.nodeid, &t, r.offset, len as u64, misses);
         Ok(())
     }
 
@@ -758,36 +728,30 @@ impl Server {
     /// rest of a decoded extent, the window around a small read, the next
     /// files of a directory read in order). `misses`: the read's count from
     /// [`Pusher::count_small_read`].
-    fn after_read(
-        &self,
-        nodeid: u64,
-        inode: &Arc<Inode>,
-        offset: u64,
-        len: u64,
-        misses: Option<u64>,
-    ) {
-        let Some(p) = self.pusher.get() else {
+    fn after_read(&self, nodeid: u64, t: &Target, offset: u64, len: u64, misses: Option<u64>) {
+        let Some(p) = &self.pusher else {
             return;
         };
         if len < SMALL_READ {
-            if inode.is_compressed() {
-                if let Ok(Some(range)) = self.img.decoded_range(inode, offset, len) {
-                    p.offer(nodeid, inode, offset, len, range);
+            if t.inode.is_compressed() {
+                if let Ok(Some(range)) = t.img.image().decoded_range(&t.inode, offset, len) {
+                    p.offer(nodeid, t, offset, len, range);
                 }
             } else if let Some(misses) = misses {
-                p.read_around(nodeid, inode, offset, len, misses);
+                p.read_around(nodeid, t, offset, len, misses);
             }
         }
         if offset == 0 {
-            self.follow_listing(p, nodeid);
+            self.follow_listing(p, nodeid, &t.img);
         }
     }
 
     fn lseek(&self, h: &InHeader, l: &LseekIn, sink: &mut dyn ReplySink) -> OpResult {
-        let inode = match self.file(h, l.fh, false) {
-            Ok(i) => i,
+        let t = match self.file(h, l.fh, false) {
+            Ok(t) => t,
             Err(_) => self.node(h.nodeid)?,
         };
+        let inode = &t.inode;
         if inode.kind != InodeKind::File {
             return Err(Fail::Errno(libc::EINVAL));
         }
@@ -798,17 +762,61 @@ impl Server {
         if i64::try_from(l.offset).is_err() || l.offset >= inode.size {
             return Err(Fail::Errno(libc::ENXIO));
         }
+        let img = t.img.image();
         let pos = if whence == libc::SEEK_DATA {
-            self.img
-                .seek_data(&inode, l.offset)
-                .map_err(|e| self.image_error("lseek", &e))?
+            img.seek_data(inode, l.offset)
+                .map_err(|e| self.image_error(&t.img, "lseek", &e))?
                 .ok_or(Fail::Errno(libc::ENXIO))?
         } else {
-            self.img
-                .seek_hole(&inode, l.offset)
-                .map_err(|e| self.image_error("lseek", &e))?
+            img.seek_hole(inode, l.offset)
+                .map_err(|e| self.image_error(&t.img, "lseek", &e))?
         };
         send(sink, h.unique, &LseekOut { offset: pos })
+    }
+}
+
+/// Refuses an OPEN/OPENDIR (`dir`) that writes, truncates, or names the
+/// wrong kind of inode (`is_dir`).
+pub(crate) fn check_open(o: &OpenIn, dir: bool, is_dir: bool) -> Result<(), Fail> {
+    let acc = o.flags & libc::O_ACCMODE as u32;
+    if acc != libc::O_RDONLY as u32 || o.flags & libc::O_TRUNC as u32 != 0 {
+        return Err(Fail::Errno(libc::EROFS));
+    }
+    if dir != is_dir {
+        return Err(Fail::Errno(if dir { libc::ENOTDIR } else { libc::EISDIR }));
+    }
+    Ok(())
+}
+
+/// STATFS of a share serving `images`: their blocks and inodes added up.
+pub(crate) fn statfs_of(images: &[Arc<ShareImage>]) -> StatfsOut {
+    let (mut blocks, mut inos, mut bsize) = (0u64, 0u64, None);
+    for i in images {
+        let img = i.image();
+        let sb = img.superblock();
+        blocks = img
+            .devices()
+            .iter()
+            .fold(blocks.saturating_add(sb.blocks), |acc, d| {
+                acc.saturating_add(d.blocks)
+            });
+        inos = inos.saturating_add(sb.inos);
+        bsize.get_or_insert(u32::try_from(sb.block_size()).unwrap_or(4096));
+    }
+    let bsize = bsize.unwrap_or(4096);
+    StatfsOut {
+        st: Kstatfs {
+            blocks,
+            bfree: 0,
+            bavail: 0,
+            files: u64::MAX,
+            ffree: u64::MAX.saturating_sub(inos),
+            bsize,
+            namelen: ondisk::NAME_LEN as u32,
+            frsize: bsize,
+            padding: 0,
+            spare: [0; 6],
+        },
     }
 }
 
@@ -830,30 +838,4 @@ fn may_access(inode: &Inode, uid: u32, gid: u32, mask: u32) -> bool {
         mode & 7
     };
     bits & mask == mask
-}
-
-/// Sends a fixed-size reply.
-pub(crate) fn send<T: IntoBytes + Immutable>(
-    sink: &mut dyn ReplySink,
-    unique: u64,
-    body: &T,
-) -> OpResult {
-    send_bytes(sink, unique, &[body.as_bytes()])
-}
-
-/// Sends a reply made of `parts`.
-pub(crate) fn send_bytes(sink: &mut dyn ReplySink, unique: u64, parts: &[&[u8]]) -> OpResult {
-    let len = parts.iter().fold(0usize, |a, p| a.saturating_add(p.len()));
-    sink.send(&out_header(unique, 0, len), parts)?;
-    Ok(())
-}
-
-/// Sends an empty success reply.
-pub(crate) fn send_ok(sink: &mut dyn ReplySink, unique: u64) -> OpResult {
-    send_bytes(sink, unique, &[])
-}
-
-/// Sends an error reply.
-fn send_err(sink: &mut dyn ReplySink, unique: u64, errno: i32) -> io::Result<()> {
-    sink.send(&out_header(unique, errno, 0), &[])
 }
