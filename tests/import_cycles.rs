@@ -580,7 +580,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("sandbox", &["os"]),
     ("api", &["metrics"]),
     ("fuse", &["erofs", "source", "share", "os", "metrics"]),
-    ("vhost", &["fuse", "erofs", "source", "share", "os", "metrics"]),
+    (
+        "vhost",
+        &["fuse", "erofs", "source", "share", "os", "metrics"],
+    ),
 ];
 
 /// The top-level module a file of `src/` belongs to (`fuse/session.rs` ->
@@ -607,7 +610,9 @@ fn layer_violations(root: &Path) -> Vec<String> {
             continue;
         };
         if !allowed.contains(&b) {
-            out.push(format!("  {from} -> {to} (`{path}`): {a} may not use {b}\n"));
+            out.push(format!(
+                "  {from} -> {to} (`{path}`): {a} may not use {b}\n"
+            ));
         }
     }
     out

@@ -152,7 +152,6 @@ pub const STATX_ATTR_COMPRESSED: u64 = 0x4;
 /// `STATX_ATTR_IMMUTABLE`.
 pub const STATX_ATTR_IMMUTABLE: u64 = 0x10;
 
-
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
