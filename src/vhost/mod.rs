@@ -34,5 +34,7 @@ pub use daemon::{bind, serve, Bound, Listen, ServeOptions, ShareFor};
 pub use error::{
     ChainError, DaemonError, DeviceError, FdProblem, ReplyTooLong, TagError, VhostUserError,
 };
-pub use session::{connection_session, guest_image_share, GuestImage, VhostOutbound};
+pub use session::{
+    connection_session, connection_session_with, guest_image_share, GuestImage, VhostOutbound,
+};
 pub use writer::GuestWriter;
