@@ -283,12 +283,16 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
         allow(&mut r, &[libc::SYS_umount2]);
     }
     if profile.vhost {
-        // DAX windows: each mapped file's decoded content goes into a
-        // memfd of its own (memfd_create, sized with ftruncate), whose
-        // unmapped ranges are freed with fallocate(PUNCH_HOLE).
+        // DAX windows: the backend request channel the frontend hands over
+        // (SET_BACKEND_REQ_FD) is checked to be a Unix stream socket
+        // (getsockopt SO_DOMAIN, SO_TYPE); each mapped file's decoded
+        // content goes into a memfd of its own (memfd_create, sized with
+        // ftruncate), whose unmapped ranges are freed with
+        // fallocate(PUNCH_HOLE).
         allow(
             &mut r,
             &[
+                libc::SYS_getsockopt,
                 libc::SYS_memfd_create,
                 libc::SYS_ftruncate,
                 libc::SYS_fallocate,
