@@ -14,7 +14,8 @@
 //! mapped into a guest is never mapped into another guest, of any domain.
 //! The memfd is as long as the file rounded up to [`RANGE`] (2 MiB, the
 //! kernel's DAX range) and filled one range at a time, when a mapping
-//! first needs it; its tail past EOF stays zero. When a range was filled,
+//! first needs it; its tail past EOF stays zero (a hole: a small file costs
+//! its own pages, not 2 MiB). When a range was filled,
 //! its xxh3 hash is kept; before the range is mapped again (the guest
 //! dropped its mapping and asks anew, or remounted), the bytes are hashed
 //! again and, if the guest wrote through its window meanwhile, the range
@@ -143,6 +144,9 @@ type Key = (u64, u64);
 struct RangeState {
     /// Holds the decoded bytes (else a hole).
     filled: bool,
+    /// Bytes of pages written (the file's data in the range, rounded up to
+    /// a page; the rest is a hole).
+    bytes: u64,
     /// xxh3 of the whole range as written.
     hash: u64,
     /// Live mappings using it.
@@ -265,12 +269,32 @@ impl ContentCache {
                 bump(&stats.replaced);
             }
             let data = decode_range(t, r)?;
-            c.file.write_all_at(&data, off).map_err(io_errno)?;
+            let written = t
+                .inode
+                .size
+                .saturating_sub(off)
+                .min(RANGE)
+                .checked_next_multiple_of(4096)
+                .unwrap_or(RANGE)
+                .min(RANGE);
+            let head = data
+                .get(..usize::try_from(written).unwrap_or(0))
+                .unwrap_or(&[]);
+            c.file.write_all_at(head, off).map_err(io_errno)?;
+            if state.filled && written < RANGE {
+                // What the guest wrote past the data goes with the hole.
+                crate::os::fd::punch_hole(
+                    &c.file,
+                    off.saturating_add(written),
+                    RANGE.saturating_sub(written),
+                )
+                .map_err(io_errno)?;
+            }
             if let Some(s) = c.ranges.get_mut(r) {
-                if !s.filled {
-                    added = added.saturating_add(RANGE);
-                }
+                let before = if s.filled { s.bytes } else { 0 };
+                added = added.saturating_add(written).saturating_sub(before);
                 s.filled = true;
+                s.bytes = written;
                 s.hash = xxhash_rust::xxh3::xxh3_64(&data);
             }
         }
@@ -320,8 +344,8 @@ impl ContentCache {
                 if s.filled && s.live == 0 {
                     let off = (r as u64).saturating_mul(RANGE);
                     if crate::os::fd::punch_hole(&c.file, off, RANGE).is_ok() {
+                        freed = freed.saturating_add(s.bytes);
                         *s = RangeState::default();
-                        freed = freed.saturating_add(RANGE);
                     }
                 }
             }
@@ -330,12 +354,11 @@ impl ContentCache {
     }
 
     fn mapped_bytes(&self) -> u64 {
-        let n: usize = self
-            .files
+        self.files
             .values()
-            .map(|c| c.ranges.iter().filter(|s| s.live > 0).count())
-            .sum();
-        (n as u64).saturating_mul(RANGE)
+            .flat_map(|c| c.ranges.iter())
+            .filter(|s| s.live > 0)
+            .fold(0u64, |a, s| a.saturating_add(s.bytes))
     }
 
     /// Drops the least recently used file with no live mapping; false
@@ -349,8 +372,8 @@ impl ContentCache {
             .map(|(k, _)| *k);
         let Some(k) = victim else { return false };
         if let Some(c) = self.files.remove(&k) {
-            let n = c.ranges.iter().filter(|s| s.filled).count() as u64;
-            self.filled = self.filled.saturating_sub(n.saturating_mul(RANGE));
+            let n = c.ranges.iter().fold(0u64, |a, s| a.saturating_add(s.bytes));
+            self.filled = self.filled.saturating_sub(n);
         }
         true
     }
