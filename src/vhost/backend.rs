@@ -28,9 +28,9 @@ use vmm_sys_util::event::{
 use super::chain;
 use super::config::{self, VirtioFsConfig, MAX_QUEUE_SIZE};
 use super::error::DeviceError;
+use super::outbound::VhostOutbound;
 use super::pool::Pool;
 use super::reply::error_reply;
-use super::session::VhostOutbound;
 use super::writer::GuestWriter;
 use crate::fuse::request::unique_of;
 use crate::fuse::{Outbound, Session};

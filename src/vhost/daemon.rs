@@ -17,7 +17,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::{DeviceOptions, FsBackend, GuestMem};
 use super::error::{DaemonError, FdProblem};
-use super::session::{connection_session_with, VhostOutbound};
+use super::outbound::VhostOutbound;
+use super::session::connection_session_with;
 use crate::fuse::Share;
 use crate::os;
 use crate::os::signal::SignalSet;
