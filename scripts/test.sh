@@ -16,6 +16,9 @@ if [ -z "${EROFS_FIXTURES:-}" ]; then
   echo "== fixture images (scripts/fixtures.sh)"
   scripts/fixtures.sh >/dev/null
 fi
+echo "== QEMU 11.1 for the DAX guest tests (scripts/sid-tools.sh qemu, cached)"
+qemu_line=$(scripts/sid-tools.sh --quiet qemu | grep '^QEMU_SYSTEM_X86_64=')
+export EROFS_DAX_QEMU=${qemu_line#QEMU_SYSTEM_X86_64=}
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"

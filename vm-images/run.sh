@@ -24,6 +24,11 @@
 #       --initrd NAME       initrd (default) or initrd-fio (build.sh --with-fio)
 #       --mem MIB           guest RAM (default 512)
 #       --append ARGS       more kernel command line
+#       --qemu BIN          the QEMU binary (default qemu-system-x86_64) [$EVFS_QEMU]
+#       --dax-device        the main share as QEMU 11.1's
+#                           vhost-user-test-device-pci (virtio-fs with the
+#                           DAX window the daemon offers, --dax-window; the
+#                           tag comes from the daemon's --tag)
 #       --bios seabios|qboot  firmware (default SeaBIOS, QEMU's own; qboot
 #                           skips its ~0.3 s but is less tested here)
 #       --no-build          do not run build.sh first
@@ -50,6 +55,8 @@ mem=512
 append=""
 bios=seabios
 build=1
+qemu_bin=${EVFS_QEMU:-qemu-system-x86_64}
+dax_device=0
 extra_fs=()
 qemu_extra=()
 if [ -n "${EVFS_QEMU_ARGS:-}" ]; then
@@ -75,6 +82,8 @@ while [ $# -gt 0 ]; do
     --mem) need "$@"; mem=$2; shift ;;
     --append) need "$@"; append=$2; shift ;;
     --bios) need "$@"; bios=$2; shift ;;
+    --qemu) need "$@"; qemu_bin=$2; shift ;;
+    --dax-device) dax_device=1 ;;
     --no-build) build=0 ;;
     -h | --help) usage; exit 0 ;;
     --) shift; qemu_extra+=("$@"); break ;;
@@ -116,7 +125,7 @@ cmdline+=" evfs.cmd=$cmd"
 # vhost-user needs the guest RAM in shared memory (memfd, share=on). TCG only:
 # the KVM of this machine's hosts does not run stock guest kernels reliably.
 # shellcheck disable=SC2054 # the commas are QEMU's
-qemu=(qemu-system-x86_64 -M q35 -accel tcg -cpu max -smp 1 -m "$mem"
+qemu=("$qemu_bin" -M q35 -accel tcg -cpu max -smp 1 -m "$mem"
   -nographic -no-reboot -nodefaults -no-user-config
   -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem
   -kernel "$out/vmlinuz" -initrd "$out/$initrd.img")
@@ -133,7 +142,16 @@ add_share() { # SOCK TAG
   qemu+=(-chardev "socket,id=fs$n,path=$1" -device "vhost-user-fs-pci,chardev=fs$n,tag=$2")
   n=$((n + 1))
 }
-[ -n "$sock" ] && add_share "$sock" "$tag"
+if [ -n "$sock" ] && [ "$dax_device" = 1 ]; then
+  [ -S "$sock" ] || { echo "run.sh: $sock is not a socket (is the daemon running?)" >&2; exit 2; }
+  # The device with a shared-memory window (docs/dax.md): virtio id 26 is
+  # virtio-fs, its config space the 40-byte tag + queue count.
+  qemu+=(-chardev "socket,id=fs$n,path=$sock"
+    -device "vhost-user-test-device-pci,chardev=fs$n,virtio-id=26,num_vqs=2,vq_size=1024,config_size=40")
+  n=$((n + 1))
+elif [ -n "$sock" ]; then
+  add_share "$sock" "$tag"
+fi
 for spec in "${extra_fs[@]}"; do
   IFS=, read -r fsock ftag fdir fopts <<<"$spec"
   if [ -z "$fsock" ] || [ -z "$ftag" ] || [ -z "$fdir" ]; then

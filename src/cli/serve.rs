@@ -16,9 +16,35 @@ use super::log::{init_logger, LogLevel};
 use super::mount::CacheArg;
 use super::sandbox::SandboxArgs;
 use super::source::image_options;
-use crate::fuse::ShareOptions;
+use crate::fuse::{DaxMode, ShareOptions};
 use crate::sandbox::{Profile, Supervision};
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
+
+/// `--dax` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DaxArg {
+    /// No mappings.
+    Never,
+    /// Every regular file.
+    Always,
+    /// Files of 64 KiB or more (for guests mounted `dax=inode`).
+    Inode,
+}
+
+impl From<DaxArg> for DaxMode {
+    fn from(a: DaxArg) -> Self {
+        match a {
+            DaxArg::Never => DaxMode::Never,
+            DaxArg::Always => DaxMode::Always,
+            DaxArg::Inode => DaxMode::Inode,
+        }
+    }
+}
+
+/// `--dax-window`: a size with an optional suffix, checked.
+fn parse_dax_window(s: &str) -> Result<u64, String> {
+    super::store::parse_size(s).and_then(vhost::config::check_dax_window)
+}
 
 /// Options of serve mode (the default without a subcommand).
 #[derive(Debug, Clone, Args)]
@@ -64,6 +90,18 @@ pub struct ServeArgs {
     /// Serve one frontend, then exit (default: wait for the next one).
     #[arg(long)]
     once: bool,
+    /// Offer a DAX window of SIZE bytes (a power of two, 2 MiB to 64 GiB;
+    /// suffixes K, M, G): the guest maps file data instead of reading it.
+    /// Needs `--tag` and QEMU's `vhost-user-test-device-pci` (see
+    /// docs/dax.md).
+    #[arg(long, value_name = "SIZE", value_parser = parse_dax_window, requires = "tag")]
+    dax_window: Option<u64>,
+    /// Which files the guest may map through its window: never, always
+    /// (every regular file), inode (files of 64 KiB or more carry
+    /// FUSE_ATTR_DAX for guests mounted `dax=inode`). Default: always with
+    /// `--dax-window`.
+    #[arg(long, value_enum, requires = "dax_window")]
+    dax: Option<DaxArg>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -100,8 +138,22 @@ impl ServeArgs {
         if let Some(tag) = &self.tag {
             vhost::config::VirtioFsConfig::new(tag, 1).context("--tag")?;
         }
+        let dax = match (self.dax_window, self.dax) {
+            (None, _) => DaxMode::Never,
+            (Some(_), None) => DaxMode::Always,
+            (Some(_), Some(d)) => d.into(),
+        };
+        if let Some(w) = self.dax_window {
+            if w > crate::fuse::dax::MAX_SAFE_WINDOW {
+                log::warn!(
+                    "--dax-window {w}: more than {} live mappings may be asked for; those beyond get ENOSPC",
+                    crate::fuse::dax::MAX_MAPPINGS
+                );
+            }
+        }
         let server_opts = ShareOptions {
             cache: self.cache.into(),
+            dax,
             ..ShareOptions::default()
         };
         let opts = ServeOptions {
@@ -110,6 +162,7 @@ impl ServeArgs {
                 tag: self.tag.clone(),
                 request_queues: usize::from(self.queues),
                 thread_pool_size: usize::from(self.thread_pool_size),
+                dax_window: self.dax_window,
             },
             once: self.once,
         };

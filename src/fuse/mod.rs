@@ -25,6 +25,9 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod abi;
+pub mod dax;
+#[cfg(test)]
+mod dax_tests;
 pub mod devfuse;
 mod devnotify;
 mod dirops;
@@ -49,6 +52,7 @@ mod tests_named;
 pub mod testutil;
 pub mod uring;
 
+pub use dax::{DaxCounts, DaxMode};
 pub use devnotify::DevOutbound;
 pub use images::{check_name, ImageMeta, NameError, ShareImage, MAX_IMAGES, MAX_NAME_LEN};
 pub use outbound::{DaxMapping, Outbound, RepliesOnly};

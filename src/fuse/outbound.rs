@@ -73,6 +73,11 @@ pub trait Outbound: Send + Sync + std::fmt::Debug {
         Err(unsupported())
     }
 
+    /// The size of the client's DAX window in bytes, when it has one.
+    fn dax_window(&self) -> Option<u64> {
+        None
+    }
+
     /// Maps a file range into the client's DAX window.
     fn dax_map(&self, _mapping: &DaxMapping<'_>) -> io::Result<()> {
         Err(unsupported())
@@ -99,6 +104,7 @@ mod tests {
     fn test_defaults_are_unsupported() {
         let out = RepliesOnly;
         assert!(!out.can_store());
+        assert_eq!(out.dax_window(), None);
         for r in [
             out.store(2, 0, b"x"),
             out.inval_entry(1, b"name"),

@@ -235,6 +235,10 @@ pub enum Op<'a> {
     Syncfs,
     /// FUSE_DESTROY.
     Destroy,
+    /// FUSE_SETUPMAPPING (DAX).
+    Setupmapping(SetupmappingIn),
+    /// FUSE_REMOVEMAPPING (DAX).
+    Removemapping(Removemapping<'a>),
     /// An opcode that would change the filesystem.
     Mutating(u32),
     /// A message that gets no reply (FUSE_NOTIFY_REPLY).
@@ -257,6 +261,28 @@ impl BatchForget<'_> {
             .chunks_exact(std::mem::size_of::<ForgetOne>())
             .take(usize::try_from(self.count).unwrap_or(usize::MAX))
             .filter_map(|c| ForgetOne::read_from_bytes(c).ok())
+    }
+}
+
+/// The ranges of a FUSE_REMOVEMAPPING, decoded lazily.
+#[derive(Debug, Clone, Copy)]
+pub struct Removemapping<'a> {
+    count: u32,
+    entries: &'a [u8],
+}
+
+impl Removemapping<'_> {
+    /// The count the request claims.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The ranges present: at most `count`, and only whole ones.
+    pub fn iter(&self) -> impl Iterator<Item = RemovemappingOne> + '_ {
+        self.entries
+            .chunks_exact(std::mem::size_of::<RemovemappingOne>())
+            .take(usize::try_from(self.count).unwrap_or(usize::MAX))
+            .filter_map(|c| RemovemappingOne::read_from_bytes(c).ok())
     }
 }
 
@@ -347,6 +373,14 @@ impl<'a> Op<'a> {
             INTERRUPT => Op::Interrupt(fixed(opcode, args, "fuse_interrupt_in")?),
             SYNCFS => Op::Syncfs,
             DESTROY => Op::Destroy,
+            SETUPMAPPING => Op::Setupmapping(fixed(opcode, args, "fuse_setupmapping_in")?),
+            REMOVEMAPPING => {
+                let (h, rest): (RemovemappingIn, _) = take(opcode, args, "fuse_removemapping_in")?;
+                Op::Removemapping(Removemapping {
+                    count: h.count,
+                    entries: rest,
+                })
+            }
             SETATTR | SYMLINK | MKNOD | MKDIR | UNLINK | RMDIR | RENAME | LINK | WRITE
             | SETXATTR | REMOVEXATTR | CREATE | FALLOCATE | RENAME2 | COPY_FILE_RANGE | TMPFILE
             | COPY_FILE_RANGE_64 => Op::Mutating(opcode),

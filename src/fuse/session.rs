@@ -31,12 +31,13 @@ use foldhash::fast::RandomState;
 use log::warn;
 
 use super::abi::{self, *};
+use super::dax::{Dax, DaxCounts};
 use super::images::ShareImage;
 use super::nodes::{Handle, HandleTable, NodeTable, Target};
 use super::outbound::Outbound;
 use super::push::{Pusher, SMALL_READ};
 use super::reply::{send, send_bytes, send_err, send_ok, Fail, OpResult};
-use super::request::{parse_header, BatchForget, Op};
+use super::request::{parse_header, BatchForget, Op, Removemapping};
 use super::share::{CachePolicy, Share, LONG_TIMEOUT_SECS};
 use super::sink::{Errno, ReplySink};
 use super::splice::MAX_SPANS;
@@ -73,6 +74,9 @@ pub struct Session {
     /// a reader going through it in order reads next (see
     /// `follow_listing`).
     pub(crate) dir_streams: Mutex<HashMap<(u64, u64), u64, RandomState>>,
+    /// DAX mappings, when the transport has a window and the share maps
+    /// (see [`super::dax`]).
+    dax: Option<Dax>,
 }
 
 impl Session {
@@ -95,7 +99,9 @@ impl Session {
             None
         };
         share.register(&out);
+        let dax = Dax::new(out.dax_window(), share.options().dax);
         Self {
+            dax,
             handles: HandleTable::new(share.options().max_handles),
             nodes: NodeTable::new(share.is_named()),
             share,
@@ -166,6 +172,19 @@ impl Session {
         self.handles.len()
     }
 
+    /// Forgets the DAX mappings as INIT does (tests).
+    #[cfg(test)]
+    pub(crate) fn dax_reset_for_tests(&self) {
+        if let Some(d) = &self.dax {
+            d.reset(self.out.as_ref(), false);
+        }
+    }
+
+    /// What the DAX path did (`None` without DAX).
+    pub fn dax_counts(&self) -> Option<DaxCounts> {
+        self.dax.as_ref().map(Dax::counts)
+    }
+
     /// Handles one request (`req`: the whole message, header included;
     /// bytes past its `len` are ignored) and sends its reply, if it gets
     /// one, to `sink`. Malformed requests get an error reply (EINVAL, or
@@ -232,6 +251,8 @@ impl Session {
             Op::Fsync(_) | Op::Fsyncdir(_) | Op::Syncfs => send_ok(sink, h.unique),
             Op::Lseek(l) => self.lseek(h, &l, sink),
             Op::Destroy => self.destroy(h, sink),
+            Op::Setupmapping(s) => self.setupmapping(h, &s, sink),
+            Op::Removemapping(r) => self.removemapping(h, &r, sink),
             Op::Mutating(_) => Err(Fail::Errno(libc::EROFS)),
             Op::Unsupported(_) => Err(Fail::Errno(libc::ENOSYS)),
             // Handled by `no_reply`.
@@ -342,7 +363,7 @@ impl Session {
             gid: i.gid,
             rdev: i.rdev,
             blksize: 1u32.checked_shl(u32::from(bits)).unwrap_or(4096),
-            flags: 0,
+            flags: self.dax.as_ref().map_or(0, |d| d.attr_flags(i)),
         }
     }
 
@@ -425,6 +446,12 @@ impl Session {
         if self.io_uring {
             want |= OVER_IO_URING;
         }
+        if let Some(d) = &self.dax {
+            want |= MAP_ALIGNMENT | HAS_INODE_DAX;
+            // A new connection of the guest's driver: the VMM dropped the
+            // old mappings with the device, or DESTROY unmapped them.
+            d.reset(self.out.as_ref(), false);
+        }
         let flags = want & kernel;
         self.over_io_uring
             .store(flags & OVER_IO_URING != 0, Ordering::Release);
@@ -445,7 +472,11 @@ impl Session {
             max_write: 4096,
             time_gran: 1,
             max_pages: u16::try_from(pages).unwrap_or(u16::MAX),
-            map_alignment: 0,
+            map_alignment: if flags & MAP_ALIGNMENT != 0 {
+                super::dax::MAP_ALIGNMENT_SHIFT as u16
+            } else {
+                0
+            },
             flags2: (flags >> 32) as u32,
             ..Default::default()
         };
@@ -461,6 +492,9 @@ impl Session {
     }
 
     fn destroy(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
+        if let Some(d) = &self.dax {
+            d.reset(self.out.as_ref(), true);
+        }
         self.nodes.clear();
         self.handles.clear();
         self.minor.store(0, Ordering::Release);
@@ -689,6 +723,11 @@ impl Session {
         if inode.kind != InodeKind::File {
             return Err(Fail::Errno(libc::EINVAL));
         }
+        if let Some(d) = &self.dax {
+            d.stats
+                .file_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let left = inode.size.saturating_sub(r.offset);
         let len = u64::from(r.size).min(left);
         let len = usize::try_from(len).unwrap_or(0);
@@ -744,6 +783,28 @@ impl Session {
         if offset == 0 {
             self.follow_listing(p, nodeid, &t.img);
         }
+    }
+
+    fn setupmapping(&self, h: &InHeader, s: &SetupmappingIn, sink: &mut dyn ReplySink) -> OpResult {
+        let Some(d) = &self.dax else {
+            return Err(Fail::Errno(libc::ENOSYS));
+        };
+        let t = self.node(h.nodeid)?;
+        d.setup(self.out.as_ref(), &t, s).map_err(Fail::Errno)?;
+        send_ok(sink, h.unique)
+    }
+
+    fn removemapping(
+        &self,
+        h: &InHeader,
+        r: &Removemapping<'_>,
+        sink: &mut dyn ReplySink,
+    ) -> OpResult {
+        let Some(d) = &self.dax else {
+            return Err(Fail::Errno(libc::ENOSYS));
+        };
+        d.remove(self.out.as_ref(), r.iter()).map_err(Fail::Errno)?;
+        send_ok(sink, h.unique)
     }
 
     fn lseek(&self, h: &InHeader, l: &LseekIn, sink: &mut dyn ReplySink) -> OpResult {

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use log::{debug, info, warn};
 
 use super::abi;
+use super::dax::DaxMode;
 use super::images::{
     check_name, root_of, ImageMeta, ImageTable, NameError, Place, ShareImage, MAX_IMAGES,
 };
@@ -61,6 +62,8 @@ pub struct ShareOptions {
     pub max_handles: usize,
     /// Background requests the kernel may have in flight (readahead).
     pub max_background: u16,
+    /// Which files a client with a DAX window may map.
+    pub dax: DaxMode,
 }
 
 impl Default for ShareOptions {
@@ -70,6 +73,7 @@ impl Default for ShareOptions {
             max_read: DEFAULT_MAX_READ,
             max_handles: DEFAULT_MAX_HANDLES,
             max_background: 64,
+            dax: DaxMode::Never,
         }
     }
 }

@@ -92,6 +92,38 @@ pub fn socket_option(sock: &impl AsFd, opt: libc::c_int) -> io::Result<libc::c_i
     Ok(val)
 }
 
+/// A new anonymous memory file (memfd), close-on-exec, `len` bytes long
+/// (sparse: pages are allocated as they are written). `name` shows in
+/// /proc/PID/maps and fd links.
+pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::File> {
+    // SAFETY: `name` is a NUL-terminated string borrowed for the call; the
+    // kernel only reads it.
+    let fd = check(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: memfd_create succeeded, so `fd` is a new descriptor that
+    // nothing else in the process owns.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(len)?;
+    Ok(file)
+}
+
+/// Frees the pages of `len` bytes at `offset` of `file` (they read back as
+/// zeros), keeping its size: `fallocate(PUNCH_HOLE | KEEP_SIZE)`.
+pub fn punch_hole(file: &impl AsFd, offset: u64, len: u64) -> io::Result<()> {
+    let fd = file.as_fd().as_raw_fd();
+    let off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: fallocate takes integer arguments and touches no memory.
+    check(unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )
+    })
+    .map(drop)
+}
+
 /// A descriptor of our own for the open file of inherited descriptor `fd`
 /// (one named on the command line, `fd:N` or `--fd N`): a close-on-exec
 /// duplicate, numbered 3 or higher. The inherited number itself is left
@@ -110,6 +142,20 @@ pub fn dup_inherited(fd: RawFd) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_memfd_is_sized_and_holes_read_as_zeros() {
+        use std::os::unix::fs::FileExt;
+        let f = memfd(c"test", 8192).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+        f.write_all_at(&[7u8; 8192], 0).unwrap();
+        punch_hole(&f, 4096, 4096).unwrap();
+        let mut buf = [1u8; 8192];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 7));
+        assert!(buf[4096..].iter().all(|&b| b == 0));
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+    }
 
     #[test]
     fn test_pipe_carries_writes_and_vectors() {

@@ -282,7 +282,24 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
         // `mount --sandbox none`: the signal thread unmounts.
         allow(&mut r, &[libc::SYS_umount2]);
     }
-    // profile.vhost: nothing beyond the common groups (mmap of guest
+    if profile.vhost {
+        // DAX windows: the backend request channel the frontend hands over
+        // (SET_BACKEND_REQ_FD) is checked to be a Unix stream socket
+        // (getsockopt SO_DOMAIN, SO_TYPE); each mapped file's decoded
+        // content goes into a memfd of its own (memfd_create, sized with
+        // ftruncate), whose unmapped ranges are freed with
+        // fallocate(PUNCH_HOLE).
+        allow(
+            &mut r,
+            &[
+                libc::SYS_getsockopt,
+                libc::SYS_memfd_create,
+                libc::SYS_ftruncate,
+                libc::SYS_fallocate,
+            ],
+        );
+    }
+    // profile.vhost: otherwise nothing beyond the common groups (mmap of guest
     // memory, eventfds, recvmsg and sendmsg are there).
     Ok(r)
 }

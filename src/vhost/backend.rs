@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use log::{debug, warn};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig};
+use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
@@ -27,11 +28,12 @@ use vmm_sys_util::event::{
 use super::chain;
 use super::config::{self, VirtioFsConfig, MAX_QUEUE_SIZE};
 use super::error::DeviceError;
+use super::outbound::VhostOutbound;
 use super::pool::Pool;
 use super::reply::error_reply;
 use super::writer::GuestWriter;
 use crate::fuse::request::unique_of;
-use crate::fuse::Session;
+use crate::fuse::{Outbound, Session};
 
 /// The guest memory as the backend sees it.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -51,6 +53,9 @@ pub struct DeviceOptions {
     pub request_queues: usize,
     /// Worker threads for requests (0: handle them on the queue's thread).
     pub thread_pool_size: usize,
+    /// Size of the DAX window (shared memory region 0), if any: offers
+    /// the SHMEM protocol feature and answers GET_SHMEM_CONFIG.
+    pub dax_window: Option<u64>,
 }
 
 /// Counts, per queue, the batches being taken off the ring and the
@@ -132,6 +137,7 @@ struct Core {
 /// The vhost-user-fs backend of one connection.
 pub struct FsBackend {
     core: Arc<Core>,
+    out: Arc<VhostOutbound>,
     config: Option<VirtioFsConfig>,
     num_queues: usize,
     mem: GuestMem,
@@ -149,9 +155,11 @@ impl std::fmt::Debug for FsBackend {
 
 impl FsBackend {
     /// A backend serving `session` over `mem` (the memory the vhost-user
-    /// daemon updates on SET_MEM_TABLE).
+    /// daemon updates on SET_MEM_TABLE); `out` is the session's outbound
+    /// side, given the backend request channel when the frontend sends it.
     pub fn new(
         session: Arc<Session>,
+        out: Arc<VhostOutbound>,
         opts: &DeviceOptions,
         mem: GuestMem,
     ) -> Result<Self, DeviceError> {
@@ -175,6 +183,7 @@ impl FsBackend {
                 event_idx: AtomicBool::new(false),
                 inflight: (0..num_queues).map(|_| InFlight::default()).collect(),
             }),
+            out,
             config,
             num_queues,
             mem,
@@ -357,7 +366,21 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        config::protocol_features(self.config.is_some())
+        config::protocol_features(self.config.is_some(), self.out.dax_window().is_some())
+    }
+
+    fn set_backend_req_fd(&self, channel: Backend) {
+        self.out.set_channel(channel);
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        match self.out.dax_window() {
+            Some(size) => Ok(VhostUserShMemConfig::new(1, &[size])),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no shared memory regions without --dax-window",
+            )),
+        }
     }
 
     fn set_event_idx(&self, enabled: bool) {

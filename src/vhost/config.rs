@@ -81,14 +81,36 @@ pub fn virtio_features() -> u64 {
 /// The vhost-user protocol features we offer. `CONFIG` only when a tag was
 /// given: QEMU's vhost-user-fs-pci takes the tag from its own command line
 /// and does not ask, while a generic vhost-user device reads it from us.
-pub fn protocol_features(with_config: bool) -> VhostUserProtocolFeatures {
+/// `SHMEM` (with the backend request channel it needs) only with a DAX
+/// window.
+pub fn protocol_features(with_config: bool, with_window: bool) -> VhostUserProtocolFeatures {
     let mut f = VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
     if with_config {
         f |= VhostUserProtocolFeatures::CONFIG;
     }
+    if with_window {
+        f |= VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
+    }
     f
+}
+
+/// Smallest DAX window: one 2 MiB range.
+pub const MIN_DAX_WINDOW: u64 = 2 << 20;
+
+/// Largest DAX window accepted (64 GiB).
+pub const MAX_DAX_WINDOW: u64 = 64 << 30;
+
+/// Checks a DAX window size: QEMU aborts unless it is a power of two and
+/// a multiple of 2 MiB.
+pub fn check_dax_window(size: u64) -> Result<u64, String> {
+    if !size.is_power_of_two() || !(MIN_DAX_WINDOW..=MAX_DAX_WINDOW).contains(&size) {
+        return Err(format!(
+            "{size} bytes: a DAX window is a power of two from 2 MiB to 64 GiB"
+        ));
+    }
+    Ok(size)
 }
 
 /// The `--print-capabilities` document of the vhost-user spec's "Backend
@@ -142,7 +164,26 @@ mod tests {
         for bit in [32, 28, 29, 30] {
             assert_ne!(f & (1 << bit), 0, "bit {bit}");
         }
-        assert!(!protocol_features(false).contains(VhostUserProtocolFeatures::CONFIG));
-        assert!(protocol_features(true).contains(VhostUserProtocolFeatures::CONFIG));
+        assert!(!protocol_features(false, false).contains(VhostUserProtocolFeatures::CONFIG));
+        assert!(protocol_features(true, false).contains(VhostUserProtocolFeatures::CONFIG));
+        let shmem = VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
+        assert!(!protocol_features(true, false).intersects(shmem));
+        assert!(protocol_features(true, true).contains(shmem));
+    }
+
+    #[test]
+    fn test_dax_window_sizes() {
+        let table: &[(u64, bool)] = &[
+            (0, false),
+            (1 << 20, false),
+            (2 << 20, true),
+            (3 << 20, false),
+            (256 << 20, true),
+            (64 << 30, true),
+            (128 << 30, false),
+        ];
+        for &(size, ok) in table {
+            assert_eq!(check_dax_window(size).is_ok(), ok, "{size}");
+        }
     }
 }

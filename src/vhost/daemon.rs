@@ -17,7 +17,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::{DeviceOptions, FsBackend, GuestMem};
 use super::error::{DaemonError, FdProblem};
-use super::session::connection_session;
+use super::outbound::VhostOutbound;
+use super::session::connection_session_with;
 use crate::fuse::Share;
 use crate::os;
 use crate::os::signal::SignalSet;
@@ -131,8 +132,14 @@ fn session_loop(
 ) -> Result<(), DaemonError> {
     loop {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let session = connection_session(&share_for(&mem));
-        let backend = Arc::new(FsBackend::new(session, &opts.device, mem.clone())?);
+        let out = Arc::new(VhostOutbound::new(opts.device.dax_window));
+        let session = connection_session_with(&share_for(&mem), Arc::clone(&out));
+        let backend = Arc::new(FsBackend::new(
+            Arc::clone(&session),
+            out,
+            &opts.device,
+            mem.clone(),
+        )?);
         let mut daemon =
             VhostUserDaemon::new("erofs-virtiofsd".to_string(), Arc::clone(&backend), mem)
                 .map_err(|e| DaemonError::VhostUser(e.into()))?;
@@ -150,6 +157,9 @@ fn session_loop(
             handler.send_exit_event();
         }
         backend.shutdown();
+        if let Some(c) = session.dax_counts() {
+            info!("connection ended; {c}");
+        }
         match result {
             Ok(())
             | Err(DaemonLibError::HandleRequest(

@@ -24,6 +24,7 @@ pub mod chain;
 pub mod config;
 mod daemon;
 pub mod error;
+mod outbound;
 mod pool;
 mod reply;
 mod session;
@@ -34,5 +35,6 @@ pub use daemon::{bind, serve, Bound, Listen, ServeOptions, ShareFor};
 pub use error::{
     ChainError, DaemonError, DeviceError, FdProblem, ReplyTooLong, TagError, VhostUserError,
 };
-pub use session::{connection_session, guest_image_share, GuestImage, VhostOutbound};
+pub use outbound::VhostOutbound;
+pub use session::{connection_session, connection_session_with, guest_image_share, GuestImage};
 pub use writer::GuestWriter;

@@ -2,8 +2,8 @@
 //! (so that a reconnecting VMM or a rebooted guest starts with no lookup
 //! counts and no open handles) over a share that outlives connections.
 //!
-//! - [`VhostOutbound`]: what a connection sends besides replies (nothing
-//!   yet: virtio-fs has no notifications; DAX window mappings go here);
+//! - [`connection_session`]: the session of one connection, with its
+//!   [`VhostOutbound`] (DAX window mappings);
 //! - [`guest_image_share`]: a share whose image is in the guest's own RAM,
 //!   opened at FUSE INIT through the connection's memory table (the FUSE
 //!   layer answers everything before that, as for any share).
@@ -11,24 +11,22 @@
 use std::sync::Arc;
 
 use super::backend::GuestMem;
+use super::outbound::VhostOutbound;
 use crate::erofs::{Image, ImageOptions};
-use crate::fuse::{ImageProvider, OpenError, Outbound, Session, Share, ShareOptions};
+use crate::fuse::{ImageProvider, OpenError, Session, Share, ShareOptions};
 use crate::source::GuestMemorySource;
-
-/// What a vhost-user connection sends its guest besides replies. Page-cache
-/// stores and entry invalidations do not exist on virtio-fs; DAX window
-/// mappings (`SHMEM_MAP`/`SHMEM_UNMAP` through the backend request
-/// channel) will.
-#[derive(Debug, Default)]
-pub struct VhostOutbound;
-
-impl Outbound for VhostOutbound {}
 
 /// A fresh FUSE session of `share` for one frontend connection (the share
 /// is shared between connections: its images are immutable, and their
-/// caches stay warm across reconnections).
+/// caches stay warm across reconnections), without a DAX window.
 pub fn connection_session(share: &Arc<Share>) -> Arc<Session> {
-    Arc::new(Session::new(Arc::clone(share), Arc::new(VhostOutbound)))
+    connection_session_with(share, Arc::new(VhostOutbound::default()))
+}
+
+/// The same over a given outbound side (which the backend also holds, to
+/// pass it the backend request channel).
+pub fn connection_session_with(share: &Arc<Share>, out: Arc<VhostOutbound>) -> Arc<Session> {
+    Arc::new(Session::new(Arc::clone(share), out))
 }
 
 /// An image in the guest's own RAM (`--image guest:GPA:LEN`).

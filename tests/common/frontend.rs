@@ -17,6 +17,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
@@ -99,6 +100,86 @@ pub struct FrontendOptions {
     /// region, each its own memfd and memory table entry (outside the
     /// main RAM; the allocator never hands them out).
     pub extra_regions: Vec<(u64, usize)>,
+    /// Negotiate SHMEM and BACKEND_REQ when offered, and serve the backend
+    /// request channel with a [`Window`] (what a VMM with a DAX window
+    /// does).
+    pub shmem: bool,
+}
+
+/// What the backend asked of the window, on the backend request channel.
+#[derive(Debug)]
+pub enum WindowEvent {
+    /// SHMEM_MAP: the request and the bytes of its fd at
+    /// `fd_offset..fd_offset + len`.
+    Map {
+        shmid: u8,
+        fd_offset: u64,
+        shm_offset: u64,
+        len: u64,
+        flags: u64,
+        /// The fd's length.
+        fd_len: u64,
+        /// The fd was opened for reading and writing (QEMU needs it).
+        fd_writable: bool,
+        bytes: Vec<u8>,
+    },
+    /// SHMEM_UNMAP.
+    Unmap { shm_offset: u64, len: u64 },
+}
+
+/// The VMM's side of the backend request channel: records SHMEM_MAP and
+/// SHMEM_UNMAP, refusing maps when told to.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub events: Vec<WindowEvent>,
+    /// Answer SHMEM_MAP with an error.
+    pub refuse_maps: bool,
+}
+
+impl vhost::vhost_user::VhostUserFrontendReqHandlerMut for Window {
+    fn shmem_map(
+        &mut self,
+        req: &vhost::vhost_user::message::VhostUserMMap,
+        fd: &dyn AsRawFd,
+    ) -> vhost::vhost_user::HandlerResult<u64> {
+        // SAFETY: F_GETFL takes no argument and touches no memory.
+        let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        // SAFETY: F_DUPFD_CLOEXEC takes an int argument; the new
+        // descriptor is owned by the File made from it.
+        let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        assert!(dup >= 0, "dup of the SHMEM_MAP fd");
+        // SAFETY: `dup` is a new descriptor nothing else owns.
+        let file = unsafe { File::from_raw_fd(dup) };
+        let (fd_offset, len) = (req.fd_offset, req.len);
+        let mut bytes = vec![0u8; len as usize];
+        let fd_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, fd_offset);
+        self.events.push(WindowEvent::Map {
+            shmid: req.shmid,
+            fd_offset,
+            shm_offset: req.shm_offset,
+            len,
+            flags: req.flags,
+            fd_len,
+            fd_writable: fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDWR,
+            bytes,
+        });
+        if self.refuse_maps {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        Ok(0)
+    }
+
+    fn shmem_unmap(
+        &mut self,
+        req: &vhost::vhost_user::message::VhostUserMMap,
+    ) -> vhost::vhost_user::HandlerResult<u64> {
+        self.events.push(WindowEvent::Unmap {
+            shm_offset: req.shm_offset,
+            len: req.len,
+        });
+        Ok(0)
+    }
 }
 
 impl Default for FrontendOptions {
@@ -109,6 +190,7 @@ impl Default for FrontendOptions {
             event_idx: true,
             config: true,
             extra_regions: Vec::new(),
+            shmem: false,
         }
     }
 }
@@ -143,6 +225,9 @@ pub struct Frontend {
     /// Protocol features acked.
     pub protocol_features: VhostUserProtocolFeatures,
     event_idx: bool,
+    /// The backend request channel's recorder (with
+    /// [`FrontendOptions::shmem`]).
+    pub window: Option<Arc<Mutex<Window>>>,
 }
 
 impl std::fmt::Debug for Frontend {
@@ -201,9 +286,30 @@ impl Frontend {
         if opts.config {
             want |= VhostUserProtocolFeatures::CONFIG;
         }
+        if opts.shmem {
+            want |= VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
+        }
         let protocol_features = device_protocol_features & want;
         vu.set_protocol_features(protocol_features)
             .expect("SET_PROTOCOL_FEATURES");
+        let window = if protocol_features.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let w = Arc::new(Mutex::new(Window::default()));
+            let mut server = vhost::vhost_user::FrontendReqHandler::new(Arc::clone(&w))
+                .expect("backend request channel");
+            server.set_reply_ack_flag(true);
+            let tx = server.get_tx_raw_fd();
+            vu.set_backend_request_fd(&tx).expect("SET_BACKEND_REQ_FD");
+            // Served until the daemon closes its end; a refused request
+            // was answered with an error and the next one is served.
+            std::thread::spawn(move || {
+                while let Ok(_) | Err(vhost::vhost_user::Error::ReqHandlerError(_)) =
+                    server.handle_request()
+                {}
+            });
+            Some(w)
+        } else {
+            None
+        };
         if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
             let n = vu.get_queue_num().expect("GET_QUEUE_NUM");
             assert!(
@@ -243,6 +349,7 @@ impl Frontend {
             device_protocol_features,
             protocol_features,
             event_idx: opts.event_idx,
+            window,
         };
         for q in 0..opts.num_queues {
             fe.setup_queue(q, opts.queue_size, va_base);
@@ -288,6 +395,14 @@ impl Frontend {
             .expect("SET_VRING_KICK");
         self.vu.set_vring_enable(q, true).expect("SET_VRING_ENABLE");
         self.queues.push(queue);
+    }
+
+    /// GET_SHMEM_CONFIG: the sizes of the device's shared memory regions.
+    pub fn get_shmem_config(&mut self) -> Result<Vec<u64>, String> {
+        let c = self.vu.get_shmem_config().map_err(|e| e.to_string())?;
+        let n = c.nregions as usize;
+        let sizes = c.memory_sizes;
+        Ok(sizes[..n.min(sizes.len())].to_vec())
     }
 
     /// Reads `size` bytes of config space at `offset` (GET_CONFIG).
