@@ -11,12 +11,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::control::{self, Allowed, ShareControl};
 use super::images::{Plan, ShareArgs};
 use super::log::{init_logger, LogLevel};
 use super::mount::CacheArg;
 use super::sandbox::SandboxArgs;
 use super::source::image_options;
-use crate::fuse::ShareOptions;
+use crate::fuse::{Share, ShareOptions};
 use crate::sandbox::{Profile, Supervision};
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
@@ -66,6 +67,10 @@ pub struct ServeArgs {
     once: bool,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    /// Serve the HTTP API (images added and removed, metrics) on this Unix
+    /// socket; the daemon may then start with no image at all.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -75,6 +80,7 @@ impl ServeArgs {
             && self.fd.is_none()
             && self.share.is_empty()
             && !self.print_capabilities
+            && self.api_socket.is_none()
     }
 
     /// Runs the daemon (or prints the capabilities).
@@ -94,9 +100,10 @@ impl ServeArgs {
             _ => bail!("one of --socket-path or --fd is required"),
         };
         let root_fd = self.image_fd.map(|fd| PathBuf::from(format!("fd:{fd}")));
-        let Some(plan) = self.share.plan(root_fd)? else {
-            bail!("--image (or --image-fd) is required");
-        };
+        let plan = self.share.plan(root_fd)?;
+        if plan.is_none() && self.api_socket.is_none() {
+            bail!("--image (or --image-fd, or --api-socket to add images later) is required");
+        }
         if let Some(tag) = &self.tag {
             vhost::config::VirtioFsConfig::new(tag, 1).context("--tag")?;
         }
@@ -113,7 +120,17 @@ impl ServeArgs {
             },
             once: self.once,
         };
-        let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest_range(&plan)? {
+        let guest = match &plan {
+            Some(plan) => guest_range(plan)?,
+            None => None,
+        };
+        if guest.is_some() && self.api_socket.is_some() {
+            bail!(
+                "--api-socket: a guest image (--image guest:GPA:LEN) cannot be served with the API"
+            );
+        }
+        let mut shared = None;
+        let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest {
             let guest = self.guest_image(range)?;
             init_logger(self.log_level);
             log::info!(
@@ -124,7 +141,12 @@ impl ServeArgs {
             Box::new(move |mem| vhost::guest_image_share(&guest, &server_opts, mem))
         } else {
             init_logger(self.log_level);
-            let share = Arc::new(plan.open_share(server_opts, self.share.decode_cache)?);
+            let share = Arc::new(match &plan {
+                Some(plan) => plan.open_share(server_opts, self.share.decode_cache)?,
+                // Images come later, through the API.
+                None => Share::named(server_opts),
+            });
+            shared = Some(Arc::clone(&share));
             if share.is_named() {
                 let names: Vec<_> = share
                     .images()
@@ -136,14 +158,32 @@ impl ServeArgs {
             Box::new(move |_| Arc::clone(&share))
         };
         let bound = vhost::bind(&opts.listen)?;
+        let api = control::bind(self.api_socket.as_deref())?;
         // Everything is open: from here on the daemon runs in its sandbox.
-        self.sandbox.options().enter(
+        // Decided before the sandbox (it reads paths and the euid).
+        let sandbox = self.sandbox.options();
+        let allowed = Allowed::of(sandbox.mode, &sandbox.read_only);
+        sandbox.enter(
             Profile {
                 vhost: true,
                 ..Profile::default()
             },
-            Supervision::forward().remove_on_exit(bound.socket_path()),
+            Supervision::forward()
+                .remove_on_exit(bound.socket_path())
+                .remove_on_exit(api.as_ref().map(|a| a.path())),
         )?;
+        let _api = match shared {
+            Some(share) => control::serve(api, || {
+                ShareControl::new(
+                    share,
+                    plan.as_ref(),
+                    allowed,
+                    control::api_decode_cache(self.share.decode_cache),
+                    None,
+                )
+            })?,
+            None => None,
+        };
         bound.serve(&opts, &*share_for)?;
         Ok(ExitCode::SUCCESS)
     }
