@@ -274,8 +274,10 @@ impl Control for ShareControl {
     fn reopen_logs(&self) -> Result<(), ControlError> {
         match &self.reopen {
             Some(f) => f().map_err(|e| ControlError::Internal(format!("reopening the log: {e}"))),
-            // Logging to stderr or syslog: nothing to reopen.
-            None => Ok(()),
+            None => Err(ControlError::Unsupported(
+                "the daemon logs to stderr or syslog: there is no log file to reopen (--log-file)"
+                    .to_owned(),
+            )),
         }
     }
 }
