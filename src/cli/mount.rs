@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 
 use super::control::{self, Allowed, ShareControl};
 use super::images::ShareArgs;
-use super::log::{init_logger, LogLevel};
+use super::log::{self as logging, init_logging, LogArgs, LogLevel};
 use super::sandbox::SandboxArgs;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
@@ -83,6 +83,8 @@ pub struct MountArgs {
     log_level: LogLevel,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    log: LogArgs,
     /// Serve the HTTP API (images added and removed, metrics) on this Unix
     /// socket; the mount may then start with no image at all.
     #[arg(long, value_name = "PATH")]
@@ -112,7 +114,7 @@ impl MountArgs {
     /// Opens and checks the image, mounts, serves until unmounted (or
     /// SIGINT/SIGTERM/SIGHUP, which unmount).
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        init_logger(self.log_level);
+        init_logging(self.log_level, &self.log)?;
         let (image, mountpoint) = match (&self.image, &self.mountpoint) {
             (image, Some(m)) => (image.clone(), m.clone()),
             // One path: the mount point, the images given by name.
@@ -140,8 +142,19 @@ impl MountArgs {
         let mountpoint = devfuse::preflight(&mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
         // signal between mount and serve cannot kill us with the mount up.
-        let signals = SignalSet::new(&STOP_SIGNALS);
+        // With a log file, SIGHUP reopens it instead of stopping.
+        let reopens = self.log.reopens();
+        let stop: &[libc::c_int] = if reopens {
+            &STOP_SIGNALS[..2]
+        } else {
+            &STOP_SIGNALS
+        };
+        let signals = SignalSet::new(stop);
         signals.block().context("blocking signals")?;
+        let hup = SignalSet::new(&[libc::SIGHUP]);
+        if reopens {
+            hup.block().context("blocking SIGHUP")?;
+        }
         let mut mount = devfuse::mount(&MountConfig {
             mountpoint: mountpoint.clone(),
             fsname: "erofs-virtiofsd".into(),
@@ -171,7 +184,8 @@ impl MountArgs {
                 ..Profile::default()
             },
             Supervision::run_on_stop(move || unmount_on_signal(&stop_at))
-                .remove_on_exit(api.as_ref().map(|a| a.path())),
+                .remove_on_exit(api.as_ref().map(|a| a.path()))
+                .forward_sighup(reopens),
         )?;
         let _api = control::serve(api, || {
             ShareControl::new(
@@ -179,10 +193,13 @@ impl MountArgs {
                 plan.as_ref(),
                 allowed,
                 control::api_decode_cache(self.share.decode_cache),
-                None,
+                logging::reopener(&self.log),
             )
         })?;
         spawn_signal_thread(signals, mountpoint.clone())?;
+        if reopens {
+            logging::spawn_reopen_thread(hup)?;
+        }
         mount.serve(&share, self.threads, queues)?;
         Ok(ExitCode::SUCCESS)
     }
@@ -215,7 +232,8 @@ impl MountArgs {
     }
 }
 
-/// The signals that end the mount: SIGINT, SIGTERM, SIGHUP.
+/// The signals that end the mount: SIGINT, SIGTERM, and SIGHUP unless it
+/// reopens the log file (`--log-file`).
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and unmounts;

@@ -13,11 +13,12 @@ use clap::Args;
 
 use super::control::{self, Allowed, ShareControl};
 use super::images::{Plan, ShareArgs};
-use super::log::{init_logger, LogLevel};
+use super::log::{self as logging, init_logging, LogArgs, LogLevel};
 use super::mount::CacheArg;
 use super::sandbox::SandboxArgs;
 use super::source::image_options;
 use crate::fuse::{Share, ShareOptions};
+use crate::os::signal::SignalSet;
 use crate::sandbox::{Profile, Supervision};
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
@@ -67,6 +68,8 @@ pub struct ServeArgs {
     once: bool,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    log: LogArgs,
     /// Serve the HTTP API (images added and removed, metrics) on this Unix
     /// socket; the daemon may then start with no image at all.
     #[arg(long, value_name = "PATH")]
@@ -132,7 +135,7 @@ impl ServeArgs {
         let mut shared = None;
         let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest {
             let guest = self.guest_image(range)?;
-            init_logger(self.log_level);
+            init_logging(self.log_level, &self.log)?;
             log::info!(
                 "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
                 guest.gpa,
@@ -140,7 +143,7 @@ impl ServeArgs {
             );
             Box::new(move |mem| vhost::guest_image_share(&guest, &server_opts, mem))
         } else {
-            init_logger(self.log_level);
+            init_logging(self.log_level, &self.log)?;
             let share = Arc::new(match &plan {
                 Some(plan) => plan.open_share(server_opts, self.share.decode_cache)?,
                 // Images come later, through the API.
@@ -157,6 +160,13 @@ impl ServeArgs {
             }
             Box::new(move |_| Arc::clone(&share))
         };
+        // With a log file, SIGHUP reopens it (blocked before any thread, so
+        // that only the thread below takes it).
+        let reopens = self.log.reopens();
+        let hup = SignalSet::new(&[libc::SIGHUP]);
+        if reopens {
+            hup.block().context("blocking SIGHUP")?;
+        }
         let bound = vhost::bind(&opts.listen)?;
         let api = control::bind(self.api_socket.as_deref())?;
         // Everything is open: from here on the daemon runs in its sandbox.
@@ -170,8 +180,12 @@ impl ServeArgs {
             },
             Supervision::forward()
                 .remove_on_exit(bound.socket_path())
-                .remove_on_exit(api.as_ref().map(|a| a.path())),
+                .remove_on_exit(api.as_ref().map(|a| a.path()))
+                .forward_sighup(reopens),
         )?;
+        if reopens {
+            logging::spawn_reopen_thread(hup)?;
+        }
         let _api = match shared {
             Some(share) => control::serve(api, || {
                 ShareControl::new(
@@ -179,7 +193,7 @@ impl ServeArgs {
                     plan.as_ref(),
                     allowed,
                     control::api_decode_cache(self.share.decode_cache),
-                    None,
+                    logging::reopener(&self.log),
                 )
             })?,
             None => None,
