@@ -105,7 +105,7 @@ impl ServeArgs {
         let root_fd = self.image_fd.map(|fd| PathBuf::from(format!("fd:{fd}")));
         let plan = self.share.plan(root_fd)?;
         if plan.is_none() && self.api_socket.is_none() {
-            bail!("--image (or --image-fd, or --api-socket to add images later) is required");
+            bail!("--image (or --image-fd) is required, or --api-socket to add images later");
         }
         if let Some(tag) = &self.tag {
             vhost::config::VirtioFsConfig::new(tag, 1).context("--tag")?;
