@@ -57,7 +57,7 @@ fn test_log_file_reopened_after_rename_on_sighup_and_api() {
     // Logged after the sandbox was entered (its directory is not visible
     // from there).
     assert!(
-        wait_for_text(&log, "sandbox:"),
+        wait_for_text(&log, "waiting for a vhost-user frontend"),
         "log: {:?}",
         std::fs::read_to_string(&log)
     );
@@ -99,7 +99,17 @@ fn test_mount_log_file_reopened_on_sighup_keeps_the_mount() {
     let logs = tempfile::tempdir().expect("log dir");
     let log = logs.path().join("mount.log");
     let image = common::fixture_image("edge_plain-b4096").image;
-    let mount = FuseMount::new(&image, &[], &["--log-file", log.to_str().expect("UTF-8")]);
+    let mount = FuseMount::new(
+        &image,
+        &[],
+        &[
+            "--log-file",
+            log.to_str().expect("UTF-8"),
+            "--log-level",
+            "debug",
+        ],
+    );
+    // The sandbox's line (debug) is written from inside it.
     assert!(wait_for_text(&log, "sandbox:"));
     std::fs::rename(&log, logs.path().join("mount.log.1")).expect("rename");
     // The supervisor outside the sandbox sends SIGHUP on to the daemon.
@@ -132,7 +142,8 @@ fn test_syslog_gets_messages_from_the_sandbox() {
         dir.path().join("stderr"),
         tempfile::tempdir().expect("tempdir"),
     );
-    // Read datagrams until the one sent from inside the sandbox.
+    // Read datagrams until one sent from inside the sandbox (the daemon
+    // waits for its frontend there).
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 4096];
     loop {
@@ -140,7 +151,7 @@ fn test_syslog_gets_messages_from_the_sandbox() {
             panic!("no syslog message ({e}); got {seen:?}; stderr: {}", d.log())
         });
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let done = msg.contains("sandbox:");
+        let done = msg.contains("waiting for a vhost-user frontend");
         seen.push(msg);
         if done {
             break;

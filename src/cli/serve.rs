@@ -150,7 +150,9 @@ impl ServeArgs {
                 None => Share::named(server_opts),
             });
             shared = Some(Arc::clone(&share));
-            if share.is_named() {
+            if share.is_named() && share.images().is_empty() {
+                log::info!("serving no image yet: the API adds them");
+            } else if share.is_named() {
                 let names: Vec<_> = share
                     .images()
                     .iter()
