@@ -310,3 +310,36 @@ pub fn serve(
     info!("API socket {} serving", path.display());
     Ok(Some(handle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_allowed_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let under = Allowed::of(Mode::None, std::slice::from_ref(&d));
+        assert!(under.check("source", &d.join("a.erofs")).is_ok());
+        assert!(under.check("source", &d.join("sub/a.erofs")).is_ok());
+        let e = under.check("source", Path::new("/etc/passwd")).unwrap_err();
+        assert!(matches!(e, ControlError::Unprocessable(ref m) if m.contains("--allow-dir")));
+        let e = under.check("source", &d.join("../x")).unwrap_err();
+        assert!(matches!(e, ControlError::BadRequest(_)));
+        // A sibling whose name starts like the directory is not under it.
+        let mut sibling = d.clone().into_os_string();
+        sibling.push("x/a.erofs");
+        assert!(under.check("source", Path::new(&sibling)).is_err());
+
+        let anywhere = Allowed::of(Mode::None, &[]);
+        assert!(anywhere.check("source", Path::new("/etc/passwd")).is_ok());
+        assert!(anywhere.check("source", Path::new("/a/../b")).is_err());
+        let ns = Allowed::of(Mode::Namespace, &[]);
+        assert!(ns.check("source", Path::new("/etc/passwd")).is_err());
+        let chroot = Allowed::of(Mode::Chroot, std::slice::from_ref(&d));
+        assert!(matches!(
+            chroot.check("source", &d.join("a.erofs")),
+            Err(ControlError::Unsupported(_))
+        ));
+    }
+}

@@ -320,6 +320,27 @@ mod tests {
     }
 
     #[test]
+    fn test_stats_count_hits_misses_and_evictions() {
+        // Room for two 10-byte extents.
+        let c = ZCache::new(20);
+        let ten = || Ok(vec![0u8; 10]);
+        c.get_or_decode(key(1), ten).unwrap();
+        c.get_or_decode(key(1), ten).unwrap();
+        assert!(matches!(c.lookup(key(1), false), Lookup::Ready(_)));
+        assert!(matches!(c.lookup(key(2), false), Lookup::Absent { .. }));
+        c.count_miss();
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.evictions), (2, 2, 0));
+        assert_eq!((s.bytes, s.entries), (10, 1));
+        // Two more extents: one of the three must go.
+        c.get_or_decode(key(2), ten).unwrap();
+        c.get_or_decode(key(3), ten).unwrap();
+        let s = c.stats();
+        assert_eq!((s.misses, s.evictions), (4, 1));
+        assert_eq!((s.bytes, s.entries), (20, 2));
+    }
+
+    #[test]
     fn test_zcache_decodes_once_when_hit() {
         let c = ZCache::new(1 << 20);
         let n = AtomicUsize::new(0);
