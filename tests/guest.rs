@@ -13,6 +13,12 @@
 //! images by name (`--image NAME=PATH`): the guest walks the whole share,
 //! and each top-level directory must equal its image's manifest.
 //!
+//! A sixth starts the daemon with no image and `--api-socket`: while the
+//! guest runs, an image is added through the API, the guest lists it
+//! (the share's root is never cached: no remount), walks it bit-exact,
+//! and after the API removes it sees it gone; the metrics count the
+//! guest's reads of it.
+//!
 //! Needs root, network access to Debian's archive the first time (the guest
 //! kernel and busybox come from `apt-get download`; `vm-images/build.sh`
 //! caches them in `vm-images/out/`), and about 15 s per image on 2 cores.
@@ -63,9 +69,20 @@ struct Daemon {
 
 impl Daemon {
     fn start(images: &[OsString], devices: &[&Path], sock: &Path, log: &Path) -> Daemon {
+        Self::start_with(images, devices, &[], sock, log)
+    }
+
+    /// [`Daemon::start`] with more arguments.
+    fn start_with(
+        images: &[OsString],
+        devices: &[&Path],
+        args: &[OsString],
+        sock: &Path,
+        log: &Path,
+    ) -> Daemon {
         let log_file = std::fs::File::create(log).expect("daemon log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_erofs-virtiofsd"));
-        cmd.arg("--socket-path").arg(sock);
+        cmd.arg("--socket-path").arg(sock).args(args);
         for image in images {
             cmd.arg("--image").arg(image);
         }
@@ -306,4 +323,194 @@ fn test_guest_walk_two_named_images() {
             &subtree(&guest, n.as_bytes()),
         );
     }
+}
+
+/// What the guest runs in the API test: waits for `/mnt/lz4` to appear,
+/// walks it, waits for it to go. Each step prints a marker the host waits
+/// for on the console; the guest's waits are bounded (5 min each).
+const API_GUEST_SCRIPT: &str = r#"echo "ROOT [$(ls /mnt)]"
+echo EVFS-API-READY
+i=0; while [ ! -d /mnt/lz4 ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 3; sleep 0.1; done
+echo "ROOT [$(ls /mnt)]"
+echo EVFS-API-WALK
+evfs-walk /mnt/lz4; rc=$?
+echo EVFS-API-WALKED
+i=0; while [ -e /mnt/lz4 ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 4; sleep 0.1; done
+echo "ROOT [$(ls /mnt)]"
+exit $rc
+"#;
+
+/// One HTTP request on the API socket; (status, body).
+fn api(sock: &Path, method: &str, target: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the API");
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the reply");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// Waits (bounded) until the console log holds `marker`, or QEMU ends.
+fn wait_console(console: &Path, marker: &str, qemu: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let text = std::fs::read_to_string(console).unwrap_or_default();
+        if text.contains(marker) {
+            return;
+        }
+        if let Ok(Some(st)) = qemu.try_wait() {
+            panic!(
+                "the guest ended ({st}) before {marker}:\n{}",
+                tail(&text, 40)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {marker} from the guest:\n{}",
+            tail(&text, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// READ requests and served bytes of image `name` in `GET /api/v1/metrics`.
+fn api_reads(sock: &Path, name: &str) -> (u64, u64) {
+    let (st, body) = api(sock, "GET", "/api/v1/metrics", "");
+    assert_eq!(st, 200, "{body}");
+    let m: serde_json::Value = serde_json::from_str(&body).expect("metrics JSON");
+    let r = &m["images"][name]["requests"];
+    let reads = r["opcodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["name"] == "READ")
+        .map_or(0, |o| o["requests"].as_u64().unwrap_or(0));
+    (reads, r["served_bytes"].as_u64().unwrap_or(0))
+}
+
+/// A running guest gets an image through the API and loses it again.
+#[test]
+fn test_guest_sees_images_added_and_removed_through_the_api() {
+    const FIXTURE: &str = "edge_lz4";
+    let _guard = guest_lock();
+    let work = tempfile::Builder::new()
+        .prefix("evfs-guest-api-")
+        .tempdir()
+        .expect("scratch dir");
+    // The image comes from an --allow-dir directory: the daemon runs in its
+    // default sandbox, where nothing else of the host is visible.
+    let allow = work.path().join("images");
+    std::fs::create_dir(&allow).expect("mkdir");
+    let image = allow.join("lz4.erofs");
+    std::fs::copy(fixture_image(FIXTURE).image, &image).expect("copy the fixture");
+    let sock = work.path().join("vfs.sock");
+    let api_sock = work.path().join("api.sock");
+    let mut daemon = Daemon::start_with(
+        &[],
+        &[],
+        &[
+            "--api-socket".into(),
+            api_sock.clone().into(),
+            "--allow-dir".into(),
+            allow.clone().into(),
+        ],
+        &sock,
+        &work.path().join("daemon.log"),
+    );
+    let script = work.path().join("guest.sh");
+    std::fs::write(&script, API_GUEST_SCRIPT).expect("write the guest script");
+    let console = work.path().join("console.log");
+    let mut qemu = Command::new(repo().join("vm-images/run.sh"))
+        .args(["--no-build", "--timeout", "900", "-s"])
+        .arg(&sock)
+        .arg("--log")
+        .arg(&console)
+        .arg("--script-file")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vm-images/run.sh");
+
+    wait_console(&console, "EVFS-API-READY", &mut qemu);
+    let body = format!(
+        r#"{{"source":"{}","fs_type":"erofs","config":"{{}}"}}"#,
+        image.display()
+    );
+    let (st, text) = api(&api_sock, "POST", "/api/v1/mount?mountpoint=/lz4", &body);
+    assert_eq!(st, 204, "{text}");
+    wait_console(&console, "EVFS-API-WALKED", &mut qemu);
+    let (reads, bytes) = api_reads(&api_sock, "lz4");
+    let (st, text) = api(&api_sock, "DELETE", "/api/v1/mount?mountpoint=/lz4", "");
+    assert_eq!(st, 204, "{text}");
+
+    let out = qemu.wait_with_output().expect("wait for the guest");
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the guest script failed ({}): stdout:\n{}\nstderr:\n{}\nconsole (tail):\n{}\ndaemon log (tail):\n{}",
+        out.status,
+        tail(&stdout, 20),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&console_text, 40),
+        tail(&daemon.log_text(), 40)
+    );
+    daemon.assert_running();
+    // What the guest listed at its root: nothing, the image, nothing again.
+    let roots: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ROOT [")).collect();
+    assert_eq!(roots, ["ROOT []", "ROOT [lz4]", "ROOT []"], "{stdout}");
+    // Its walk of /lz4, bit-exact against the kernel's manifest.
+    let walk: String = stdout
+        .split_once("EVFS-API-WALK\n")
+        .and_then(|(_, rest)| rest.split_once("EVFS-API-WALKED"))
+        .map(|(w, _)| w.to_owned())
+        .expect("the walk between its markers");
+    let walk_file = work.path().join("walk.txt");
+    std::fs::write(&walk_file, walk).expect("write the walk");
+    let conv = Command::new(repo().join("vm-images/walk2manifest.py"))
+        .arg(&walk_file)
+        .output()
+        .expect("run walk2manifest.py");
+    assert!(
+        conv.status.success(),
+        "walk2manifest.py: {}",
+        String::from_utf8_lossy(&conv.stderr)
+    );
+    let text = String::from_utf8(conv.stdout).expect("UTF-8 manifest");
+    let expected = load_expected(FIXTURE);
+    assert_manifests_eq(
+        "/lz4 added through the API, walked in the guest, vs the kernel's manifest",
+        &expected,
+        &parse_jsonl(&text, "guest walk of /lz4"),
+    );
+    // The metrics counted the guest's reads: every regular file was read
+    // (hard links share their pages, so at most the sum over paths).
+    let sizes: Vec<u64> = expected
+        .iter()
+        .filter(|e| e.kind() == "reg")
+        .map(|e| e.get("size").and_then(|s| s.as_u64()).unwrap_or(0))
+        .collect();
+    let (largest, sum) = (
+        sizes.iter().copied().max().unwrap_or(0),
+        sizes.iter().sum::<u64>(),
+    );
+    // (An image's counters start at zero when it is added.)
+    assert!(reads > 0, "READ requests of /lz4: {reads}");
+    assert!(
+        (largest..=sum).contains(&bytes) && bytes > 0,
+        "served bytes {bytes}, files {largest}..={sum}"
+    );
 }

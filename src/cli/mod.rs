@@ -1,6 +1,7 @@
 //! The command line: argument parsing and the human-facing commands.
 #![forbid(unsafe_code)]
 
+mod control;
 mod image;
 mod images;
 pub mod json;

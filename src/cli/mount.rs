@@ -8,12 +8,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use super::control::{self, Allowed, ShareControl};
 use super::images::ShareArgs;
-use super::log::{init_logger, LogLevel};
+use super::log::{self as logging, init_logging, LogArgs, LogLevel};
 use super::sandbox::SandboxArgs;
 use crate::fuse::devfuse::{self, MountConfig};
 use crate::fuse::uring;
-use crate::fuse::{CachePolicy, ShareOptions};
+use crate::fuse::{CachePolicy, Share, ShareOptions};
 use crate::os::signal::{self, SignalSet};
 use crate::sandbox::{Profile, Supervision};
 
@@ -82,6 +83,12 @@ pub struct MountArgs {
     log_level: LogLevel,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Serve the HTTP API (images added and removed, metrics) on this Unix
+    /// socket; the mount may then start with no image at all.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 /// `--io-uring` values.
@@ -107,30 +114,47 @@ impl MountArgs {
     /// Opens and checks the image, mounts, serves until unmounted (or
     /// SIGINT/SIGTERM/SIGHUP, which unmount).
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        init_logger(self.log_level);
+        init_logging(self.log_level, &self.log)?;
         let (image, mountpoint) = match (&self.image, &self.mountpoint) {
             (image, Some(m)) => (image.clone(), m.clone()),
             // One path: the mount point, the images given by name.
             (Some(m), None) => (None, m.clone()),
             (None, None) => bail!("MOUNTPOINT is required"),
         };
-        let plan = self
-            .share
-            .plan(image)?
-            .context("no image to serve: give IMAGE, --image NAME=PATH or --config FILE")?;
+        let plan = self.share.plan(image)?;
+        if plan.is_none() && self.api_socket.is_none() {
+            bail!(
+                "no image to serve: give IMAGE, --image NAME=PATH, --config FILE or --api-socket"
+            );
+        }
         // The images are opened and checked before anything is mounted.
         let opts = ShareOptions {
             cache: self.cache.into(),
             max_read: MOUNT_MAX_READ,
             ..ShareOptions::default()
         };
-        let share = Arc::new(plan.open_share(opts, self.share.decode_cache)?);
+        let share = Arc::new(match &plan {
+            Some(plan) => plan.open_share(opts, self.share.decode_cache)?,
+            // Images come later, through the API.
+            None => Share::named(opts),
+        });
         let queues = self.uring_queues()?;
         let mountpoint = devfuse::preflight(&mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
         // signal between mount and serve cannot kill us with the mount up.
-        let signals = SignalSet::new(&STOP_SIGNALS);
+        // With a log file, SIGHUP reopens it instead of stopping.
+        let reopens = self.log.reopens();
+        let stop: &[libc::c_int] = if reopens {
+            &STOP_SIGNALS[..2]
+        } else {
+            &STOP_SIGNALS
+        };
+        let signals = SignalSet::new(stop);
         signals.block().context("blocking signals")?;
+        let hup = SignalSet::new(&[libc::SIGHUP]);
+        if reopens {
+            hup.block().context("blocking SIGHUP")?;
+        }
         let mut mount = devfuse::mount(&MountConfig {
             mountpoint: mountpoint.clone(),
             fsname: "erofs-virtiofsd".into(),
@@ -145,19 +169,37 @@ impl MountArgs {
             }
         }
         mount.open_clones(self.threads);
+        let api = control::bind(self.api_socket.as_deref())?;
+        // Decided before the sandbox (it reads paths and the euid).
+        let sandbox = self.sandbox.options();
+        let allowed = Allowed::of(sandbox.mode, &sandbox.read_only);
         // Everything is open: from here on the daemon runs in its sandbox.
         // Unmounting needs the host's view and CAP_SYS_ADMIN: the
         // supervisor outside the sandbox does it.
         let stop_at = mountpoint.clone();
-        self.sandbox.options().enter(
+        sandbox.enter(
             Profile {
                 dev_fuse: true,
                 io_uring: !queues.is_empty(),
                 ..Profile::default()
             },
-            Supervision::run_on_stop(move || unmount_on_signal(&stop_at)),
+            Supervision::run_on_stop(move || unmount_on_signal(&stop_at))
+                .remove_on_exit(api.as_ref().map(|a| a.path()))
+                .forward_sighup(reopens),
         )?;
+        let _api = control::serve(api, || {
+            ShareControl::new(
+                Arc::clone(&share),
+                plan.as_ref(),
+                allowed,
+                control::api_decode_cache(self.share.decode_cache),
+                logging::reopener(&self.log),
+            )
+        })?;
         spawn_signal_thread(signals, mountpoint.clone())?;
+        if reopens {
+            logging::spawn_reopen_thread(hup)?;
+        }
         mount.serve(&share, self.threads, queues)?;
         Ok(ExitCode::SUCCESS)
     }
@@ -190,7 +232,8 @@ impl MountArgs {
     }
 }
 
-/// The signals that end the mount: SIGINT, SIGTERM, SIGHUP.
+/// The signals that end the mount: SIGINT, SIGTERM, and SIGHUP unless it
+/// reopens the log file (`--log-file`).
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and unmounts;

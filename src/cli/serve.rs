@@ -11,12 +11,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::control::{self, Allowed, ShareControl};
 use super::images::{Plan, ShareArgs};
-use super::log::{init_logger, LogLevel};
+use super::log::{self as logging, init_logging, LogArgs, LogLevel};
 use super::mount::CacheArg;
 use super::sandbox::SandboxArgs;
 use super::source::image_options;
-use crate::fuse::{DaxMode, ShareOptions};
+use crate::fuse::{DaxMode, Share, ShareOptions};
+use crate::os::signal::SignalSet;
 use crate::sandbox::{Profile, Supervision};
 use crate::vhost::{self, DeviceOptions, Listen, ServeOptions};
 
@@ -104,6 +106,12 @@ pub struct ServeArgs {
     dax: Option<DaxArg>,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Serve the HTTP API (images added and removed, metrics) on this Unix
+    /// socket; the daemon may then start with no image at all.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -113,6 +121,7 @@ impl ServeArgs {
             && self.fd.is_none()
             && self.share.is_empty()
             && !self.print_capabilities
+            && self.api_socket.is_none()
     }
 
     /// Runs the daemon (or prints the capabilities).
@@ -132,9 +141,10 @@ impl ServeArgs {
             _ => bail!("one of --socket-path or --fd is required"),
         };
         let root_fd = self.image_fd.map(|fd| PathBuf::from(format!("fd:{fd}")));
-        let Some(plan) = self.share.plan(root_fd)? else {
-            bail!("--image (or --image-fd) is required");
-        };
+        let plan = self.share.plan(root_fd)?;
+        if plan.is_none() && self.api_socket.is_none() {
+            bail!("--image (or --image-fd) is required, or --api-socket to add images later");
+        }
         if let Some(tag) = &self.tag {
             vhost::config::VirtioFsConfig::new(tag, 1).context("--tag")?;
         }
@@ -143,14 +153,6 @@ impl ServeArgs {
             (Some(_), None) => DaxMode::Always,
             (Some(_), Some(d)) => d.into(),
         };
-        if let Some(w) = self.dax_window {
-            if w > crate::fuse::dax::MAX_SAFE_WINDOW {
-                log::warn!(
-                    "--dax-window {w}: more than {} live mappings may be asked for; those beyond get ENOSPC",
-                    crate::fuse::dax::MAX_MAPPINGS
-                );
-            }
-        }
         let server_opts = ShareOptions {
             cache: self.cache.into(),
             dax,
@@ -166,9 +168,19 @@ impl ServeArgs {
             },
             once: self.once,
         };
-        let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest_range(&plan)? {
+        let guest = match &plan {
+            Some(plan) => guest_range(plan)?,
+            None => None,
+        };
+        if guest.is_some() && self.api_socket.is_some() {
+            bail!(
+                "--api-socket: a guest image (--image guest:GPA:LEN) cannot be served with the API"
+            );
+        }
+        let mut shared = None;
+        let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest {
             let guest = self.guest_image(range)?;
-            init_logger(self.log_level);
+            init_logging(self.log_level, &self.log)?;
             log::info!(
                 "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
                 guest.gpa,
@@ -176,9 +188,16 @@ impl ServeArgs {
             );
             Box::new(move |mem| vhost::guest_image_share(&guest, &server_opts, mem))
         } else {
-            init_logger(self.log_level);
-            let share = Arc::new(plan.open_share(server_opts, self.share.decode_cache)?);
-            if share.is_named() {
+            init_logging(self.log_level, &self.log)?;
+            let share = Arc::new(match &plan {
+                Some(plan) => plan.open_share(server_opts, self.share.decode_cache)?,
+                // Images come later, through the API.
+                None => Share::named(server_opts),
+            });
+            shared = Some(Arc::clone(&share));
+            if share.is_named() && share.images().is_empty() {
+                log::info!("serving no image yet: the API adds them");
+            } else if share.is_named() {
                 let names: Vec<_> = share
                     .images()
                     .iter()
@@ -188,15 +207,53 @@ impl ServeArgs {
             }
             Box::new(move |_| Arc::clone(&share))
         };
+        // Logged once logging is set up.
+        if let Some(w) = self.dax_window {
+            if w > crate::fuse::dax::MAX_SAFE_WINDOW {
+                log::warn!(
+                    "--dax-window {w}: more than {} live mappings may be asked for; those beyond get ENOSPC",
+                    crate::fuse::dax::MAX_MAPPINGS
+                );
+            }
+        }
+        // With a log file, SIGHUP reopens it (blocked before any thread, so
+        // that only the thread below takes it).
+        let reopens = self.log.reopens();
+        let hup = SignalSet::new(&[libc::SIGHUP]);
+        if reopens {
+            hup.block().context("blocking SIGHUP")?;
+        }
         let bound = vhost::bind(&opts.listen)?;
+        let api = control::bind(self.api_socket.as_deref())?;
         // Everything is open: from here on the daemon runs in its sandbox.
-        self.sandbox.options().enter(
+        // Decided before the sandbox (it reads paths and the euid).
+        let sandbox = self.sandbox.options();
+        let allowed = Allowed::of(sandbox.mode, &sandbox.read_only);
+        sandbox.enter(
             Profile {
                 vhost: true,
                 ..Profile::default()
             },
-            Supervision::forward().remove_on_exit(bound.socket_path()),
+            Supervision::forward()
+                .remove_on_exit(bound.socket_path())
+                .remove_on_exit(api.as_ref().map(|a| a.path()))
+                .forward_sighup(reopens),
         )?;
+        if reopens {
+            logging::spawn_reopen_thread(hup)?;
+        }
+        let _api = match shared {
+            Some(share) => control::serve(api, || {
+                ShareControl::new(
+                    share,
+                    plan.as_ref(),
+                    allowed,
+                    control::api_decode_cache(self.share.decode_cache),
+                    logging::reopener(&self.log),
+                )
+            })?,
+            None => None,
+        };
         bound.serve(&opts, &*share_for)?;
         Ok(ExitCode::SUCCESS)
     }

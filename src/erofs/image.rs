@@ -17,6 +17,7 @@ use super::ondisk;
 use super::plain;
 use super::superblock::Superblock;
 use super::xattr::{Xattr, Xattrs};
+use super::zcache::CacheStats;
 use super::zdata::{self, Compressed};
 use super::zmap::{ZKind, ZMap};
 use super::{Error, Result};
@@ -88,6 +89,12 @@ impl Image {
             img.metabox = Some(mb);
         }
         Ok(img)
+    }
+
+    /// The decoded-extent cache's counts (hits, misses, evictions) and
+    /// what it holds now.
+    pub fn extent_cache_stats(&self) -> CacheStats {
+        self.compressed.cache_stats()
     }
 
     /// The superblock.

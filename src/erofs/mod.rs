@@ -55,3 +55,4 @@ pub use metacache::MetaBytes;
 pub use superblock::Superblock;
 pub use walk::{walk, WalkEntry, MAX_DEPTH};
 pub use xattr::{xattr_full_name, Xattr};
+pub use zcache::CacheStats;

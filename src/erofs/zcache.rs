@@ -8,6 +8,7 @@
 //! O(1) amortised, however many extents are cached.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use foldhash::fast::RandomState;
@@ -62,6 +63,24 @@ struct Inner {
     seen: HashSet<Key, RandomState>,
     generation: u64,
     bytes: u64,
+    /// Entries evicted so far.
+    evictions: u64,
+}
+
+/// What a decoded-extent cache did so far and holds now (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Extent lookups answered from the cache (or from another reader's
+    /// decode in flight).
+    pub hits: u64,
+    /// Extent lookups that decoded.
+    pub misses: u64,
+    /// Entries evicted to stay within the budget.
+    pub evictions: u64,
+    /// Decoded bytes held now.
+    pub bytes: u64,
+    /// Entries held now.
+    pub entries: u64,
 }
 
 impl Inner {
@@ -93,6 +112,7 @@ impl Inner {
             }
             if let Some(e) = self.map.remove(&key) {
                 self.bytes = self.bytes.saturating_sub(e.bytes);
+                self.evictions = self.evictions.saturating_add(1);
             }
         }
     }
@@ -117,6 +137,10 @@ pub enum Lookup {
 pub struct ZCache {
     inner: Mutex<Inner>,
     budget: u64,
+    /// Lookups answered without decoding (relaxed: only reported).
+    hits: AtomicU64,
+    /// Lookups that decoded.
+    misses: AtomicU64,
 }
 
 impl ZCache {
@@ -126,7 +150,30 @@ impl ZCache {
         Self {
             inner: Mutex::new(Inner::default()),
             budget,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// Counts so far and what is held now.
+    pub fn stats(&self) -> CacheStats {
+        let (bytes, entries, evictions) = self
+            .inner
+            .lock()
+            .map(|i| (i.bytes, i.map.len() as u64, i.evictions))
+            .unwrap_or_default();
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions,
+            bytes,
+            entries,
+        }
+    }
+
+    /// A lookup that decodes outside the cache (a stream read whole once).
+    pub fn count_miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Decoded bytes currently held.
@@ -169,6 +216,8 @@ impl ZCache {
             fresh = true;
             decode().map(Arc::new)
         });
+        let counter = if fresh { &self.misses } else { &self.hits };
+        counter.fetch_add(1, Ordering::Relaxed);
         match r {
             Ok(data) => {
                 let data = data.clone();
@@ -218,7 +267,10 @@ impl ZCache {
             e.slot.clone()
         };
         match slot.get() {
-            Some(Ok(data)) => Lookup::Ready(data.clone()),
+            Some(Ok(data)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Lookup::Ready(data.clone())
+            }
             Some(Err(_)) => Lookup::Absent { again: false },
             None => Lookup::Pending,
         }
@@ -265,6 +317,27 @@ mod tests {
             llen: 10,
             la_in_block: 0,
         }
+    }
+
+    #[test]
+    fn test_stats_count_hits_misses_and_evictions() {
+        // Room for two 10-byte extents.
+        let c = ZCache::new(20);
+        let ten = || Ok(vec![0u8; 10]);
+        c.get_or_decode(key(1), ten).unwrap();
+        c.get_or_decode(key(1), ten).unwrap();
+        assert!(matches!(c.lookup(key(1), false), Lookup::Ready(_)));
+        assert!(matches!(c.lookup(key(2), false), Lookup::Absent { .. }));
+        c.count_miss();
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.evictions), (2, 2, 0));
+        assert_eq!((s.bytes, s.entries), (10, 1));
+        // Two more extents: one of the three must go.
+        c.get_or_decode(key(2), ten).unwrap();
+        c.get_or_decode(key(3), ten).unwrap();
+        let s = c.stats();
+        assert_eq!((s.misses, s.evictions), (4, 1));
+        assert_eq!((s.bytes, s.entries), (20, 2));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::error::At;
 use super::inode::{Inode, MetaPos};
 use super::ondisk;
 use super::superblock::field_at;
-use super::zcache::{Decoded, Key, Lookup, ZCache};
+use super::zcache::{CacheStats, Decoded, Key, Lookup, ZCache};
 use super::zmap::{ZExtent, ZKind, ZMap, ALG_INTERLACED, ALG_SHIFTED};
 use super::{Error, Result};
 
@@ -84,6 +84,11 @@ impl Compressed {
         }
     }
 
+    /// The decoded-extent cache's counts.
+    pub(super) fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
     /// Reads `buf.len()` bytes (already clipped to the file size) of
     /// compressed `inode` of `img` at `offset`.
     pub(super) fn read<I: ImageRead + ?Sized>(
@@ -120,6 +125,7 @@ impl Compressed {
                             // whole for the first time (a stream): decode
                             // it and the whole extents after it straight
                             // into the reply, keep no copy.
+                            self.cache.count_miss();
                             let made = self.decode_run(img, inode, &zmap, ext, &mut buf[done..])?;
                             done = done.saturating_add(made.max(1));
                             continue;

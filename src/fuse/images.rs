@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::erofs::{ondisk, Image, Inode};
+use crate::metrics::ImageMetrics;
 
 /// Most named images a share holds at once.
 pub const MAX_IMAGES: usize = 4096;
@@ -74,6 +75,9 @@ pub struct ShareImage {
     slot: u16,
     /// Taken out of its share: its nodes answer ESTALE.
     removed: AtomicBool,
+    /// Its request counters (named images registered in the share's
+    /// metrics).
+    metrics: Option<Arc<ImageMetrics>>,
 }
 
 /// The root directory of `image`; fails if it is not a usable directory.
@@ -117,7 +121,19 @@ impl ShareImage {
             serial: place.serial,
             slot: place.slot,
             removed: AtomicBool::new(false),
+            metrics: None,
         }
+    }
+
+    /// The same, counting its requests in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Option<Arc<ImageMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Its request counters, if it has its own.
+    pub fn metrics(&self) -> Option<&Arc<ImageMetrics>> {
+        self.metrics.as_ref()
     }
 
     /// The image's name in the share (`None`: the image is the share's

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState;
 use log::warn;
@@ -42,10 +43,23 @@ use super::share::{CachePolicy, Share, LONG_TIMEOUT_SECS};
 use super::sink::{Errno, ReplySink};
 use super::splice::MAX_SPANS;
 use crate::erofs::{ondisk, Inode, InodeKind};
+use crate::metrics::ImageMetrics;
 
 /// Reads at least this long are spliced when they can be: shorter ones
 /// cost fewer system calls with pread + writev.
 const SPLICE_MIN: usize = 32 << 10;
+
+/// What one request counts in the metrics.
+#[derive(Default)]
+struct Tally {
+    opcode: u32,
+    /// Bytes of file data in the reply.
+    bytes: u64,
+    /// The errno of its reply (0: success).
+    errno: i32,
+    /// The image it read, when it has its own counters.
+    image: Option<Arc<ImageMetrics>>,
+}
 
 /// The FUSE session of one connection to a [`Share`].
 #[derive(Debug)]
@@ -191,13 +205,46 @@ impl Session {
     /// EIO before INIT); nothing here panics on any input. Returns only the
     /// sink's own errors.
     pub fn handle(&self, req: &[u8], sink: &mut dyn ReplySink) -> io::Result<()> {
+        let start = Instant::now();
+        let mut tally = Tally::default();
+        let r = self.handle_counted(req, sink, &mut tally);
+        self.count(&tally, start.elapsed());
+        r
+    }
+
+    /// Records one request in the share's metrics (and its image's, when
+    /// the request was about one): relaxed atomics only.
+    #[inline]
+    fn count(&self, t: &Tally, latency: Duration) {
+        match &t.image {
+            Some(img) => img.observe_request(t.opcode, latency, t.bytes, t.errno),
+            None => self
+                .share
+                .metrics()
+                .observe_request(t.opcode, latency, t.bytes, t.errno),
+        }
+    }
+
+    fn handle_counted(
+        &self,
+        req: &[u8],
+        sink: &mut dyn ReplySink,
+        tally: &mut Tally,
+    ) -> io::Result<()> {
         let (hdr, args) = match parse_header(req) {
             Ok(x) => x,
-            Err(e) => return send_err(sink, e.unique.unwrap_or(0), e.error.errno()),
+            Err(e) => {
+                tally.errno = e.error.errno();
+                return send_err(sink, e.unique.unwrap_or(0), e.error.errno());
+            }
         };
+        tally.opcode = hdr.opcode;
         let op = match Op::decode(hdr.opcode, args) {
             Ok(op) => op,
-            Err(e) => return send_err(sink, hdr.unique, e.errno()),
+            Err(e) => {
+                tally.errno = e.errno();
+                return send_err(sink, hdr.unique, e.errno());
+            }
         };
         if !op.wants_reply() {
             if self.initialized() {
@@ -208,12 +255,18 @@ impl Session {
         let r = if !self.initialized() && !matches!(op, Op::Init(_)) {
             Err(Fail::Errno(libc::EIO))
         } else {
-            self.dispatch(&hdr, op, sink)
+            self.dispatch(&hdr, op, sink, tally)
         };
         match r {
             Ok(()) => Ok(()),
-            Err(Fail::Errno(e)) => send_err(sink, hdr.unique, e),
-            Err(Fail::Io(e)) => Err(e),
+            Err(Fail::Errno(e)) => {
+                tally.errno = e;
+                send_err(sink, hdr.unique, e)
+            }
+            Err(Fail::Io(e)) => {
+                tally.errno = libc::EIO;
+                Err(e)
+            }
         }
     }
 
@@ -225,7 +278,13 @@ impl Session {
         }
     }
 
-    fn dispatch(&self, h: &InHeader, op: Op<'_>, sink: &mut dyn ReplySink) -> OpResult {
+    fn dispatch(
+        &self,
+        h: &InHeader,
+        op: Op<'_>,
+        sink: &mut dyn ReplySink,
+        tally: &mut Tally,
+    ) -> OpResult {
         if h.nodeid == abi::ROOT_ID && self.share.is_named() {
             if let Some(r) = self.root_op(h, &op, sink) {
                 return r;
@@ -239,7 +298,7 @@ impl Session {
             Op::Readlink => self.readlink(h, sink),
             Op::Open(o) => self.open(h, &o, false, sink),
             Op::Opendir(o) => self.open(h, &o, true, sink),
-            Op::Read(r) => self.read(h, &r, sink),
+            Op::Read(r) => self.read(h, &r, sink, tally),
             Op::Release(r) | Op::Releasedir(r) => self.release(h, r.fh, sink),
             Op::Readdir(r) => self.readdir(h, &r, false, sink),
             Op::Readdirplus(r) => self.readdir(h, &r, true, sink),
@@ -714,11 +773,18 @@ impl Session {
         }
     }
 
-    fn read(&self, h: &InHeader, r: &ReadIn, sink: &mut dyn ReplySink) -> OpResult {
+    fn read(
+        &self,
+        h: &InHeader,
+        r: &ReadIn,
+        sink: &mut dyn ReplySink,
+        tally: &mut Tally,
+    ) -> OpResult {
         if r.size > self.share.options().max_read {
             return Err(Fail::Errno(libc::EINVAL));
         }
         let t = self.file(h, r.fh, false)?;
+        tally.image = t.img.metrics().cloned();
         let inode = &t.inode;
         if inode.kind != InodeKind::File {
             return Err(Fail::Errno(libc::EINVAL));
@@ -744,20 +810,30 @@ impl Session {
             // anything else (or any doubt) takes the copying path below.
             if let Ok(Some(spans)) = img.plain_spans(inode, r.offset, len, MAX_SPANS) {
                 if sink.send_spans(h.unique, &spans)? {
+                    tally.bytes = len as u64;
                     self.after_read(h.nodeid, &t, r.offset, len as u64, misses);
                     return Ok(());
                 }
             }
         }
+        let mut failed = 0;
         let mut fill = |buf: &mut [u8], pos: usize| -> Result<usize, Errno> {
             let off = r.offset.saturating_add(pos as u64);
-            img.read(inode, off, buf)
-                .map_err(|e| match self.image_error(&t.img, "read", &e) {
-                    Fail::Errno(n) => Errno(n),
-                    Fail::Io(_) => Errno(libc::EIO),
-                })
+            img.read(inode, off, buf).map_err(|e| {
+                let n = match self.image_error(&t.img, "read", &e) {
+                    Fail::Errno(n) => n,
+                    Fail::Io(_) => libc::EIO,
+                };
+                failed = n;
+                Errno(n)
+            })
         };
         sink.send_with(h.unique, len, &mut fill)?;
+        if failed == 0 {
+            tally.bytes = len as u64;
+        } else {
+            tally.errno = failed;
+        }
         self.after_read(h.nodeid, &t, r.offset, len as u64, misses);
         Ok(())
     }

@@ -23,7 +23,8 @@ use super::images::{
 };
 use super::outbound::Outbound;
 use super::reply::Fail;
-use crate::erofs::Image;
+use crate::erofs::{CacheStats, Image};
+use crate::metrics::{CacheSnapshot, Metrics, MetricsSnapshot};
 
 /// How long the kernel may trust what it was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -196,6 +197,11 @@ pub struct Share {
     errors: AtomicU64,
     /// When the share was made (the synthetic root's times).
     created: SystemTime,
+    /// Request counters of every connection, and of each named image.
+    metrics: Arc<Metrics>,
+    /// Decoded-extent cache counts of the images removed so far (the
+    /// totals never go down).
+    retired: Mutex<CacheStats>,
 }
 
 impl fmt::Debug for Share {
@@ -254,7 +260,39 @@ impl Share {
             outbounds: Mutex::new(Vec::new()),
             errors: AtomicU64::new(0),
             created: SystemTime::now(),
+            metrics: Arc::new(Metrics::new()),
+            retired: Mutex::new(CacheStats::default()),
         }
+    }
+
+    /// The share's metrics registry (its connections count into it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The metrics now, with each image's decoded-extent cache (read from
+    /// the images, so counting costs the read path nothing).
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let mut snap = self.metrics.snapshot();
+        let mut total = *self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live = CacheStats::default();
+        let images: Vec<Arc<ShareImage>> = match self.root.get() {
+            Some(root) => vec![Arc::clone(root)],
+            None => self.images(),
+        };
+        for img in images {
+            let s = img.image().extent_cache_stats();
+            add_stats(&mut total, &s);
+            add_stats(&mut live, &s);
+            if let Some(per) = img.name().and_then(|n| snap.images.get_mut(n)) {
+                per.extent_cache = cache_snapshot(&s);
+            }
+        }
+        // Sizes are what is held now: the live images' only.
+        total.bytes = live.bytes;
+        total.entries = live.entries;
+        snap.extent_cache = cache_snapshot(&total);
+        snap
     }
 
     /// The options.
@@ -304,13 +342,11 @@ impl Share {
             return Err(ShareError::Exists(name.to_owned()));
         }
         let place = table.reserve().ok_or(ShareError::Full)?;
-        let img = Arc::new(ShareImage::new(
-            Some(name.to_owned()),
-            image,
-            dir,
-            meta,
-            place,
-        ));
+        // Past the registry's bound the image is counted in the totals only.
+        let counters = self.metrics.add_image(name).ok();
+        let img = Arc::new(
+            ShareImage::new(Some(name.to_owned()), image, dir, meta, place).with_metrics(counters),
+        );
         table.insert(Arc::clone(&img));
         Ok(img)
     }
@@ -327,6 +363,12 @@ impl Share {
             .remove(name)
             .ok_or_else(|| ShareError::NotFound(name.to_owned()))?;
         image.mark_removed();
+        self.metrics.remove_image(name);
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = image.image().extent_cache_stats();
+            add_stats(&mut retired, &s);
+        }
         let mut told = 0usize;
         for out in self.live_outbounds() {
             match out.inval_entry(abi::ROOT_ID, name.as_bytes()) {
@@ -439,6 +481,25 @@ impl Share {
             }
         }
         Fail::Errno(e.errno())
+    }
+}
+
+/// Adds the counts of `b` to `a` (sizes too).
+fn add_stats(a: &mut CacheStats, b: &CacheStats) {
+    a.hits = a.hits.saturating_add(b.hits);
+    a.misses = a.misses.saturating_add(b.misses);
+    a.evictions = a.evictions.saturating_add(b.evictions);
+    a.bytes = a.bytes.saturating_add(b.bytes);
+    a.entries = a.entries.saturating_add(b.entries);
+}
+
+fn cache_snapshot(s: &CacheStats) -> CacheSnapshot {
+    CacheSnapshot {
+        hits: s.hits,
+        misses: s.misses,
+        evictions: s.evictions,
+        bytes: s.bytes,
+        entries: s.entries,
     }
 }
 

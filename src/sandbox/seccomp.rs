@@ -263,6 +263,14 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
     );
     #[cfg(target_arch = "x86_64")]
     allow(&mut r, &[libc::SYS_epoll_wait]);
+    // `--syslog`: messages sent (send(2), which is sendto with no address)
+    // on the datagram socket connected to syslog before the sandbox; with
+    // an address it could reach another socket, so that is refused.
+    r.insert(
+        libc::SYS_sendto,
+        vec![SeccompRule::new(vec![cond(4, Len::Qword, Op::Eq, 0)?])
+            .map_err(|e| SandboxError::Seccomp(e.to_string()))?],
+    );
 
     if profile.dev_fuse {
         // /dev/fuse: replies spliced from image files through a pipe per

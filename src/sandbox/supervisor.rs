@@ -56,6 +56,9 @@ impl SocketFile {
 pub struct Supervision {
     pub(super) on_stop: OnStop,
     sockets: Vec<SocketFile>,
+    /// SIGHUP is not a stop signal: it goes to the child (which reopens
+    /// its log file).
+    forward_hup: bool,
 }
 
 impl Supervision {
@@ -64,6 +67,7 @@ impl Supervision {
         Supervision {
             on_stop: OnStop::Forward,
             sockets: Vec::new(),
+            forward_hup: false,
         }
     }
 
@@ -72,7 +76,15 @@ impl Supervision {
         Supervision {
             on_stop: OnStop::Run(Box::new(f)),
             sockets: Vec::new(),
+            forward_hup: false,
         }
+    }
+
+    /// With `on`, SIGHUP is sent on to the child whatever [`OnStop`] says
+    /// (the child reopens its log file on it).
+    pub fn forward_sighup(mut self, on: bool) -> Self {
+        self.forward_hup = on;
+        self
     }
 
     /// Also removes the socket at `path` (if there is one now) once the
@@ -172,6 +184,10 @@ fn supervise(child: Pid, set: SignalSet, mut sup: Supervision, _lifeline: OwnedF
                     break Exit::Code(1);
                 }
             }
+        }
+        if sig == libc::SIGHUP && sup.forward_hup {
+            let _ = os::sandbox::send_signal(child, sig);
+            continue;
         }
         match &mut sup.on_stop {
             // The child may be gone already (its SIGCHLD comes next).

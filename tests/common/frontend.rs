@@ -36,7 +36,7 @@ pub const RAM_BASE: u64 = 0x10_0000;
 /// Guest RAM size.
 pub const RAM_SIZE: usize = 64 << 20;
 /// Ring area per queue.
-const QUEUE_AREA: u64 = 1 << 20;
+pub(super) const QUEUE_AREA: u64 = 1 << 20;
 /// virtio feature bits.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
@@ -197,34 +197,34 @@ impl Default for FrontendOptions {
 
 /// One virtqueue as the driver sees it.
 #[derive(Debug)]
-struct Queue {
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    avail_idx: u16,
-    used_seen: u16,
-    next_desc: u16,
-    kick: EventFd,
-    call: EventFd,
+pub(super) struct Queue {
+    pub(super) size: u16,
+    pub(super) desc: u64,
+    pub(super) avail: u64,
+    pub(super) used: u64,
+    pub(super) avail_idx: u16,
+    pub(super) used_seen: u16,
+    pub(super) next_desc: u16,
+    pub(super) kick: EventFd,
+    pub(super) call: EventFd,
 }
 
 /// A connected frontend with its guest RAM and queues.
 pub struct Frontend {
-    vu: VuFrontend,
-    mem: GuestMemoryMmap,
-    _ram: Vec<File>,
-    queues: Vec<Queue>,
-    data_start: u64,
-    data_next: u64,
-    data_end: u64,
+    pub(super) vu: VuFrontend,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) _ram: Vec<File>,
+    pub(super) queues: Vec<Queue>,
+    pub(super) data_start: u64,
+    pub(super) data_next: u64,
+    pub(super) data_end: u64,
     /// Virtio features the device offered.
     pub device_features: u64,
     /// Protocol features the device offered.
     pub device_protocol_features: VhostUserProtocolFeatures,
     /// Protocol features acked.
     pub protocol_features: VhostUserProtocolFeatures,
-    event_idx: bool,
+    pub(super) event_idx: bool,
     /// The backend request channel's recorder (with
     /// [`FrontendOptions::shmem`]).
     pub window: Option<Arc<Mutex<Window>>>,
@@ -239,7 +239,7 @@ impl std::fmt::Debug for Frontend {
 }
 
 /// A memfd of `size` bytes.
-fn memfd(size: usize) -> File {
+pub(super) fn memfd(size: usize) -> File {
     let name = c"test-guest-ram";
     // SAFETY: `name` is NUL-terminated; memfd_create has no other inputs.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };

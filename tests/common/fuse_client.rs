@@ -105,6 +105,8 @@ pub struct DirentPlus {
 #[derive(Debug)]
 pub struct FuseClient {
     pub fe: Frontend,
+    /// The queue requests go to (default: the first request queue).
+    pub queue: usize,
     unique: u64,
     /// Largest READ/READDIR size used.
     pub chunk: u32,
@@ -117,6 +119,7 @@ impl FuseClient {
     pub fn new(fe: Frontend) -> Self {
         Self {
             fe,
+            queue: REQUEST_QUEUE,
             unique: 0,
             chunk: 128 << 10,
             lookups: BTreeMap::new(),
@@ -135,7 +138,7 @@ impl FuseClient {
         self.unique += 2;
         let unique = self.unique;
         let req = request(opcode, unique, nodeid, args);
-        let reply = self.fe.request(REQUEST_QUEUE, &req, 16 + reply_cap);
+        let reply = self.fe.request(self.queue, &req, 16 + reply_cap);
         parse_reply(&reply, unique)
     }
 

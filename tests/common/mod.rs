@@ -16,6 +16,8 @@
 //! - [`daemon`]: run our binary in serve mode on a temporary socket.
 //! - [`procs`]: the processes of a daemon (a supervisor and its sandboxed
 //!   child by default).
+//! - [`chv`]: that frontend speaking cloud-hypervisor's message sequence
+//!   (set-up, memory hotplug, reconnect).
 //! - [`frontend`]: a vhost-user frontend with memfd guest RAM and
 //!   hand-driven split virtqueues.
 //! - [`fuse_client`]: FUSE requests over that frontend, and a tree walk
@@ -26,6 +28,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bigtree;
+pub mod chv;
 pub mod cli;
 pub mod daemon;
 pub mod fixture_dir;
