@@ -124,7 +124,11 @@ impl MountArgs {
             max_read: MOUNT_MAX_READ,
             ..ShareOptions::default()
         };
+        let store = self.share.store_spec(&plan)?;
         let share = Arc::new(plan.open_share(opts, self.share.decode_cache)?);
+        if let Some(spec) = &store {
+            plan.share_content(&share, spec.open()?)?;
+        }
         let queues = self.uring_queues()?;
         let mountpoint = devfuse::preflight(&mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
@@ -149,7 +153,9 @@ impl MountArgs {
         // Unmounting needs the host's view and CAP_SYS_ADMIN: the
         // supervisor outside the sandbox does it.
         let stop_at = mountpoint.clone();
-        self.sandbox.options().enter(
+        let mut sandbox = self.sandbox.options();
+        sandbox.writable.extend(store.map(|s| s.dir));
+        sandbox.enter(
             Profile {
                 dev_fuse: true,
                 io_uring: !queues.is_empty(),

@@ -113,7 +113,11 @@ impl ServeArgs {
             },
             once: self.once,
         };
+        let mut store = self.share.store_spec(&plan)?;
         let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest_range(&plan)? {
+            if store.take().is_some() {
+                log::warn!("a guest image shares no content: --domain ignored");
+            }
             let guest = self.guest_image(range)?;
             init_logger(self.log_level);
             log::info!(
@@ -125,6 +129,9 @@ impl ServeArgs {
         } else {
             init_logger(self.log_level);
             let share = Arc::new(plan.open_share(server_opts, self.share.decode_cache)?);
+            if let Some(spec) = &store {
+                plan.share_content(&share, spec.open()?)?;
+            }
             if share.is_named() {
                 let names: Vec<_> = share
                     .images()
@@ -137,7 +144,9 @@ impl ServeArgs {
         };
         let bound = vhost::bind(&opts.listen)?;
         // Everything is open: from here on the daemon runs in its sandbox.
-        self.sandbox.options().enter(
+        let mut sandbox = self.sandbox.options();
+        sandbox.writable.extend(store.map(|s| s.dir));
+        sandbox.enter(
             Profile {
                 vhost: true,
                 ..Profile::default()

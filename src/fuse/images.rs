@@ -28,7 +28,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use super::content::ImageContent;
 
 use crate::erofs::{ondisk, Image, Inode};
 
@@ -74,6 +76,9 @@ pub struct ShareImage {
     slot: u16,
     /// Taken out of its share: its nodes answer ESTALE.
     removed: AtomicBool,
+    /// Its part in content sharing (images with a domain, in a share with
+    /// a content store).
+    content: OnceLock<Arc<ImageContent>>,
 }
 
 /// The root directory of `image`; fails if it is not a usable directory.
@@ -117,7 +122,18 @@ impl ShareImage {
             serial: place.serial,
             slot: place.slot,
             removed: AtomicBool::new(false),
+            content: OnceLock::new(),
         }
+    }
+
+    /// Its part in content sharing, if it shares.
+    pub(crate) fn content(&self) -> Option<&Arc<ImageContent>> {
+        self.content.get()
+    }
+
+    /// Makes it share content (once; later calls change nothing).
+    pub(crate) fn set_content(&self, c: Arc<ImageContent>) {
+        let _ = self.content.set(c);
     }
 
     /// The image's name in the share (`None`: the image is the share's

@@ -25,6 +25,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod abi;
+pub mod content;
 pub mod devfuse;
 mod devnotify;
 mod dirops;

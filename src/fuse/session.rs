@@ -31,6 +31,7 @@ use foldhash::fast::RandomState;
 use log::warn;
 
 use super::abi::{self, *};
+use super::content;
 use super::images::ShareImage;
 use super::nodes::{Handle, HandleTable, NodeTable, Target};
 use super::outbound::Outbound;
@@ -44,7 +45,7 @@ use crate::erofs::{ondisk, Inode, InodeKind};
 
 /// Reads at least this long are spliced when they can be: shorter ones
 /// cost fewer system calls with pread + writev.
-const SPLICE_MIN: usize = 32 << 10;
+pub(crate) const SPLICE_MIN: usize = 32 << 10;
 
 /// The FUSE session of one connection to a [`Share`].
 #[derive(Debug)]
@@ -692,6 +693,13 @@ impl Session {
         let left = inode.size.saturating_sub(r.offset);
         let len = u64::from(r.size).min(left);
         let len = usize::try_from(len).unwrap_or(0);
+        if let Some(entry) = self
+            .share
+            .content()
+            .and_then(|c| c.entry_for(&t.img, inode))
+        {
+            return content::reply_from_entry(&self.share, h.unique, &entry, r.offset, len, sink);
+        }
         let img = t.img.image();
         // Counted before the reply goes out: once the reader has its data it
         // may send the next READ, which another worker may take before this

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use log::{debug, info, warn};
 
 use super::abi;
+use super::content::{ImageContent, SharedContent};
 use super::images::{
     check_name, root_of, ImageMeta, ImageTable, NameError, Place, ShareImage, MAX_IMAGES,
 };
@@ -192,6 +193,9 @@ pub struct Share {
     errors: AtomicU64,
     /// When the share was made (the synthetic root's times).
     created: SystemTime,
+    /// The content store its images of a domain share (see
+    /// [`super::content`]).
+    content: OnceLock<Arc<SharedContent>>,
 }
 
 impl fmt::Debug for Share {
@@ -250,6 +254,42 @@ impl Share {
             outbounds: Mutex::new(Vec::new()),
             errors: AtomicU64::new(0),
             created: SystemTime::now(),
+            content: OnceLock::new(),
+        }
+    }
+
+    /// Serves the content of its images that have a trust domain from
+    /// `content`'s store (once; a later call changes nothing). Images then
+    /// join with [`Share::share_content`].
+    pub fn set_content(&self, content: Arc<SharedContent>) {
+        let _ = self.content.set(content);
+    }
+
+    /// The content store served from, if any.
+    pub fn content(&self) -> Option<&Arc<SharedContent>> {
+        self.content.get()
+    }
+
+    /// Makes `img` share its files' content through the share's store when
+    /// it has a trust domain and fingerprints (`loader`: the image opened
+    /// for loads, e.g. with O_DIRECT; `None`: the image itself). Returns
+    /// whether it shares; without a store, or without a domain, nothing
+    /// changes.
+    pub fn share_content(
+        &self,
+        img: &ShareImage,
+        loader: Option<Arc<Image>>,
+    ) -> Result<bool, crate::share::Error> {
+        if self.content.get().is_none() {
+            return Ok(false);
+        }
+        let name = img.name().unwrap_or(img.meta().source.as_str()).to_owned();
+        match ImageContent::for_image(&name, img.image(), img.meta(), loader)? {
+            Some(c) => {
+                img.set_content(Arc::new(c));
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
