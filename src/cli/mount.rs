@@ -80,8 +80,25 @@ pub struct MountArgs {
     /// /dev/null once detached: use --foreground to see them).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+    /// FUSE passthrough of files whose content is in the store (Linux 6.9+):
+    /// the kernel reads the store's entry itself, at page-cache speed.
+    /// `auto` uses it when the kernel agrees; the sandboxed process then
+    /// keeps CAP_SYS_ADMIN, which the kernel wants for registering backing
+    /// files (docs/sandbox.md). Only with a store (images with --domain).
+    #[arg(long, value_enum, default_value_t = PassthroughArg::Auto)]
+    passthrough: PassthroughArg,
     #[command(flatten)]
     sandbox: SandboxArgs,
+}
+
+/// `--passthrough` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PassthroughArg {
+    /// When the kernel offers it.
+    Auto,
+    /// Never: every read of stored content is a READ answered from the
+    /// entry.
+    Off,
 }
 
 /// `--io-uring` values.
@@ -126,8 +143,11 @@ impl MountArgs {
         };
         let store = self.share.store_spec(&plan)?;
         let share = Arc::new(plan.open_share(opts, self.share.decode_cache)?);
+        let passthrough = store.is_some() && self.passthrough == PassthroughArg::Auto;
         if let Some(spec) = &store {
-            plan.share_content(&share, spec.open()?)?;
+            let content = spec.open()?;
+            content.set_passthrough(passthrough);
+            plan.share_content(&share, content)?;
         }
         let queues = self.uring_queues()?;
         let mountpoint = devfuse::preflight(&mountpoint)?;
@@ -159,6 +179,7 @@ impl MountArgs {
             Profile {
                 dev_fuse: true,
                 io_uring: !queues.is_empty(),
+                passthrough,
                 ..Profile::default()
             },
             Supervision::run_on_stop(move || unmount_on_signal(&stop_at)),

@@ -45,7 +45,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -54,6 +54,7 @@ use foldhash::fast::RandomState;
 use log::{debug, info, warn};
 
 use super::images::{ImageMeta, ShareImage};
+use super::nodes::Target;
 use super::reply::OpResult;
 use super::session::SPLICE_MIN;
 use super::sink::{Errno, ReplySink};
@@ -146,6 +147,8 @@ pub struct SharedContent {
     stats: ContentStats,
     /// Test hook: pause loads after this many bytes.
     pause_after: Option<u64>,
+    /// Offer FUSE passthrough on transports that have it.
+    passthrough: AtomicBool,
 }
 
 impl fmt::Debug for SharedContent {
@@ -194,7 +197,22 @@ impl SharedContent {
             queue: OnceLock::new(),
             stats: ContentStats::default(),
             pause_after: std::env::var(PAUSE_ENV).ok().and_then(|v| v.parse().ok()),
+            passthrough: AtomicBool::new(true),
         }
+    }
+
+    /// Whether OPENs of stored files may be answered with FUSE passthrough
+    /// (on transports that have it; default on).
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn passthrough_wanted(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_passthrough_open(&self) {
+        ContentStats::bump(&self.stats.passthrough_opens);
     }
 
     /// The store.
@@ -469,6 +487,12 @@ fn pause_forever() -> ! {
     loop {
         std::thread::park();
     }
+}
+
+/// The entry to serve the file `t` from, if its share has a store and the
+/// file is shared and verified (see [`SharedContent::entry_for`]).
+pub(crate) fn entry_for(share: &super::Share, t: &Target) -> Option<Arc<Entry>> {
+    share.content()?.entry_for(&t.img, &t.inode)
 }
 
 /// Answers a READ of `len` bytes at `offset` from an entry: spliced from

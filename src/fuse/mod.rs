@@ -34,6 +34,7 @@ pub mod fuzzing;
 mod images;
 mod nodes;
 pub mod outbound;
+mod passthrough;
 pub mod push;
 mod reply;
 pub mod request;

@@ -35,6 +35,7 @@ use super::content;
 use super::images::ShareImage;
 use super::nodes::{Handle, HandleTable, NodeTable, Target};
 use super::outbound::Outbound;
+use super::passthrough::{OpenMode, Passthrough};
 use super::push::{Pusher, SMALL_READ};
 use super::reply::{send, send_bytes, send_err, send_ok, Fail, OpResult};
 use super::request::{parse_header, BatchForget, Op};
@@ -74,6 +75,8 @@ pub struct Session {
     /// a reader going through it in order reads next (see
     /// `follow_listing`).
     pub(crate) dir_streams: Mutex<HashMap<(u64, u64), u64, RandomState>>,
+    /// Backing files of passthrough opens.
+    pt: Passthrough,
 }
 
 impl Session {
@@ -109,6 +112,7 @@ impl Session {
             pusher,
             root_target: OnceLock::new(),
             dir_streams: Mutex::new(HashMap::default()),
+            pt: Passthrough::default(),
         }
     }
 
@@ -426,7 +430,14 @@ impl Session {
         if self.io_uring {
             want |= OVER_IO_URING;
         }
+        let passthrough = self.share.content().is_some_and(|c| c.passthrough_wanted())
+            && self.out.can_passthrough();
+        if passthrough {
+            // Passthrough is set up at OPEN: no zero-message opens.
+            want = (want | PASSTHROUGH) & !NO_OPEN_SUPPORT;
+        }
         let flags = want & kernel;
+        self.pt.set_on(flags & PASSTHROUGH != 0);
         self.over_io_uring
             .store(flags & OVER_IO_URING != 0, Ordering::Release);
         self.no_open
@@ -448,6 +459,9 @@ impl Session {
             max_pages: u16::try_from(pages).unwrap_or(u16::MAX),
             map_alignment: 0,
             flags2: (flags >> 32) as u32,
+            // Backing files (store entries) are on a file system that
+            // stacks on nothing.
+            max_stack_depth: u32::from(flags & PASSTHROUGH != 0),
             ..Default::default()
         };
         // Initialized before the reply goes out: the kernel sends the
@@ -464,6 +478,7 @@ impl Session {
     fn destroy(&self, h: &InHeader, sink: &mut dyn ReplySink) -> OpResult {
         self.nodes.clear();
         self.handles.clear();
+        self.pt.clear();
         self.minor.store(0, Ordering::Release);
         send_ok(sink, h.unique)
     }
@@ -615,7 +630,7 @@ impl Session {
         let fh = self
             .handles
             .insert(Handle {
-                target: Some(target),
+                target: Some(target.clone()),
                 dir,
             })
             .ok_or(Fail::Errno(libc::ENFILE))?;
@@ -630,12 +645,26 @@ impl Session {
             // mount's policy (each read reaches us, nothing is cached).
             open_flags = (open_flags & !FOPEN_KEEP_CACHE) | FOPEN_DIRECT_IO;
         }
+        let mut backing_id = 0;
+        if !dir && open_flags & FOPEN_DIRECT_IO == 0 && self.pt.is_on() {
+            let entry = || content::entry_for(&self.share, &target);
+            if let OpenMode::Backing(id) = self.pt.open(&*self.out, h.nodeid, fh, entry) {
+                // The kernel refuses any other flag with passthrough
+                // (FOPEN_PASSTHROUGH_MASK: no KEEP_CACHE, no CACHE_DIR).
+                open_flags = (open_flags & FOPEN_NOFLUSH) | FOPEN_PASSTHROUGH;
+                backing_id = i32::try_from(id).unwrap_or(0);
+                if let Some(c) = self.share.content() {
+                    c.count_passthrough_open();
+                }
+            }
+        }
         let out = OpenOut {
             fh,
             open_flags,
-            backing_id: 0,
+            backing_id,
         };
         if let Err(e) = send(sink, h.unique, &out) {
+            self.pt.release(&*self.out, fh);
             self.handles.remove(fh);
             return Err(e);
         }
@@ -643,6 +672,7 @@ impl Session {
     }
 
     fn release(&self, h: &InHeader, fh: u64, sink: &mut dyn ReplySink) -> OpResult {
+        self.pt.release(&*self.out, fh);
         self.handles.remove(fh);
         send_ok(sink, h.unique)
     }
@@ -693,11 +723,7 @@ impl Session {
         let left = inode.size.saturating_sub(r.offset);
         let len = u64::from(r.size).min(left);
         let len = usize::try_from(len).unwrap_or(0);
-        if let Some(entry) = self
-            .share
-            .content()
-            .and_then(|c| c.entry_for(&t.img, inode))
-        {
+        if let Some(entry) = content::entry_for(&self.share, &t) {
             return content::reply_from_entry(&self.share, h.unique, &entry, r.offset, len, sink);
         }
         let img = t.img.image();
