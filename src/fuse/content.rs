@@ -248,7 +248,8 @@ impl SharedContent {
         match status {
             Status::Unshared | Status::Pending => None,
             Status::Verified => {
-                if let Some(e) = self.lock_entries().get(&key) {
+                let cached = self.lock_entries().get(&key);
+                if let Some(e) = cached {
                     return usable(e, inode);
                 }
                 match self.store.get(&ic.domain, &fp) {
@@ -273,7 +274,9 @@ impl SharedContent {
                 if ic.waiting(nid, now) {
                     return None;
                 }
-                let stored = match self.lock_entries().get(&key) {
+                // (The cache's lock is let go before the store is asked.)
+                let cached = self.lock_entries().get(&key);
+                let stored = match cached {
                     Some(e) => Some(e),
                     None => match self.store.get(&ic.domain, &fp) {
                         Ok(e) => e.map(|e| self.lock_entries().insert(key.clone(), Arc::new(e))),
@@ -425,6 +428,7 @@ impl SharedContent {
             });
         match hashed {
             Ok(actual) if actual == fp => {
+                debug!("{}: nid {nid}: verified against the stored {fp}", ic.name);
                 ContentStats::bump(&self.stats.verified);
                 ic.set(nid, Status::Verified, None);
             }
