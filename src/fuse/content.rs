@@ -43,8 +43,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -53,12 +51,6 @@ use std::time::{Duration, Instant};
 use foldhash::fast::RandomState;
 use log::{debug, info, warn};
 
-use super::images::{ImageMeta, ShareImage};
-use super::nodes::Target;
-use super::reply::OpResult;
-use super::session::SPLICE_MIN;
-use super::sink::{Errno, ReplySink};
-use crate::erofs::Span;
 use crate::erofs::{Image, Inode, InodeKind};
 use crate::share::{
     self, hash_content, Domain, Entry, Fingerprint, FingerprintXattr, LoadOutcome, Store,
@@ -235,15 +227,15 @@ impl SharedContent {
     /// closer to being served from the store. Never waits for a load.
     pub(crate) fn entry_for(
         self: &Arc<Self>,
-        img: &ShareImage,
+        ic: &Arc<ImageContent>,
+        image: &Image,
         inode: &Inode,
     ) -> Option<Arc<Entry>> {
-        let ic = img.content()?;
         if inode.kind != InodeKind::File || inode.size == 0 || inode.xattr_isize == 0 {
             return None;
         }
         let nid = inode.nid;
-        let (fp, status) = ic.state_of(img.image(), inode)?;
+        let (fp, status) = ic.state_of(image, inode)?;
         let key = (ic.domain.clone(), fp);
         match status {
             Status::Unshared | Status::Pending => None,
@@ -493,64 +485,6 @@ fn pause_forever() -> ! {
     }
 }
 
-/// The entry to serve the file `t` from, if its share has a store and the
-/// file is shared and verified (see [`SharedContent::entry_for`]).
-pub(crate) fn entry_for(share: &super::Share, t: &Target) -> Option<Arc<Entry>> {
-    share.content()?.entry_for(&t.img, &t.inode)
-}
-
-/// Answers a READ of `len` bytes at `offset` from an entry: spliced from
-/// the entry's file when the transport can (no copy), else read into the
-/// transport's buffers.
-pub(crate) fn reply_from_entry(
-    share: &super::Share,
-    unique: u64,
-    entry: &Entry,
-    offset: u64,
-    len: usize,
-    sink: &mut dyn ReplySink,
-) -> OpResult {
-    if let Some(c) = share.content() {
-        c.count_entry_read();
-    }
-    if len >= SPLICE_MIN && sink.can_splice() {
-        let spans = [Span::File {
-            fd: entry.file().as_raw_fd(),
-            offset,
-            len,
-        }];
-        if sink.send_spans(unique, &spans)? {
-            return Ok(());
-        }
-    }
-    let mut fill = |buf: &mut [u8], pos: usize| -> Result<usize, Errno> {
-        read_entry(entry, offset.saturating_add(pos as u64), buf).map_err(|e| {
-            warn!("reading a store entry: {e}");
-            Errno(libc::EIO)
-        })
-    };
-    sink.send_with(unique, len, &mut fill)?;
-    Ok(())
-}
-
-/// Reads `buf.len()` bytes of an entry at `offset` (fewer at its end).
-pub(crate) fn read_entry(e: &Entry, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0usize;
-    while done < buf.len() {
-        let Some(rest) = buf.get_mut(done..) else {
-            break;
-        };
-        let at = offset.saturating_add(done as u64);
-        match e.file().read_at(rest, at) {
-            Ok(0) => break,
-            Ok(n) => done = done.saturating_add(n),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(done)
-}
-
 /// Where a file stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -592,22 +526,23 @@ impl fmt::Debug for ImageContent {
 }
 
 impl ImageContent {
-    /// The sharing of an image whose record is `meta`: `None` when it has
-    /// no domain or its files no fingerprint xattr. `loader`: the image
-    /// opened for loads (O_DIRECT); `None` loads through `image` itself.
+    /// The sharing of an image of trust domain `domain` whose fingerprints
+    /// are in the xattr `fingerprint_xattr` (`None`: what it declares):
+    /// `None` when it has no domain or its files no fingerprint xattr.
+    /// `loader`: the image opened for loads (O_DIRECT); `None` loads
+    /// through `image` itself.
     pub fn for_image(
         name: &str,
         image: &Arc<Image>,
-        meta: &ImageMeta,
+        domain: Option<&str>,
+        fingerprint_xattr: Option<&str>,
         loader: Option<Arc<Image>>,
     ) -> share::Result<Option<Self>> {
-        let Some(domain) = meta.domain.as_deref() else {
+        let Some(domain) = domain else {
             return Ok(None);
         };
         let domain = Domain::new(domain)?;
-        let configured = meta
-            .fingerprint_xattr
-            .as_deref()
+        let configured = fingerprint_xattr
             .map(FingerprintXattr::from_name)
             .transpose()?;
         let Some(xattr) = FingerprintXattr::for_image(image, configured.as_ref()) else {

@@ -43,6 +43,7 @@ mod session;
 mod share;
 mod sink;
 mod splice;
+mod stored;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -31,7 +31,6 @@ use foldhash::fast::RandomState;
 use log::warn;
 
 use super::abi::{self, *};
-use super::content;
 use super::images::ShareImage;
 use super::nodes::{Handle, HandleTable, NodeTable, Target};
 use super::outbound::Outbound;
@@ -41,12 +40,9 @@ use super::reply::{send, send_bytes, send_err, send_ok, Fail, OpResult};
 use super::request::{parse_header, BatchForget, Op};
 use super::share::{CachePolicy, Share, LONG_TIMEOUT_SECS};
 use super::sink::{Errno, ReplySink};
-use super::splice::MAX_SPANS;
+use super::splice::{MAX_SPANS, SPLICE_MIN};
+use super::stored;
 use crate::erofs::{ondisk, Inode, InodeKind};
-
-/// Reads at least this long are spliced when they can be: shorter ones
-/// cost fewer system calls with pread + writev.
-pub(crate) const SPLICE_MIN: usize = 32 << 10;
 
 /// The FUSE session of one connection to a [`Share`].
 #[derive(Debug)]
@@ -647,7 +643,7 @@ impl Session {
         }
         let mut backing_id = 0;
         if !dir && open_flags & FOPEN_DIRECT_IO == 0 && self.pt.is_on() {
-            let entry = || content::entry_for(&self.share, &target);
+            let entry = || stored::entry_for(&self.share, &target);
             if let OpenMode::Backing(id) = self.pt.open(&*self.out, h.nodeid, fh, entry) {
                 // The kernel refuses any other flag with passthrough
                 // (FOPEN_PASSTHROUGH_MASK: no KEEP_CACHE, no CACHE_DIR).
@@ -723,8 +719,8 @@ impl Session {
         let left = inode.size.saturating_sub(r.offset);
         let len = u64::from(r.size).min(left);
         let len = usize::try_from(len).unwrap_or(0);
-        if let Some(entry) = content::entry_for(&self.share, &t) {
-            return content::reply_from_entry(&self.share, h.unique, &entry, r.offset, len, sink);
+        if let Some(entry) = stored::entry_for(&self.share, &t) {
+            return stored::reply_from_entry(&self.share, h.unique, &entry, r.offset, len, sink);
         }
         let img = t.img.image();
         // Counted before the reply goes out: once the reader has its data it

@@ -284,7 +284,9 @@ impl Share {
             return Ok(false);
         }
         let name = img.name().unwrap_or(img.meta().source.as_str()).to_owned();
-        match ImageContent::for_image(&name, img.image(), img.meta(), loader)? {
+        let meta = img.meta();
+        let (domain, xattr) = (meta.domain.as_deref(), meta.fingerprint_xattr.as_deref());
+        match ImageContent::for_image(&name, img.image(), domain, xattr, loader)? {
             Some(c) => {
                 img.set_content(Arc::new(c));
                 Ok(true)
