@@ -152,24 +152,6 @@ pub const STATX_ATTR_COMPRESSED: u64 = 0x4;
 /// `STATX_ATTR_IMMUTABLE`.
 pub const STATX_ATTR_IMMUTABLE: u64 = 0x10;
 
-/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
-pub const DEV_IOC_CLONE: u64 = (2 << 30) | (4 << 16) | (229 << 8);
-/// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)`.
-pub const DEV_IOC_BACKING_OPEN: u64 = (1 << 30) | (16 << 16) | (229 << 8) | 1;
-/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
-pub const DEV_IOC_BACKING_CLOSE: u64 = (1 << 30) | (4 << 16) | (229 << 8) | 2;
-
-/// `struct fuse_backing_map`: the argument of `FUSE_DEV_IOC_BACKING_OPEN`.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
-)]
-#[repr(C)]
-pub struct BackingMap {
-    pub fd: i32,
-    pub flags: u32,
-    pub padding: u64,
-}
-
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
@@ -647,7 +629,6 @@ mod tests {
             ("fuse_statx_out", size_of::<StatxOut>(), 288),
             ("fuse_open_in", size_of::<OpenIn>(), 8),
             ("fuse_open_out", size_of::<OpenOut>(), 16),
-            ("fuse_backing_map", size_of::<BackingMap>(), 16),
             ("fuse_release_in", size_of::<ReleaseIn>(), 24),
             ("fuse_flush_in", size_of::<FlushIn>(), 24),
             ("fuse_read_in", size_of::<ReadIn>(), 40),
@@ -689,7 +670,6 @@ mod tests {
         assert_eq!(offset_of!(StatxOut, stat), 32);
         assert_eq!(offset_of!(ReadIn, size), 16);
         assert_eq!(offset_of!(OpenOut, backing_id), 12);
-        assert_eq!(offset_of!(BackingMap, padding), 8);
         assert_eq!(offset_of!(InitOut, max_stack_depth), 36);
         assert_eq!(offset_of!(Direntplus, dirent), 128);
         assert_eq!(offset_of!(SetupmappingIn, moffset), 32);
@@ -697,7 +677,6 @@ mod tests {
 
     #[test]
     fn test_abi_flag_values_match_uapi() {
-        assert_eq!(DEV_IOC_CLONE, 0x8004_e500);
         assert_eq!(HAS_INODE_DAX >> 32, 2);
         assert_eq!(INIT_EXT, 0x4000_0000);
         assert_eq!(MAX_PAGES, 0x40_0000);

@@ -41,6 +41,9 @@ pub fn umount(target: &CStr, detach: bool) -> io::Result<()> {
     check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
 }
 
+/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)` (linux/fuse.h).
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = (2 << 30) | (4 << 16) | (229 << 8);
+
 /// Attaches the freshly opened /dev/fuse descriptor `new` to the
 /// connection of `existing` (`FUSE_DEV_IOC_CLONE`), so that it gets
 /// requests of that connection on its own queue.
@@ -53,11 +56,25 @@ pub fn clone_fuse_fd(new: &impl AsFd, existing: RawFd) -> io::Result<()> {
     check(unsafe {
         libc::ioctl(
             new.as_fd().as_raw_fd(),
-            crate::fuse::abi::DEV_IOC_CLONE as libc::c_ulong,
+            FUSE_DEV_IOC_CLONE,
             std::ptr::from_ref(&src),
         )
     })
     .map(drop)
+}
+
+/// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)`
+/// (linux/fuse.h).
+pub const FUSE_DEV_IOC_BACKING_OPEN: u64 = (1 << 30) | (16 << 16) | (229 << 8) | 1;
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)` (linux/fuse.h).
+pub const FUSE_DEV_IOC_BACKING_CLOSE: u64 = (1 << 30) | (4 << 16) | (229 << 8) | 2;
+
+/// `struct fuse_backing_map` (linux/fuse.h).
+#[repr(C)]
+struct BackingMap {
+    fd: i32,
+    flags: u32,
+    padding: u64,
 }
 
 /// Registers `file` as a FUSE passthrough backing file of the connection
@@ -65,19 +82,19 @@ pub fn clone_fuse_fd(new: &impl AsFd, existing: RawFd) -> io::Result<()> {
 /// kernel wants CAP_SYS_ADMIN (in the initial user namespace) and a
 /// connection that agreed on passthrough at INIT.
 pub fn fuse_backing_open(dev: &impl AsFd, file: &impl AsFd) -> io::Result<u32> {
-    let map = crate::fuse::abi::BackingMap {
+    let map = BackingMap {
         fd: file.as_fd().as_raw_fd(),
         flags: 0,
         padding: 0,
     };
     // SAFETY: the ioctl reads one `struct fuse_backing_map` (16 bytes,
-    // `BackingMap` has its layout, checked by the ABI tests) from the
+    // `BackingMap` has its layout, checked by the tests below) from the
     // pointer, which points at a local that lives for the whole call; on a
     // descriptor that is not /dev/fuse it fails without touching memory.
     let id = check(unsafe {
         libc::ioctl(
             dev.as_fd().as_raw_fd(),
-            crate::fuse::abi::DEV_IOC_BACKING_OPEN as libc::c_ulong,
+            FUSE_DEV_IOC_BACKING_OPEN as libc::c_ulong,
             std::ptr::from_ref(&map),
         )
     })?;
@@ -93,7 +110,7 @@ pub fn fuse_backing_close(dev: &impl AsFd, id: u32) -> io::Result<()> {
     check(unsafe {
         libc::ioctl(
             dev.as_fd().as_raw_fd(),
-            crate::fuse::abi::DEV_IOC_BACKING_CLOSE as libc::c_ulong,
+            FUSE_DEV_IOC_BACKING_CLOSE as libc::c_ulong,
             std::ptr::from_ref(&id),
         )
     })
@@ -103,6 +120,14 @@ pub fn fuse_backing_close(dev: &impl AsFd, id: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_backing_ioctl_numbers_and_map_layout_match_uapi() {
+        assert_eq!(FUSE_DEV_IOC_BACKING_OPEN, 0x4010_e501);
+        assert_eq!(FUSE_DEV_IOC_BACKING_CLOSE, 0x4004_e502);
+        assert_eq!(std::mem::size_of::<BackingMap>(), 16);
+        assert_eq!(std::mem::offset_of!(BackingMap, padding), 8);
+    }
 
     #[test]
     fn test_backing_ioctls_on_a_plain_file_fail_cleanly() {
@@ -121,5 +146,10 @@ mod tests {
             matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn test_fuse_dev_ioc_clone_number() {
+        assert_eq!(FUSE_DEV_IOC_CLONE, 0x8004_e500);
     }
 }

@@ -290,8 +290,8 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
             arg_in(
                 1,
                 &[
-                    crate::fuse::abi::DEV_IOC_BACKING_OPEN,
-                    crate::fuse::abi::DEV_IOC_BACKING_CLOSE,
+                    crate::os::mount::FUSE_DEV_IOC_BACKING_OPEN,
+                    crate::os::mount::FUSE_DEV_IOC_BACKING_CLOSE,
                 ],
             )?,
         );
