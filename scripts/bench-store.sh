@@ -12,7 +12,9 @@
 #     RSS) without a domain (unshared) vs with one domain and the store on
 #     /dev/shm, beside the ideal (unique content once).
 #
-# Knobs: RUNS (5), BIG_MIB (384), PAIR_FILES (400 per tree), SHARED_PCT
+# Knobs: RUNS (5), BIG_MIB (384), STORE (the store directory, default
+# under /dev/shm; e.g. a directory on a tmpfs mounted huge=within_size),
+# PAIR (1: also the memory rows), PAIR_FILES (400 per tree), SHARED_PCT
 # (40), OURS (target/release/erofs-virtiofsd), MKFS (target/sid/bin/
 # mkfs.erofs, 1.9: `scripts/sid-tools.sh erofs`), BENCH_DIR
 # (target/bench-store).
@@ -30,7 +32,8 @@ PY=/usr/bin/python3
 "$MKFS" --version | grep -q ' 1\.9' || { echo "need mkfs.erofs 1.9 at $MKFS" >&2; exit 1; }
 mkdir -p "$BENCH_DIR"
 B=$(cd "$BENCH_DIR" && pwd)
-STORE=/dev/shm/bench-store.$$
+STORE=${STORE:-/dev/shm/bench-store.$$}
+PAIR=${PAIR:-1}
 trap 'for m in "$B"/mnt-*; do umount "$m" 2>/dev/null || true; done; rm -rf "$STORE"' EXIT
 
 kernel_mount() {
@@ -71,7 +74,7 @@ import random, sys
 r = random.Random(384)
 with open(sys.argv[1], "wb") as f:
     for i in range(int(sys.argv[2])):
-        f.write(r.randbytes(1 << 19) + (b"text %d " % i) * (1 << 19 // 8)[: 1 << 19])
+        f.write(r.randbytes(1 << 19) + ((b"text %d " % i) * (1 << 16))[: 1 << 19])
 PY
   truncate -s $((BIG_MIB << 20)) "$big/file"
 fi
@@ -107,6 +110,7 @@ echo "|---|---|---|---|"
 echo "| $k | $p | $s | $(echo "scale=2; $k / $s" | bc) |"
 
 # ---- 2. memory of a pair ----
+[ "$PAIR" = 1 ] || exit 0
 ta=$B/pair-a tb=$B/pair-b
 if [ ! -d "$ta" ]; then
   "$PY" - "$ta" "$tb" "$PAIR_FILES" "$SHARED_PCT" <<'PY'
@@ -157,7 +161,14 @@ pair_row() {
   wait_mounted "$B/mnt-a"; wait_mounted "$B/mnt-b"
   readall "$B/mnt-a"; readall "$B/mnt-b"
   if [ "$mode" = store ]; then
-    wait_loads "$(find "$ta" "$tb" -type f -size +0 -exec sha256sum {} + | awk '{print $1}' | sort -u | wc -l)"
+    # Loads start at reads: a file whose content the other mount was
+    # loading at that moment is checked at its next read.
+    local want tries=0
+    want=$(find "$ta" "$tb" -type f -size +0 -exec sha256sum {} + | awk '{print $1}' | sort -u | wc -l)
+    until [ "$(loads)" -ge "$want" ] || [ $tries -ge 50 ]; do
+      sleep 0.2; readall "$B/mnt-a"; readall "$B/mnt-b"; tries=$((tries + 1))
+    done
+    [ "$(loads)" -ge "$want" ] || { echo "loads stuck at $(loads) < $want" >&2; exit 1; }
   fi
   # Steady state: what page cache can be dropped is, then everything is
   # read again (twice: the second time from verified entries).

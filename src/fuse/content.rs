@@ -70,8 +70,9 @@ pub const MAX_FILES_PER_IMAGE: usize = 1 << 16;
 /// entry from being evicted).
 pub const MAX_OPEN_ENTRIES: usize = 1024;
 
-/// Loads and checks waiting for a loader thread.
-const QUEUE: usize = 256;
+/// Loads and checks waiting for a loader thread (a file whose job does not
+/// fit is queued again at a later read).
+const QUEUE: usize = 4096;
 
 /// Loader threads.
 const LOADERS: usize = 2;
