@@ -147,15 +147,45 @@ for root in sys.argv[1:]:
 print(total, unique)
 PY
 )
-meminfo() { awk '/^Cached:/ {c=$2} /^Shmem:/ {s=$2} END {print c, s}' /proc/meminfo; }
-rss() { local t=0 p; for p in $(pgrep -f "$OURS mount" || true); do t=$((t + $(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0))); done; echo $t; }
+# Resident bytes, counted per file with cachestat(2) (Linux 6.5+), so other
+# activity on the machine does not count: the page cache of the two image
+# files, of every file of the two mounts (the FUSE inodes' own cache; a
+# passthrough file has none, its reads use the entry's), and the store's
+# entries (shmem).
+resident() {
+  "$PY" - "$@" <<'PY'
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Range(ctypes.Structure): _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+class Stat(ctypes.Structure): _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+def pages(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = Stat()
+        if libc.syscall(451, fd, ctypes.byref(Range(0, 0)), ctypes.byref(st), 0) != 0:
+            sys.exit("cachestat %s: %s" % (path, os.strerror(ctypes.get_errno())))
+        return st.cache
+    finally:
+        os.close(fd)
+def files(root):
+    if os.path.isfile(root):
+        yield root; return
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            yield os.path.join(d, f)
+out = []
+for root in sys.argv[1:]:
+    out.append(sum(pages(f) for f in files(root)) * 4096 >> 20 if os.path.exists(root) else 0)
+print(*out)
+PY
+}
+rss() { local t=0 p; for p in $(pgrep -f "$OURS mount" || true); do t=$((t + $(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0))); done; echo $((t >> 10)); }
 readall() { find "$1" -type f -exec cat {} + >/dev/null; }
 pair_row() {
-  local mode=$1 args=() c0 c1 s1 r1
+  local mode=$1 args=() img fuse store r1
   [ "$mode" = store ] && args=(--domain pair --store "$STORE")
   rm -rf "$STORE"
   sync; echo 3 >/proc/sys/vm/drop_caches
-  read -r c0 _ < <(meminfo)
   "$OURS" mount --foreground "${args[@]}" "$ia" "$B/mnt-a" 2>"$B/pair-$mode-a.log" &
   "$OURS" mount --foreground "${args[@]}" "$ib" "$B/mnt-b" 2>"$B/pair-$mode-b.log" &
   wait_mounted "$B/mnt-a"; wait_mounted "$B/mnt-b"
@@ -175,20 +205,20 @@ pair_row() {
   echo 3 >/proc/sys/vm/drop_caches
   readall "$B/mnt-a"; readall "$B/mnt-b"
   readall "$B/mnt-a"; readall "$B/mnt-b"
-  read -r c1 s1 < <(meminfo)
+  read -r img fuse store < <(resident "$ia" "$ib" "$B/mnt-a" "$B/mnt-b" "$STORE" | awk '{print $1 + $2, $3 + $4, $5}')
   r1=$(rss)
   umount "$B/mnt-a"; umount "$B/mnt-b"; wait
-  echo "$(( (c1 - c0) / 1024 )) $(( s1 / 1024 )) $(( r1 / 1024 ))"
+  echo "$img $fuse $store $r1"
 }
 mkdir -p "$B/mnt-a" "$B/mnt-b"
-read -r u_c u_s u_r < <(pair_row plain)
-read -r s_c s_s s_r < <(pair_row store)
+read -r u_i u_f u_s u_r < <(pair_row plain)
+read -r s_i s_f s_s s_r < <(pair_row store)
 read -r total unique <<<"$ideal"
 echo
-echo "## two mounts of a pair ($PAIR_FILES files per tree, $SHARED_PCT% shared; a plain, b lz4hc), MiB"
-echo "| | page cache growth (incl. shmem) | shmem | daemons' RSS | total |"
-echo "|---|---|---|---|---|"
-echo "| unshared | $u_c | $u_s | $u_r | $((u_c + u_r)) |"
-echo "| store on /dev/shm | $s_c | $s_s | $s_r | $((s_c + s_r)) |"
-echo "| content of both trees / unique content | $((total >> 20)) | | | $((unique >> 20)) |"
-"$PY" -c "u=$u_c+$u_r; s=$s_c+$s_r; t=$total; q=$unique; print('saving: %.1f%% (ideal by whole-file identity: %.1f%%)' % (100*(u-s)/u, 100*(t-q)/t))"
+echo "## two mounts of a pair ($PAIR_FILES files per tree, $SHARED_PCT% shared; a plain, b lz4hc), MiB resident (cachestat per file)"
+echo "| | images' page cache | mounts' FUSE page cache | store entries (shmem) | daemons' RSS | total |"
+echo "|---|---|---|---|---|---|"
+echo "| unshared | $u_i | $u_f | $u_s | $u_r | $((u_i + u_f + u_s + u_r)) |"
+echo "| store on /dev/shm | $s_i | $s_f | $s_s | $s_r | $((s_i + s_f + s_s + s_r)) |"
+echo "| content of both trees / unique content | | | | | $((total >> 20)) / $((unique >> 20)) |"
+"$PY" -c "u=$u_i+$u_f+$u_s+$u_r; s=$s_i+$s_f+$s_s+$s_r; t=$total; q=$unique; print('saving: %.1f%% (ideal by whole-file identity: %.1f%%)' % (100*(u-s)/u, 100*(t-q)/t))"
