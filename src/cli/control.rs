@@ -225,7 +225,8 @@ impl Control for ShareControl {
         let image = image_spec
             .open(self.decode_cache)
             .map_err(|e| ControlError::Unprocessable(format!("{e:#}")))?;
-        self.share
+        let added = self
+            .share
             .add_image(name.as_str(), Arc::new(image), image_spec.meta())
             .map_err(|e| match e {
                 ShareError::Exists(_) => {
@@ -238,6 +239,14 @@ impl Control for ShareControl {
                     ControlError::Unprocessable(format!("{}: {e}", spec.source.display()))
                 }
             })?;
+        if image_spec.domain.is_some() {
+            // Without fingerprints (or a store) it is served unshared.
+            match self.share.share_content(&added, image_spec.open_loader()) {
+                Ok(true) => log::info!("{}: content shared through the store", name.mountpoint()),
+                Ok(false) => {}
+                Err(e) => log::warn!("{}: served unshared: {e}", name.mountpoint()),
+            }
+        }
         self.configs()
             .insert(Some(name.as_str().to_owned()), (spec.source, spec.config));
         Ok(())

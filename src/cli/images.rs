@@ -7,6 +7,9 @@
 //!
 //! ```toml
 //! domain = "tenant-a"          # default trust domain (optional)
+//! store = "/dev/shm/store"     # content store (optional; --store wins)
+//! store_size = 4294967296      # its size limit in bytes (optional)
+//! fingerprint_xattr = "erofs.fingerprint.v1"  # default for the images
 //!
 //! [[image]]
 //! name = "base"                # the directory /base of the share
@@ -31,11 +34,17 @@ use serde::Deserialize;
 
 use super::source::{default_decode_cache, image_options};
 use crate::erofs::Image;
+use crate::fuse::content::SharedContent;
 use crate::fuse::{check_name, ImageMeta, Share, ShareOptions};
+use crate::share::{Store, StoreOptions};
 use crate::source;
 
 /// Largest config file read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Decoded-data cache of an image opened for the content store's loads
+/// (they read whole files in order).
+const LOADER_DECODE_CACHE: u64 = 8 << 20;
 
 /// Smallest decoded-data cache an image gets when several share the
 /// budget.
@@ -78,6 +87,22 @@ pub struct ShareArgs {
     /// cache; requests are aligned to the device's logical block size).
     #[arg(long)]
     pub direct_io: bool,
+    /// Content store shared by every daemon and mount naming it: files of
+    /// images with a trust domain are loaded into it once per content
+    /// (verified) and read from there [default:
+    /// /dev/shm/erofs-virtiofsd.UID]. Not touched when no image has a
+    /// domain.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Most bytes the content store may hold (suffixes K, M, G, T; default
+    /// a quarter of RAM); unused entries are evicted to stay below.
+    #[arg(long, value_name = "BYTES", value_parser = super::store::parse_size)]
+    pub store_size: Option<u64>,
+    /// The xattr holding each file's content fingerprint [default: what
+    /// each image declares (mkfs.erofs --xattr-inode-digest)]; the config
+    /// may set one per image.
+    #[arg(long, value_name = "NAME")]
+    pub fingerprint_xattr: Option<String>,
 }
 
 /// A `--config` file.
@@ -87,6 +112,15 @@ pub struct ConfigFile {
     /// Default trust domain of its images.
     #[serde(default)]
     pub domain: Option<String>,
+    /// The content store directory (`--store` wins).
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// The content store's size limit in bytes (`--store-size` wins).
+    #[serde(default)]
+    pub store_size: Option<u64>,
+    /// Default fingerprint xattr of its images.
+    #[serde(default)]
+    pub fingerprint_xattr: Option<String>,
     /// The images (`[[image]]` tables).
     #[serde(default, rename = "image")]
     pub images: Vec<ConfigImage>,
@@ -238,7 +272,7 @@ impl ShareArgs {
                         offset: 0,
                         direct_io: self.direct_io,
                         domain: self.domain.clone(),
-                        fingerprint_xattr: None,
+                        fingerprint_xattr: self.fingerprint_xattr.clone(),
                     });
                 }
             }
@@ -277,7 +311,7 @@ impl ShareArgs {
                 offset: self.offset,
                 direct_io: self.direct_io,
                 domain: self.domain.clone(),
-                fingerprint_xattr: None,
+                fingerprint_xattr: self.fingerprint_xattr.clone(),
             })));
         }
         if named.is_empty() {
@@ -334,14 +368,101 @@ impl ShareArgs {
                         .clone()
                         .or_else(|| cfg.domain.clone())
                         .or_else(|| self.domain.clone()),
-                    fingerprint_xattr: c.fingerprint_xattr.clone(),
+                    fingerprint_xattr: c
+                        .fingerprint_xattr
+                        .clone()
+                        .or_else(|| cfg.fingerprint_xattr.clone())
+                        .or_else(|| self.fingerprint_xattr.clone()),
                 })
             })
             .collect()
     }
 }
 
+/// Where the content store is and how large it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSpec {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its size limit.
+    pub size_limit: u64,
+}
+
+impl ShareArgs {
+    /// The content store the share uses: `None` when no image of `plan`
+    /// has a trust domain and no API can add one (then no store is opened
+    /// or touched). The flags win over the config file's `store` and
+    /// `store_size`.
+    pub fn store_spec(&self, plan: Option<&Plan>, api: bool) -> anyhow::Result<Option<StoreSpec>> {
+        let domains = plan.is_some_and(|p| p.specs().iter().any(|s| s.domain.is_some()));
+        // Images added through the API may name a domain: their store is
+        // ready for them.
+        if !domains && !api {
+            return Ok(None);
+        }
+        let cfg = match &self.config {
+            Some(p) => ConfigFile::load(p).with_context(|| format!("--config {}", p.display()))?,
+            None => ConfigFile::default(),
+        };
+        if let Some(x) = &self.fingerprint_xattr {
+            crate::share::FingerprintXattr::from_name(x).context("--fingerprint-xattr")?;
+        }
+        Ok(Some(StoreSpec {
+            dir: self
+                .store
+                .clone()
+                .or(cfg.store)
+                .unwrap_or_else(crate::share::store::default_dir),
+            size_limit: self
+                .store_size
+                .or(cfg.store_size)
+                .unwrap_or_else(crate::share::store::default_size_limit),
+        }))
+    }
+}
+
+impl StoreSpec {
+    /// Opens (creating) the store.
+    pub fn open(&self) -> anyhow::Result<Arc<SharedContent>> {
+        let store = Store::open(
+            &self.dir,
+            StoreOptions {
+                size_limit: self.size_limit,
+            },
+        )
+        .with_context(|| format!("--store {}", self.dir.display()))?;
+        Ok(Arc::new(SharedContent::new(store)))
+    }
+}
+
 impl ImageSpec {
+    /// The image opened again for the content store's loads: with O_DIRECT
+    /// when it is a plain file or block device not already read so, so
+    /// content loaded into the store is not cached a second time. `None`:
+    /// load through the serving image (an inherited descriptor, or
+    /// O_DIRECT refused by the file system).
+    pub fn open_loader(&self) -> Option<Arc<Image>> {
+        if self.direct_io || source::parse_fd_spec(&self.path).is_some() {
+            return None;
+        }
+        let opened = source::open_path_with(&self.path, self.offset, true)
+            .map_err(anyhow::Error::from)
+            .and_then(|src| {
+                let options = image_options(&self.devices, true, Some(LOADER_DECODE_CACHE))?;
+                Ok(Image::open(src, options)?)
+            });
+        match opened {
+            Ok(img) => Some(Arc::new(img)),
+            Err(e) => {
+                log::info!(
+                    "{}: loading into the content store through the page cache (no O_DIRECT: {e:#})",
+                    self.path.display()
+                );
+                None
+            }
+        }
+    }
+
     /// Opens the image (and its devices) with a decoded-data cache of
     /// `decode_cache` bytes.
     pub fn open(&self, decode_cache: u64) -> anyhow::Result<Image> {
@@ -362,6 +483,45 @@ impl ImageSpec {
 }
 
 impl Plan {
+    /// Every image of the plan.
+    pub fn specs(&self) -> &[ImageSpec] {
+        match self {
+            Plan::Root(spec) => std::slice::from_ref(spec),
+            Plan::Named(specs) => specs,
+        }
+    }
+
+    /// Makes the images of `share` (opened from this plan) that have a
+    /// trust domain share content through `content`.
+    pub fn share_content(&self, share: &Share, content: Arc<SharedContent>) -> anyhow::Result<()> {
+        share.set_content(content);
+        for spec in self.specs() {
+            if spec.domain.is_none() {
+                continue;
+            }
+            let img = match &spec.name {
+                Some(name) => share.image(name),
+                None => share.root_image().cloned(),
+            };
+            let Some(img) = img else {
+                continue;
+            };
+            let what = spec.name.as_deref().unwrap_or("the image");
+            let on = share
+                .share_content(&img, spec.open_loader())
+                .with_context(|| format!("{what} ({})", spec.path.display()))?;
+            log::info!(
+                "{what}: {}",
+                if on {
+                    "content shared through the store"
+                } else {
+                    "no fingerprints: served unshared"
+                }
+            );
+        }
+        Ok(())
+    }
+
     /// Opens every image and makes the share. The decoded-data cache
     /// (`decode_cache`, or the default) is split evenly among the images.
     pub fn open_share(

@@ -81,6 +81,13 @@ pub struct MountArgs {
     /// /dev/null once detached: use --foreground to see them).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+    /// FUSE passthrough of files whose content is in the store (Linux 6.9+):
+    /// the kernel reads the store's entry itself, at page-cache speed.
+    /// `auto` uses it when the kernel agrees; the sandboxed process then
+    /// keeps CAP_SYS_ADMIN, which the kernel wants for registering backing
+    /// files (docs/sandbox.md). Only with a store (images with --domain).
+    #[arg(long, value_enum, default_value_t = PassthroughArg::Auto)]
+    passthrough: PassthroughArg,
     #[command(flatten)]
     sandbox: SandboxArgs,
     #[command(flatten)]
@@ -89,6 +96,16 @@ pub struct MountArgs {
     /// socket; the mount may then start with no image at all.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+}
+
+/// `--passthrough` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PassthroughArg {
+    /// When the kernel offers it.
+    Auto,
+    /// Never: every read of stored content is a READ answered from the
+    /// entry.
+    Off,
 }
 
 /// `--io-uring` values.
@@ -133,11 +150,23 @@ impl MountArgs {
             max_read: MOUNT_MAX_READ,
             ..ShareOptions::default()
         };
+        let store = self
+            .share
+            .store_spec(plan.as_ref(), self.api_socket.is_some())?;
         let share = Arc::new(match &plan {
             Some(plan) => plan.open_share(opts, self.share.decode_cache)?,
             // Images come later, through the API.
             None => Share::named(opts),
         });
+        let passthrough = store.is_some() && self.passthrough == PassthroughArg::Auto;
+        if let Some(spec) = &store {
+            let content = spec.open()?;
+            content.set_passthrough(passthrough);
+            match &plan {
+                Some(plan) => plan.share_content(&share, content)?,
+                None => share.set_content(content),
+            }
+        }
         let queues = self.uring_queues()?;
         let mountpoint = devfuse::preflight(&mountpoint)?;
         // Signals are handled by one thread (below); block them first so a
@@ -171,16 +200,18 @@ impl MountArgs {
         mount.open_clones(self.threads);
         let api = control::bind(self.api_socket.as_deref())?;
         // Decided before the sandbox (it reads paths and the euid).
-        let sandbox = self.sandbox.options();
+        let mut sandbox = self.sandbox.options();
         let allowed = Allowed::of(sandbox.mode, &sandbox.read_only);
         // Everything is open: from here on the daemon runs in its sandbox.
         // Unmounting needs the host's view and CAP_SYS_ADMIN: the
         // supervisor outside the sandbox does it.
         let stop_at = mountpoint.clone();
+        sandbox.writable.extend(store.map(|s| s.dir));
         sandbox.enter(
             Profile {
                 dev_fuse: true,
                 io_uring: !queues.is_empty(),
+                passthrough,
                 ..Profile::default()
             },
             Supervision::run_on_stop(move || unmount_on_signal(&stop_at))

@@ -168,6 +168,9 @@ impl ServeArgs {
             },
             once: self.once,
         };
+        let mut store = self
+            .share
+            .store_spec(plan.as_ref(), self.api_socket.is_some())?;
         let guest = match &plan {
             Some(plan) => guest_range(plan)?,
             None => None,
@@ -181,6 +184,9 @@ impl ServeArgs {
         let share_for: Box<vhost::ShareFor<'_>> = if let Some(range) = guest {
             let guest = self.guest_image(range)?;
             init_logging(self.log_level, &self.log)?;
+            if store.take().is_some() {
+                log::warn!("a guest image shares no content: --domain ignored");
+            }
             log::info!(
                 "serving the image at guest-physical {:#x} ({} bytes), opened at FUSE INIT",
                 guest.gpa,
@@ -194,6 +200,13 @@ impl ServeArgs {
                 // Images come later, through the API.
                 None => Share::named(server_opts),
             });
+            if let Some(spec) = &store {
+                let content = spec.open()?;
+                match &plan {
+                    Some(plan) => plan.share_content(&share, content)?,
+                    None => share.set_content(content),
+                }
+            }
             shared = Some(Arc::clone(&share));
             if share.is_named() && share.images().is_empty() {
                 log::info!("serving no image yet: the API adds them");
@@ -227,8 +240,9 @@ impl ServeArgs {
         let api = control::bind(self.api_socket.as_deref())?;
         // Everything is open: from here on the daemon runs in its sandbox.
         // Decided before the sandbox (it reads paths and the euid).
-        let sandbox = self.sandbox.options();
+        let mut sandbox = self.sandbox.options();
         let allowed = Allowed::of(sandbox.mode, &sandbox.read_only);
+        sandbox.writable.extend(store.map(|s| s.dir));
         sandbox.enter(
             Profile {
                 vhost: true,

@@ -669,6 +669,8 @@ mod tests {
         assert_eq!(offset_of!(Statx, rdev_major), 128);
         assert_eq!(offset_of!(StatxOut, stat), 32);
         assert_eq!(offset_of!(ReadIn, size), 16);
+        assert_eq!(offset_of!(OpenOut, backing_id), 12);
+        assert_eq!(offset_of!(InitOut, max_stack_depth), 36);
         assert_eq!(offset_of!(Direntplus, dirent), 128);
         assert_eq!(offset_of!(SetupmappingIn, moffset), 32);
     }

@@ -5,7 +5,7 @@
 //! way: the kernel takes them only on /dev/fuse.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
 
 use zerocopy::IntoBytes;
@@ -120,6 +120,18 @@ impl Outbound for DevOutbound {
             .saturating_add(std::mem::size_of::<NotifyStoreOut>())
             .saturating_add(len);
         pipe.send(self.fd.as_raw_fd(), msg).map(|()| true)
+    }
+
+    fn can_passthrough(&self) -> bool {
+        true
+    }
+
+    fn backing_open(&self, file: BorrowedFd<'_>) -> io::Result<u32> {
+        crate::os::mount::fuse_backing_open(&self.fd, &file)
+    }
+
+    fn backing_close(&self, id: u32) -> io::Result<()> {
+        crate::os::mount::fuse_backing_close(&self.fd, id)
     }
 
     fn inval_entry(&self, parent: u64, name: &[u8]) -> io::Result<()> {

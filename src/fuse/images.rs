@@ -28,7 +28,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use super::content::ImageContent;
 
 use crate::erofs::{ondisk, Image, Inode};
 use crate::metrics::ImageMetrics;
@@ -78,6 +80,9 @@ pub struct ShareImage {
     /// Its request counters (named images registered in the share's
     /// metrics).
     metrics: Option<Arc<ImageMetrics>>,
+    /// Its part in content sharing (images with a domain, in a share with
+    /// a content store).
+    content: OnceLock<Arc<ImageContent>>,
 }
 
 /// The root directory of `image`; fails if it is not a usable directory.
@@ -122,6 +127,7 @@ impl ShareImage {
             slot: place.slot,
             removed: AtomicBool::new(false),
             metrics: None,
+            content: OnceLock::new(),
         }
     }
 
@@ -134,6 +140,16 @@ impl ShareImage {
     /// Its request counters, if it has its own.
     pub fn metrics(&self) -> Option<&Arc<ImageMetrics>> {
         self.metrics.as_ref()
+    }
+
+    /// Its part in content sharing, if it shares.
+    pub(crate) fn content(&self) -> Option<&Arc<ImageContent>> {
+        self.content.get()
+    }
+
+    /// Makes it share content (once; later calls change nothing).
+    pub(crate) fn set_content(&self, c: Arc<ImageContent>) {
+        let _ = self.content.set(c);
     }
 
     /// The image's name in the share (`None`: the image is the share's

@@ -25,6 +25,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod abi;
+pub mod content;
 pub mod dax;
 #[cfg(test)]
 mod dax_tests;
@@ -36,6 +37,7 @@ pub mod fuzzing;
 mod images;
 mod nodes;
 pub mod outbound;
+mod passthrough;
 pub mod push;
 mod reply;
 pub mod request;
@@ -44,6 +46,7 @@ mod session;
 mod share;
 mod sink;
 mod splice;
+mod stored;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! | page-cache stores | `FUSE_NOTIFY_STORE` | no (virtio-fs has no notifications) |
 //! | entry invalidation | `FUSE_NOTIFY_INVAL_ENTRY` | no |
 //! | DAX window mappings | no | `SHMEM_MAP`/`SHMEM_UNMAP` (later) |
+//! | passthrough backing files | `FUSE_DEV_IOC_BACKING_OPEN`/`_CLOSE` | no |
 //!
 //! The dispatcher decides *what* to send (which pages to push after a
 //! read, which names went away: [`super::push`], [`super::Share`]); the
@@ -78,6 +79,23 @@ pub trait Outbound: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether [`backing_open`](Self::backing_open) may work: only then
+    /// does INIT offer FUSE passthrough.
+    fn can_passthrough(&self) -> bool {
+        false
+    }
+
+    /// Registers `file` as a passthrough backing file; returns the backing
+    /// id an OPEN reply names (`FOPEN_PASSTHROUGH`).
+    fn backing_open(&self, _file: BorrowedFd<'_>) -> io::Result<u32> {
+        Err(unsupported())
+    }
+
+    /// Drops a backing id (files opened with it keep their backing file).
+    fn backing_close(&self, _id: u32) -> io::Result<()> {
+        Err(unsupported())
+    }
+
     /// Maps a file range into the client's DAX window.
     fn dax_map(&self, _mapping: &DaxMapping<'_>) -> io::Result<()> {
         Err(unsupported())
@@ -105,6 +123,11 @@ mod tests {
         let out = RepliesOnly;
         assert!(!out.can_store());
         assert_eq!(out.dax_window(), None);
+        assert!(!out.can_passthrough());
+        assert_eq!(
+            out.backing_close(1).unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
         for r in [
             out.store(2, 0, b"x"),
             out.inval_entry(1, b"name"),

@@ -36,18 +36,16 @@ use super::dax::{Dax, DaxCounts};
 use super::images::ShareImage;
 use super::nodes::{Handle, HandleTable, NodeTable, Target};
 use super::outbound::Outbound;
+use super::passthrough::{OpenMode, Passthrough};
 use super::push::{Pusher, SMALL_READ};
 use super::reply::{send, send_bytes, send_err, send_ok, Fail, OpResult};
 use super::request::{parse_header, BatchForget, Op, Removemapping};
 use super::share::{CachePolicy, Share, LONG_TIMEOUT_SECS};
 use super::sink::{Errno, ReplySink};
-use super::splice::MAX_SPANS;
+use super::splice::{MAX_SPANS, SPLICE_MIN};
+use super::stored;
 use crate::erofs::{ondisk, Inode, InodeKind};
 use crate::metrics::ImageMetrics;
-
-/// Reads at least this long are spliced when they can be: shorter ones
-/// cost fewer system calls with pread + writev.
-const SPLICE_MIN: usize = 32 << 10;
 
 /// What one request counts in the metrics.
 #[derive(Default)]
@@ -91,6 +89,8 @@ pub struct Session {
     /// DAX mappings, when the transport has a window and the share maps
     /// (see [`super::dax`]).
     dax: Option<Dax>,
+    /// Backing files of passthrough opens.
+    pt: Passthrough,
 }
 
 impl Session {
@@ -128,6 +128,7 @@ impl Session {
             pusher,
             root_target: OnceLock::new(),
             dir_streams: Mutex::new(HashMap::default()),
+            pt: Passthrough::default(),
         }
     }
 
@@ -511,7 +512,14 @@ impl Session {
             // old mappings with the device, or DESTROY unmapped them.
             d.reset(self.out.as_ref(), false);
         }
+        let passthrough = self.share.content().is_some_and(|c| c.passthrough_wanted())
+            && self.out.can_passthrough();
+        if passthrough {
+            // Passthrough is set up at OPEN: no zero-message opens.
+            want = (want | PASSTHROUGH) & !NO_OPEN_SUPPORT;
+        }
         let flags = want & kernel;
+        self.pt.set_on(flags & PASSTHROUGH != 0);
         self.over_io_uring
             .store(flags & OVER_IO_URING != 0, Ordering::Release);
         self.no_open
@@ -537,6 +545,9 @@ impl Session {
                 0
             },
             flags2: (flags >> 32) as u32,
+            // Backing files (store entries) are on a file system that
+            // stacks on nothing.
+            max_stack_depth: u32::from(flags & PASSTHROUGH != 0),
             ..Default::default()
         };
         // Initialized before the reply goes out: the kernel sends the
@@ -556,6 +567,7 @@ impl Session {
         }
         self.nodes.clear();
         self.handles.clear();
+        self.pt.clear();
         self.minor.store(0, Ordering::Release);
         send_ok(sink, h.unique)
     }
@@ -707,7 +719,7 @@ impl Session {
         let fh = self
             .handles
             .insert(Handle {
-                target: Some(target),
+                target: Some(target.clone()),
                 dir,
             })
             .ok_or(Fail::Errno(libc::ENFILE))?;
@@ -722,12 +734,26 @@ impl Session {
             // mount's policy (each read reaches us, nothing is cached).
             open_flags = (open_flags & !FOPEN_KEEP_CACHE) | FOPEN_DIRECT_IO;
         }
+        let mut backing_id = 0;
+        if !dir && open_flags & FOPEN_DIRECT_IO == 0 && self.pt.is_on() {
+            let entry = || stored::entry_for(&self.share, &target);
+            if let OpenMode::Backing(id) = self.pt.open(&*self.out, h.nodeid, fh, entry) {
+                // The kernel refuses any other flag with passthrough
+                // (FOPEN_PASSTHROUGH_MASK: no KEEP_CACHE, no CACHE_DIR).
+                open_flags = (open_flags & FOPEN_NOFLUSH) | FOPEN_PASSTHROUGH;
+                backing_id = i32::try_from(id).unwrap_or(0);
+                if let Some(c) = self.share.content() {
+                    c.count_passthrough_open();
+                }
+            }
+        }
         let out = OpenOut {
             fh,
             open_flags,
-            backing_id: 0,
+            backing_id,
         };
         if let Err(e) = send(sink, h.unique, &out) {
+            self.pt.release(&*self.out, fh);
             self.handles.remove(fh);
             return Err(e);
         }
@@ -735,6 +761,7 @@ impl Session {
     }
 
     fn release(&self, h: &InHeader, fh: u64, sink: &mut dyn ReplySink) -> OpResult {
+        self.pt.release(&*self.out, fh);
         self.handles.remove(fh);
         send_ok(sink, h.unique)
     }
@@ -797,6 +824,9 @@ impl Session {
         let left = inode.size.saturating_sub(r.offset);
         let len = u64::from(r.size).min(left);
         let len = usize::try_from(len).unwrap_or(0);
+        if let Some(entry) = stored::entry_for(&self.share, &t) {
+            return stored::reply_from_entry(&self.share, h.unique, &entry, r.offset, len, sink);
+        }
         let img = t.img.image();
         // Counted before the reply goes out: once the reader has its data it
         // may send the next READ, which another worker may take before this

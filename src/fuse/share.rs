@@ -17,6 +17,7 @@ use std::time::SystemTime;
 use log::{debug, info, warn};
 
 use super::abi;
+use super::content::{ImageContent, SharedContent};
 use super::dax::DaxMode;
 use super::images::{
     check_name, root_of, ImageMeta, ImageTable, NameError, Place, ShareImage, MAX_IMAGES,
@@ -202,6 +203,9 @@ pub struct Share {
     /// Decoded-extent cache counts of the images removed so far (the
     /// totals never go down).
     retired: Mutex<CacheStats>,
+    /// The content store its images of a domain share (see
+    /// [`super::content`]).
+    content: OnceLock<Arc<SharedContent>>,
 }
 
 impl fmt::Debug for Share {
@@ -262,6 +266,44 @@ impl Share {
             created: SystemTime::now(),
             metrics: Arc::new(Metrics::new()),
             retired: Mutex::new(CacheStats::default()),
+            content: OnceLock::new(),
+        }
+    }
+
+    /// Serves the content of its images that have a trust domain from
+    /// `content`'s store (once; a later call changes nothing). Images then
+    /// join with [`Share::share_content`].
+    pub fn set_content(&self, content: Arc<SharedContent>) {
+        let _ = self.content.set(content);
+    }
+
+    /// The content store served from, if any.
+    pub fn content(&self) -> Option<&Arc<SharedContent>> {
+        self.content.get()
+    }
+
+    /// Makes `img` share its files' content through the share's store when
+    /// it has a trust domain and fingerprints (`loader`: the image opened
+    /// for loads, e.g. with O_DIRECT; `None`: the image itself). Returns
+    /// whether it shares; without a store, or without a domain, nothing
+    /// changes.
+    pub fn share_content(
+        &self,
+        img: &ShareImage,
+        loader: Option<Arc<Image>>,
+    ) -> Result<bool, crate::share::Error> {
+        if self.content.get().is_none() {
+            return Ok(false);
+        }
+        let name = img.name().unwrap_or(img.meta().source.as_str()).to_owned();
+        let meta = img.meta();
+        let (domain, xattr) = (meta.domain.as_deref(), meta.fingerprint_xattr.as_deref());
+        match ImageContent::for_image(&name, img.image(), domain, xattr, loader)? {
+            Some(c) => {
+                img.set_content(Arc::new(c));
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 

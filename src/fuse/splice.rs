@@ -11,6 +11,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use crate::erofs::Span;
 use crate::os;
 
+/// Reads at least this long are spliced when they can be: shorter ones
+/// cost fewer system calls with pread + writev.
+pub(crate) const SPLICE_MIN: usize = 32 << 10;
+
 /// Most pieces (file ranges, holes) one spliced message is made of; more
 /// take the copying path.
 pub(crate) const MAX_SPANS: usize = 16;

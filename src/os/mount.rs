@@ -1,4 +1,5 @@
-//! mount(2), umount2(2) and the /dev/fuse clone ioctl.
+//! mount(2), umount2(2) and the /dev/fuse ioctls (clone, passthrough
+//! backing files).
 //!
 //! The strings are `&CStr`s borrowed for the call (the kernel only reads
 //! them); making them from paths and options, with the errors that go
@@ -62,9 +63,78 @@ pub fn clone_fuse_fd(new: &impl AsFd, existing: RawFd) -> io::Result<()> {
     .map(drop)
 }
 
+/// `FUSE_DEV_IOC_BACKING_OPEN`: `_IOW(229, 1, struct fuse_backing_map)`
+/// (linux/fuse.h).
+pub const FUSE_DEV_IOC_BACKING_OPEN: u64 = (1 << 30) | (16 << 16) | (229 << 8) | 1;
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)` (linux/fuse.h).
+pub const FUSE_DEV_IOC_BACKING_CLOSE: u64 = (1 << 30) | (4 << 16) | (229 << 8) | 2;
+
+/// `struct fuse_backing_map` (linux/fuse.h).
+#[repr(C)]
+struct BackingMap {
+    fd: i32,
+    flags: u32,
+    padding: u64,
+}
+
+/// Registers `file` as a FUSE passthrough backing file of the connection
+/// of `dev` (`FUSE_DEV_IOC_BACKING_OPEN`) and returns its backing id. The
+/// kernel wants CAP_SYS_ADMIN (in the initial user namespace) and a
+/// connection that agreed on passthrough at INIT.
+pub fn fuse_backing_open(dev: &impl AsFd, file: &impl AsFd) -> io::Result<u32> {
+    let map = BackingMap {
+        fd: file.as_fd().as_raw_fd(),
+        flags: 0,
+        padding: 0,
+    };
+    // SAFETY: the ioctl reads one `struct fuse_backing_map` (16 bytes,
+    // `BackingMap` has its layout, checked by the tests below) from the
+    // pointer, which points at a local that lives for the whole call; on a
+    // descriptor that is not /dev/fuse it fails without touching memory.
+    let id = check(unsafe {
+        libc::ioctl(
+            dev.as_fd().as_raw_fd(),
+            FUSE_DEV_IOC_BACKING_OPEN as libc::c_ulong,
+            std::ptr::from_ref(&map),
+        )
+    })?;
+    u32::try_from(id).map_err(io::Error::other)
+}
+
+/// Drops backing id `id` of the connection of `dev`
+/// (`FUSE_DEV_IOC_BACKING_CLOSE`); files already opened with it keep their
+/// backing file.
+pub fn fuse_backing_close(dev: &impl AsFd, id: u32) -> io::Result<()> {
+    // SAFETY: the ioctl reads one u32 from the pointer, which points at a
+    // local that lives for the whole call.
+    check(unsafe {
+        libc::ioctl(
+            dev.as_fd().as_raw_fd(),
+            FUSE_DEV_IOC_BACKING_CLOSE as libc::c_ulong,
+            std::ptr::from_ref(&id),
+        )
+    })
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_backing_ioctl_numbers_and_map_layout_match_uapi() {
+        assert_eq!(FUSE_DEV_IOC_BACKING_OPEN, 0x4010_e501);
+        assert_eq!(FUSE_DEV_IOC_BACKING_CLOSE, 0x4004_e502);
+        assert_eq!(std::mem::size_of::<BackingMap>(), 16);
+        assert_eq!(std::mem::offset_of!(BackingMap, padding), 8);
+    }
+
+    #[test]
+    fn test_backing_ioctls_on_a_plain_file_fail_cleanly() {
+        let f = tempfile::tempfile().unwrap();
+        assert!(fuse_backing_open(&f, &f).is_err());
+        assert!(fuse_backing_close(&f, 1).is_err());
+    }
 
     #[test]
     fn test_unmounting_what_is_not_mounted_fails() {

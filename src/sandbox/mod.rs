@@ -181,6 +181,11 @@ impl Options {
                 root::enter_namespaces(&keeps)?;
             }
         }
+        if profile.passthrough {
+            // The kernel wants CAP_SYS_ADMIN for FUSE_DEV_IOC_BACKING_OPEN,
+            // made at OPEN time (docs/sandbox.md, "FUSE passthrough").
+            keep_caps = &[os::sandbox::cap::SYS_ADMIN];
+        }
         let dropped =
             os::sandbox::drop_capabilities(keep_caps).map_err(SandboxError::Capabilities)?;
         os::sandbox::set_no_new_privs().map_err(setup_err("set no_new_privs"))?;
@@ -207,10 +212,10 @@ impl Options {
             "sandbox: {:?}, seccomp {:?}, capabilities dropped{}",
             entered.mode,
             entered.seccomp,
-            if keep_caps.is_empty() {
-                ""
-            } else {
-                " but CAP_SYS_ADMIN (to unmount)"
+            match (keep_caps.is_empty(), profile.passthrough) {
+                (true, _) => "",
+                (false, true) => " but CAP_SYS_ADMIN (for FUSE passthrough backing files)",
+                (false, false) => " but CAP_SYS_ADMIN (to unmount)",
             }
         );
         Ok(entered)

@@ -40,6 +40,9 @@ pub struct Profile {
     /// The process unmounts its own FUSE mount on a stop signal (no
     /// supervisor outside does it: `--sandbox none`).
     pub unmounts: bool,
+    /// /dev/fuse passthrough of content-store entries: the two backing-file
+    /// ioctls (and CAP_SYS_ADMIN, which the kernel wants for them).
+    pub passthrough: bool,
 }
 
 /// The filter's verdict for calls off the list.
@@ -286,6 +289,21 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
             &[libc::SYS_io_uring_enter, libc::SYS_sched_setaffinity],
         );
     }
+    if profile.passthrough {
+        // FUSE passthrough: OPEN of a stored file registers the entry as a
+        // backing file on the /dev/fuse descriptor, RELEASE drops it. No
+        // other ioctl.
+        r.insert(
+            libc::SYS_ioctl,
+            arg_in(
+                1,
+                &[
+                    crate::os::mount::FUSE_DEV_IOC_BACKING_OPEN,
+                    crate::os::mount::FUSE_DEV_IOC_BACKING_CLOSE,
+                ],
+            )?,
+        );
+    }
     if profile.unmounts {
         // `mount --sandbox none`: the signal thread unmounts.
         allow(&mut r, &[libc::SYS_umount2]);
@@ -397,6 +415,7 @@ mod tests {
                 dev_fuse: true,
                 io_uring: true,
                 unmounts: true,
+                passthrough: false,
             },
             1,
         )
@@ -427,6 +446,33 @@ mod tests {
         ] {
             assert!(!all.contains_key(&c), "{c} is on the list");
         }
+    }
+
+    #[test]
+    fn test_passthrough_allows_only_the_backing_ioctls() {
+        let base = rules(Profile::default(), 1).unwrap();
+        assert!(!base.contains_key(&libc::SYS_ioctl));
+        let pt = rules(
+            Profile {
+                dev_fuse: true,
+                passthrough: true,
+                ..Profile::default()
+            },
+            1,
+        )
+        .unwrap();
+        // Two rules (one per command), none allowing any argument.
+        assert_eq!(pt[&libc::SYS_ioctl].len(), 2);
+        let [list, _] = programs(
+            Profile {
+                passthrough: true,
+                ..Profile::default()
+            },
+            1,
+            Verdict::Kill,
+        )
+        .unwrap();
+        assert!(!list.is_empty());
     }
 
     #[test]

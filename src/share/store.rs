@@ -240,6 +240,18 @@ impl Store {
         Ok(e)
     }
 
+    /// Counts a verification failure found outside [`Store::load`] (an
+    /// image whose own content does not hash to the fingerprint of an
+    /// entry already stored).
+    pub fn count_verify_failure(&self, domain: &Domain) {
+        let d = self.domain_dir(domain);
+        if let Err(e) = self.make_domain_dirs(&d) {
+            log::warn!("cannot count a verification failure: {e}");
+            return;
+        }
+        self.count(&d, Event::VerifyFailure);
+    }
+
     /// Stores the content of `fingerprint` in `domain`, `len` bytes read
     /// through `read(offset, buf)` (returns the bytes read, 0 at end),
     /// unless it is stored already or another process is loading it (then

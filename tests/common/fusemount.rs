@@ -182,6 +182,27 @@ impl FuseMount {
         assert!(st.is_some_and(|s| s.success()), "{what}: exit {st:?}");
     }
 
+    /// Like [`FuseMount::finish`], and returns everything the daemon wrote
+    /// to stderr (its last lines come at exit).
+    #[track_caller]
+    pub fn finish_with_log(mut self, what: &str) -> String {
+        assert!(
+            self.alive(),
+            "{what}: the daemon died: {}",
+            self.stderr_text()
+        );
+        if let Err(e) = umount(&self.dir, 0) {
+            panic!("umount {}: {e}", self.dir.display());
+        }
+        let st = self.wait_exit();
+        let log = self.stderr_text();
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{what}: exit {st:?}: {log}"
+        );
+        log
+    }
+
     /// Unmounts (like `umount`) and returns the daemon's exit status.
     pub fn unmount(mut self) -> Option<ExitStatus> {
         if let Err(e) = umount(&self.dir, 0) {
