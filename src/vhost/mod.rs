@@ -24,6 +24,8 @@ pub mod chain;
 pub mod config;
 mod daemon;
 pub mod error;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzzing;
 mod pool;
 mod reply;
 mod session;
