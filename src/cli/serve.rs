@@ -102,6 +102,8 @@ impl ServeArgs {
         }
         let server_opts = ShareOptions {
             cache: self.cache.into(),
+            max_nodes: self.share.max_nodes,
+            max_handles: self.share.max_handles,
             ..ShareOptions::default()
         };
         let opts = ServeOptions {
