@@ -567,3 +567,82 @@ fn test_import_cycles_code_in_a_facade_counts() {
     );
     assert_eq!(tolerated.len(), 1, "{tolerated:?}");
 }
+
+/// The top-level modules of `src/` and the ones each may use: the layers of
+/// docs/architecture.md. `lib.rs`, `main.rs` and `cli/` (the command line
+/// puts everything together) may use any.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("os", &[]),
+    ("metrics", &[]),
+    ("source", &["os"]),
+    ("erofs", &["source"]),
+    ("share", &["erofs", "source", "os"]),
+    ("sandbox", &["os"]),
+    ("api", &["metrics"]),
+    ("fuse", &["erofs", "source", "share", "os", "metrics"]),
+    (
+        "vhost",
+        &["fuse", "erofs", "source", "share", "os", "metrics"],
+    ),
+];
+
+/// The top-level module a file of `src/` belongs to (`fuse/session.rs` ->
+/// `fuse`, `lib.rs` -> `lib`).
+fn top_module(file: &str) -> &str {
+    match file.split_once('/') {
+        Some((dir, _)) => dir,
+        None => file.trim_end_matches(".rs"),
+    }
+}
+
+/// Every file-to-file edge that crosses top-level modules against
+/// [`LAYERS`].
+fn layer_violations(root: &Path) -> Vec<String> {
+    let krate = Crate::parse(root).unwrap_or_else(|e| panic!("parsing {}: {e}", root.display()));
+    let mut out = Vec::new();
+    for ((from, to), path) in krate.edges() {
+        let (a, b) = (top_module(&from), top_module(&to));
+        if a == b {
+            continue;
+        }
+        let Some((_, allowed)) = LAYERS.iter().find(|(m, _)| *m == a) else {
+            // lib.rs, main.rs, cli/: anything.
+            continue;
+        };
+        if !allowed.contains(&b) {
+            out.push(format!(
+                "  {from} -> {to} (`{path}`): {a} may not use {b}\n"
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn test_src_modules_use_only_lower_layers() {
+    let root = src_dir();
+    let bad = layer_violations(&root);
+    assert!(
+        bad.is_empty(),
+        "module layering (see LAYERS and docs/architecture.md) broken in {}:\n{}",
+        root.display(),
+        bad.concat()
+    );
+}
+
+#[test]
+fn test_layer_check_finds_an_upward_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, text) in [
+        ("lib.rs", "pub mod erofs; pub mod fuse;"),
+        ("erofs/mod.rs", "pub fn f() { crate::fuse::g() }"),
+        ("fuse/mod.rs", "pub fn g() { crate::erofs::f() }"),
+    ] {
+        let p = dir.path().join(path);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, text).expect("write");
+    }
+    let bad = layer_violations(dir.path());
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].contains("erofs may not use fuse"), "{bad:?}");
+}

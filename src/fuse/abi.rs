@@ -152,9 +152,6 @@ pub const STATX_ATTR_COMPRESSED: u64 = 0x4;
 /// `STATX_ATTR_IMMUTABLE`.
 pub const STATX_ATTR_IMMUTABLE: u64 = 0x10;
 
-/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)`.
-pub const DEV_IOC_CLONE: u64 = (2 << 30) | (4 << 16) | (229 << 8);
-
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
@@ -678,7 +675,6 @@ mod tests {
 
     #[test]
     fn test_abi_flag_values_match_uapi() {
-        assert_eq!(DEV_IOC_CLONE, 0x8004_e500);
         assert_eq!(HAS_INODE_DAX >> 32, 2);
         assert_eq!(INIT_EXT, 0x4000_0000);
         assert_eq!(MAX_PAGES, 0x40_0000);

@@ -40,6 +40,9 @@ pub fn umount(target: &CStr, detach: bool) -> io::Result<()> {
     check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
 }
 
+/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)` (linux/fuse.h).
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = (2 << 30) | (4 << 16) | (229 << 8);
+
 /// Attaches the freshly opened /dev/fuse descriptor `new` to the
 /// connection of `existing` (`FUSE_DEV_IOC_CLONE`), so that it gets
 /// requests of that connection on its own queue.
@@ -52,7 +55,7 @@ pub fn clone_fuse_fd(new: &impl AsFd, existing: RawFd) -> io::Result<()> {
     check(unsafe {
         libc::ioctl(
             new.as_fd().as_raw_fd(),
-            crate::fuse::abi::DEV_IOC_CLONE as libc::c_ulong,
+            FUSE_DEV_IOC_CLONE,
             std::ptr::from_ref(&src),
         )
     })
@@ -73,5 +76,10 @@ mod tests {
             matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn test_fuse_dev_ioc_clone_number() {
+        assert_eq!(FUSE_DEV_IOC_CLONE, 0x8004_e500);
     }
 }
