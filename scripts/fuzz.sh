@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Fuzzes for SECONDS each (default 20) the targets named (default all):
-#   dispatch  the FUSE request decoder and dispatcher
-#   api       the HTTP API's router and mount-config parser
+#   dispatch            the FUSE request decoder and dispatcher
+#   api                 the HTTP API's router and mount-config parser
+#   erofs_image         arbitrary bytes as an image: open, walk, read
+#   decompress_lz4, decompress_lzma, decompress_deflate, decompress_zstd
+#                       one pcluster through each decoder
+#   vhost_queue         descriptor chains over guest memory through the
+#                       vhost-user backend
+# Seeds: fuzz/corpus/TARGET (docs/fuzzing.md says how they were made).
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 # Installs cargo-fuzz if missing. Uses the nightly toolchain when rustup has
 # one (AddressSanitizer on); otherwise stable with RUSTC_BOOTSTRAP=1 and no
@@ -13,7 +19,8 @@ secs=${1:-20}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(dispatch api)
+  targets=(dispatch api erofs_image decompress_lz4 decompress_lzma decompress_deflate
+    decompress_zstd vhost_queue)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -25,5 +25,5 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --quiet 2>&1 | tee /tmp/erofs-virtiofsd-test.log
-echo "== fuzz the FUSE dispatcher and the API router briefly (scripts/fuzz.sh ${EROFS_FUZZ_SECONDS:-20})"
+echo "== fuzz every target briefly: dispatcher, API, image, decoders, vhost queue (scripts/fuzz.sh ${EROFS_FUZZ_SECONDS:-20})"
 scripts/fuzz.sh "${EROFS_FUZZ_SECONDS:-20}"

@@ -103,6 +103,15 @@ pub struct ShareArgs {
     /// may set one per image.
     #[arg(long, value_name = "NAME")]
     pub fingerprint_xattr: Option<String>,
+    /// Most inodes a connection's kernel may hold at once (its node
+    /// table); a lookup of another one beyond it fails with ENFILE until
+    /// the kernel forgets some (docs/limits.md).
+    #[arg(long, value_name = "N", default_value_t = crate::fuse::DEFAULT_MAX_NODES)]
+    pub max_nodes: usize,
+    /// Most files and directories a connection may have open at once; an
+    /// open beyond it fails with ENFILE (docs/limits.md).
+    #[arg(long, value_name = "N", default_value_t = crate::fuse::DEFAULT_MAX_HANDLES)]
+    pub max_handles: usize,
 }
 
 /// A `--config` file.

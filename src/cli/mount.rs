@@ -147,6 +147,8 @@ impl MountArgs {
         // The images are opened and checked before anything is mounted.
         let opts = ShareOptions {
             cache: self.cache.into(),
+            max_nodes: self.share.max_nodes,
+            max_handles: self.share.max_handles,
             max_read: MOUNT_MAX_READ,
             ..ShareOptions::default()
         };

@@ -156,6 +156,8 @@ impl ServeArgs {
         let server_opts = ShareOptions {
             cache: self.cache.into(),
             dax,
+            max_nodes: self.share.max_nodes,
+            max_handles: self.share.max_handles,
             ..ShareOptions::default()
         };
         let opts = ServeOptions {

@@ -272,6 +272,19 @@ impl Error {
         }
     }
 
+    /// Whether this error follows from the image's bytes alone, so that
+    /// trying again on the same bytes fails the same way (corruption, an
+    /// unsupported construct, a missing device): such failures may be
+    /// remembered. A failed read of the source ([`Error::Io`]) may pass,
+    /// and a poisoned lock is an internal fault: those are not kept.
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            Error::Io { .. } | Error::Poisoned(_) => false,
+            Error::Decode { cause, .. } => cause.is_lasting(),
+            _ => true,
+        }
+    }
+
     /// The errno a filesystem client should see for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -328,6 +341,30 @@ mod tests {
             assert_eq!(e.errno(), *want, "{e}");
             // A remembered copy answers the same.
             assert_eq!(e.clone().errno(), *want, "{e}");
+        }
+    }
+
+    #[test]
+    fn test_error_is_lasting_unless_io() {
+        let io = Error::io(At::Image(0), 4, io::Error::from_raw_os_error(libc::EIO));
+        let decode = |cause: Error| Error::Decode {
+            nid: 1,
+            la: 0,
+            llen: 1,
+            at: At::Image(0),
+            plen: 1,
+            cause: Box::new(cause),
+        };
+        let cases: &[(Error, bool)] = &[
+            (Error::corrupt_unplaced(None, "lzma", "bad"), true),
+            (Error::unsupported(None, "x"), true),
+            (decode(Error::corrupt_unplaced(None, "lz4", "bad")), true),
+            (io.clone(), false),
+            (decode(io), false),
+            (Error::Poisoned("x"), false),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.is_lasting(), *want, "{e}");
         }
     }
 

@@ -6,6 +6,22 @@
 //! second-chance (CLOCK) order: the oldest entry goes unless it was used
 //! since it was last passed over, so a hit costs a flag and an eviction
 //! O(1) amortised, however many extents are cached.
+//!
+//! A decode that fails for a lasting reason (the bytes are corrupt, the
+//! construct unsupported: [`Error::is_lasting`]) is remembered like a
+//! success, so the next read of the same pcluster gets the same error at
+//! once instead of decoding megabytes again to fail again: a corrupt
+//! extent shared by many files (the packed inode's) costs one decode, as
+//! in the kernel. A remembered failure weighs [`FAILURE_COST`] bytes of
+//! the budget and is evicted like any entry. I/O errors are not kept (a
+//! later read may succeed).
+//!
+//! Images in guest memory may be rewritten by the guest while they are
+//! read; a remembered failure then stays until it is evicted even if the
+//! bytes become valid again. That is by decision: images are declared
+//! read-only, a guest rewriting its own image only hurts its own reads,
+//! and what matters is that each pcluster costs the daemon at most one
+//! decode while it is cached, whatever the guest does.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +54,11 @@ pub type Decoded = Arc<Vec<u8>>;
 
 /// Bound on remembered once-read extents (cleared when reached).
 const MAX_SEEN: usize = 1 << 16;
+
+/// Budget bytes a remembered failure weighs (its entry, its error's text
+/// and a share of the map), so failures are bounded and evicted like
+/// decoded extents.
+pub const FAILURE_COST: u64 = 1024;
 
 /// A decode in flight or done: its bytes or its error (kept with its type,
 /// so every reader waiting on it gets the same errno).
@@ -125,6 +146,8 @@ pub enum Lookup {
     Ready(Decoded),
     /// Another reader is decoding it now.
     Pending,
+    /// Decoded before and failed (a lasting failure, remembered).
+    Failed(Error),
     /// Not cached; `again`: a whole-extent reader asked for it before.
     Absent {
         /// Asked for before (see [`ZCache::lookup`]).
@@ -228,16 +251,58 @@ impl ZCache {
             }
             Err(e) => {
                 let e = e.clone();
-                // Do not keep failures: a later read retries. (Readers that
-                // waited on this decode share its error.)
-                if let Ok(mut g) = self.inner.lock() {
-                    if g.map.get(&key).is_some_and(|e| Arc::ptr_eq(&e.slot, &slot)) {
-                        g.map.remove(&key);
+                // Readers that waited on this decode share its error. A
+                // lasting failure is kept like a success (the same bytes
+                // fail the same way); a transient one is dropped, so a
+                // later read retries.
+                if fresh {
+                    if e.is_lasting() {
+                        self.account(key, &slot, FAILURE_COST)?;
+                    } else if let Ok(mut g) = self.inner.lock() {
+                        if g.map.get(&key).is_some_and(|e| Arc::ptr_eq(&e.slot, &slot)) {
+                            g.map.remove(&key);
+                        }
                     }
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Remembers that decoding `key` failed with `err`, found by a reader
+    /// that decoded it outside the cache (a stream); as for a failure in
+    /// [`ZCache::get_or_decode`], only a lasting one is kept. An entry
+    /// already there (decoded by another reader meanwhile) is left alone.
+    pub fn remember_failure(&self, key: Key, err: &Error) {
+        if !err.is_lasting() || self.budget == 0 {
+            return;
+        }
+        let slot: Slot = Arc::new(OnceLock::new());
+        if slot.set(Err(err.clone())).is_err() {
+            return;
+        }
+        {
+            let Ok(mut g) = self.inner.lock() else {
+                return;
+            };
+            if g.map.contains_key(&key) {
+                return;
+            }
+            g.seen.remove(&key);
+            g.generation = g.generation.wrapping_add(1);
+            let generation = g.generation;
+            g.map.insert(
+                key,
+                Entry {
+                    slot: slot.clone(),
+                    referenced: false,
+                    generation,
+                    bytes: 0,
+                },
+            );
+            g.clock.push_back((key, generation));
+        }
+        let _ = self.account(key, &slot, FAILURE_COST);
     }
 
     /// What the cache holds for `key`; never starts a decode. With
@@ -271,7 +336,10 @@ impl ZCache {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 Lookup::Ready(data.clone())
             }
-            Some(Err(_)) => Lookup::Absent { again: false },
+            Some(Err(e)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Lookup::Failed(e.clone())
+            }
             None => Lookup::Pending,
         }
     }
@@ -307,6 +375,7 @@ impl ZCache {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
+    use crate::erofs::error::At;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn key(pa: u64) -> Key {
@@ -415,12 +484,13 @@ mod tests {
 
     #[test]
     fn test_zcache_clock_stays_bounded() {
-        // Many evictions and failed decodes (whose entries are removed
+        // Many evictions and failed reads (whose entries are removed
         // without eviction): the clock keeps about one position per entry.
         let c = ZCache::new(100);
         for pa in 0..10_000u64 {
             if pa % 3 == 0 {
-                let _ = c.get_or_decode(key(pa), || Err(Error::corrupt_unplaced(None, "x", "bad")));
+                let io = std::io::Error::from_raw_os_error(libc::EIO);
+                let _ = c.get_or_decode(key(pa), || Err(Error::io(At::Image(0), 1, io)));
             } else {
                 c.get_or_decode(key(pa), || Ok(vec![0; 10])).unwrap();
             }
@@ -436,12 +506,68 @@ mod tests {
     }
 
     #[test]
-    fn test_zcache_failure_is_not_kept() {
-        let c = ZCache::new(100);
-        assert!(c
-            .get_or_decode(key(9), || Err(Error::corrupt_unplaced(None, "x", "bad")))
-            .is_err());
+    fn test_zcache_lasting_failure_is_kept() {
+        // A corrupt pcluster fails once; the retry (and a lookup) answers
+        // the same error without decoding again.
+        let c = ZCache::new(1 << 20);
+        let n = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let e = c
+                .get_or_decode(key(9), || {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    Err(Error::corrupt_unplaced(None, "lzma", "bad"))
+                })
+                .unwrap_err();
+            assert!(e.to_string().contains("lzma: bad"), "{e}");
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert!(matches!(c.lookup(key(9), true), Lookup::Failed(_)));
+        assert_eq!(c.bytes(), FAILURE_COST);
+    }
+
+    #[test]
+    fn test_zcache_io_failure_is_not_kept() {
+        let c = ZCache::new(1 << 20);
+        let io = || {
+            Error::io(
+                At::Image(0),
+                1,
+                std::io::Error::from_raw_os_error(libc::EIO),
+            )
+        };
+        assert!(c.get_or_decode(key(9), || Err(io())).is_err());
         assert!(c.get_or_decode(key(9), || Ok(vec![1])).is_ok());
+        c.remember_failure(key(10), &io());
+        assert!(matches!(c.lookup(key(10), false), Lookup::Absent { .. }));
+    }
+
+    #[test]
+    fn test_zcache_remembered_failures_are_bounded() {
+        // A corrupt image with many bad pclusters: failures are evicted
+        // like extents, within the budget.
+        let c = ZCache::new(8 * FAILURE_COST);
+        for pa in 0..1000u64 {
+            let bad = Error::corrupt_unplaced(None, "x", "bad");
+            if pa % 2 == 0 {
+                let _ = c.get_or_decode(key(pa), || Err(bad));
+            } else {
+                c.remember_failure(key(pa), &bad);
+            }
+        }
+        assert!(c.bytes() <= 8 * FAILURE_COST);
+        let g = c.inner.lock().unwrap();
+        assert!(g.map.len() <= 8, "{} entries", g.map.len());
+        assert!(g.clock.len() <= 2 * g.map.len() + 65);
+    }
+
+    #[test]
+    fn test_zcache_remember_failure_keeps_a_decoded_entry() {
+        let c = ZCache::new(1 << 20);
+        c.get_or_decode(key(1), || Ok(vec![3; 10])).unwrap();
+        c.remember_failure(key(1), &Error::corrupt_unplaced(None, "x", "bad"));
+        assert!(matches!(c.lookup(key(1), false), Lookup::Ready(_)));
+        c.remember_failure(key(2), &Error::corrupt_unplaced(None, "x", "bad"));
+        assert!(matches!(c.lookup(key(2), false), Lookup::Failed(_)));
     }
 
     #[test]

@@ -119,6 +119,8 @@ impl Compressed {
                     let whole = skip == 0 && n as u64 == ext.llen;
                     let cached = match self.cache.lookup(key, whole) {
                         Lookup::Ready(d) => Some(d),
+                        // Failed before: the same bytes fail the same way.
+                        Lookup::Failed(e) => return Err(e),
                         Lookup::Pending | Lookup::Absent { again: true } => None,
                         Lookup::Absent { again: false } if whole => {
                             // The request covers the whole extent, read
@@ -306,7 +308,7 @@ impl Compressed {
             ));
         }
         if inline || plen >= MAX_RUN_INPUT {
-            self.decode_extent(img, inode, &first, &mut buf[..first_len])?;
+            self.stream_extent(img, inode, &first, &mut buf[..first_len])?;
             return Ok(first_len);
         }
         let mut run = vec![first];
@@ -337,7 +339,7 @@ impl Compressed {
             out_len = out_len.saturating_add(e.llen);
         }
         if run.len() == 1 {
-            self.decode_extent(img, inode, &first, &mut buf[..first_len])?;
+            self.stream_extent(img, inode, &first, &mut buf[..first_len])?;
             return Ok(first_len);
         }
         let in_len = usize::try_from(in_len).unwrap_or(usize::MAX);
@@ -350,6 +352,21 @@ impl Compressed {
             INPUT.with(|b| b.replace(input));
         }
         r
+    }
+
+    /// Decodes extent `ext` straight into `out` (a stream, not cached);
+    /// a failure is remembered in the cache all the same, so the next
+    /// reader of the extent does not decode it again to fail again.
+    fn stream_extent<I: ImageRead + ?Sized>(
+        &self,
+        img: &I,
+        inode: &Inode,
+        ext: &ZExtent,
+        out: &mut [u8],
+    ) -> Result<()> {
+        self.decode_extent(img, inode, ext, out).inspect_err(|e| {
+            self.cache.remember_failure(extent_key(img, inode, ext), e);
+        })
     }
 
     fn decode_run_input<I: ImageRead + ?Sized>(
@@ -391,8 +408,11 @@ impl Compressed {
                     "run beyond its buffer",
                 ));
             };
-            self.decode_input(img, inode, e, src, dst)
-                .map_err(|err| decode_error(img, inode, e, err))?;
+            self.decode_input(img, inode, e, src, dst).map_err(|err| {
+                let err = decode_error(img, inode, e, err);
+                self.cache.remember_failure(extent_key(img, inode, e), &err);
+                err
+            })?;
             i = i.saturating_add(plen);
             o = o.saturating_add(llen);
         }

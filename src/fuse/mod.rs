@@ -63,6 +63,6 @@ pub use rootdir::ROOT_INO;
 pub use session::Session;
 pub use share::{
     CachePolicy, ImageProvider, OpenError, Removed, Share, ShareError, ShareOptions,
-    DEFAULT_MAX_HANDLES, DEFAULT_MAX_READ, LONG_TIMEOUT_SECS, MAX_LOGGED_ERRORS,
+    DEFAULT_MAX_HANDLES, DEFAULT_MAX_NODES, DEFAULT_MAX_READ, LONG_TIMEOUT_SECS, MAX_LOGGED_ERRORS,
 };
 pub use sink::{out_header, Errno, Fill, ReplySink, VecSink, OUT_HEADER_LEN};

@@ -10,9 +10,12 @@
 //!
 //! Both are bounded: the node table by the inodes the kernel holds (it can
 //! only name inodes that lookup or readdirplus handed out, and forgets
-//! them), the handle table by a fixed cap.
+//! them) and by a cap (`--max-nodes`: a guest that never forgets cannot
+//! grow it past that; a lookup of a new inode beyond it is ENFILE), the
+//! handle table by a cap (`--max-handles`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use foldhash::fast::RandomState;
@@ -77,6 +80,10 @@ pub(crate) struct NodeTable {
     /// Handed-out ids by (image serial, nid), for shares of named images.
     /// Locked before a shard, never after.
     ids: Option<Mutex<IdMap>>,
+    /// Nodes held, across shards (changed under the shard's lock).
+    held: AtomicUsize,
+    /// Most nodes held at once.
+    cap: usize,
 }
 
 /// The ids of a share of named images.
@@ -95,8 +102,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl NodeTable {
     /// A table whose ids the caller computes (`keyed` false) or which hands
-    /// them out ([`add_lookup_keyed`](Self::add_lookup_keyed)).
-    pub(crate) fn new(keyed: bool) -> Self {
+    /// them out ([`add_lookup_keyed`](Self::add_lookup_keyed)), holding at
+    /// most `cap` nodes.
+    pub(crate) fn new(keyed: bool, cap: usize) -> Self {
         Self {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::default()))
@@ -107,6 +115,8 @@ impl NodeTable {
                     ..IdMap::default()
                 })
             }),
+            held: AtomicUsize::new(0),
+            cap,
         }
     }
 
@@ -118,21 +128,25 @@ impl NodeTable {
     }
 
     /// Counts one more lookup of `target`, handing out a new id the first
-    /// time (keyed tables only); returns the id.
-    pub(crate) fn add_lookup_keyed(&self, target: &Target) -> Option<u64> {
-        let mut ids = lock(self.ids.as_ref()?);
+    /// time (keyed tables only); returns the id, or the errno: ENFILE when
+    /// the table is full, EIO when ids ran out (or the table is not keyed).
+    pub(crate) fn add_lookup_keyed(&self, target: &Target) -> Result<u64, i32> {
+        let mut ids = lock(self.ids.as_ref().ok_or(libc::EIO)?);
         let key = (target.img.serial(), target.inode.nid);
         let id = match ids.by_key.get(&key) {
             Some(&id) => id,
             None => {
-                let id = ids.last.checked_add(1)?;
+                if self.held.load(Ordering::Acquire) >= self.cap {
+                    return Err(libc::ENFILE);
+                }
+                let id = ids.last.checked_add(1).ok_or(libc::EIO)?;
                 ids.last = id;
                 ids.by_key.insert(key, id);
                 id
             }
         };
-        self.add_lookup(id, target);
-        Some(id)
+        self.add_lookup(id, target)?;
+        Ok(id)
     }
 
     fn shard(&self, nodeid: u64) -> &Mutex<HashMap<u64, Node, RandomState>> {
@@ -148,15 +162,34 @@ impl NodeTable {
             .map(|n| n.target.clone())
     }
 
-    /// Counts one more lookup of `nodeid` (inserting it with `target`).
-    pub(crate) fn add_lookup(&self, nodeid: u64, target: &Target) {
+    /// Counts one more lookup of `nodeid` (inserting it with `target`);
+    /// ENFILE when it is new and the table holds its cap of nodes.
+    pub(crate) fn add_lookup(&self, nodeid: u64, target: &Target) -> Result<(), i32> {
         let mut shard = lock(self.shard(nodeid));
-        let node = shard.entry(nodeid).or_insert_with(|| Node {
-            target: target.clone(),
-            nlookup: 0,
-            listed: None,
-        });
-        node.nlookup = node.nlookup.saturating_add(1);
+        if let Some(node) = shard.get_mut(&nodeid) {
+            node.nlookup = node.nlookup.saturating_add(1);
+            return Ok(());
+        }
+        // Reserve a place first: concurrent inserts into other shards
+        // cannot both take the last one.
+        if self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then(|| n.saturating_add(1))
+            })
+            .is_err()
+        {
+            return Err(libc::ENFILE);
+        }
+        shard.insert(
+            nodeid,
+            Node {
+                target: target.clone(),
+                nlookup: 1,
+                listed: None,
+            },
+        );
+        Ok(())
     }
 
     /// Records where a held node was listed.
@@ -181,6 +214,7 @@ impl NodeTable {
             if node.nlookup == 0 {
                 let key = (node.target.img.serial(), node.target.inode.nid);
                 shard.remove(&nodeid);
+                self.held.fetch_sub(1, Ordering::AcqRel);
                 if let Some(ids) = ids.as_mut() {
                     ids.by_key.remove(&key);
                 }
@@ -205,7 +239,9 @@ impl NodeTable {
     pub(crate) fn clear(&self) {
         let mut ids = self.ids.as_ref().map(lock);
         for s in &self.shards {
-            lock(s).clear();
+            let mut s = lock(s);
+            self.held.fetch_sub(s.len(), Ordering::AcqRel);
+            s.clear();
         }
         if let Some(ids) = ids.as_mut() {
             ids.by_key.clear();
@@ -325,13 +361,13 @@ mod tests {
 
     #[test]
     fn test_keyed_ids_are_per_image_and_never_handed_out_again() {
-        let t = NodeTable::new(true);
+        let t = NodeTable::new(true, 100);
         let (a, b) = (target(1), target(2));
         let ida = t.add_lookup_keyed(&a).unwrap();
         let idb = t.add_lookup_keyed(&b).unwrap();
         assert_ne!(ida, idb, "same nid, other image: other id");
         assert!(ida > 1 && idb > 1, "0 and 1 are not handed out");
-        assert_eq!(t.add_lookup_keyed(&a), Some(ida));
+        assert_eq!(t.add_lookup_keyed(&a), Ok(ida));
         assert_eq!(t.lookups(ida), 2);
         assert_eq!(t.id_of(1, a.inode.nid), Some(ida));
         t.forget(ida, 2);
@@ -347,8 +383,38 @@ mod tests {
 
     #[test]
     fn test_unkeyed_tables_hand_out_nothing() {
-        let t = NodeTable::new(false);
-        assert_eq!(t.add_lookup_keyed(&target(1)), None);
+        let t = NodeTable::new(false, 100);
+        assert_eq!(t.add_lookup_keyed(&target(1)), Err(libc::EIO));
         assert_eq!(t.id_of(1, 0), None);
+    }
+
+    #[test]
+    fn test_node_table_full_is_enfile_until_a_forget() {
+        // Arrange: a table of two nodes, full.
+        let t = NodeTable::new(false, 2);
+        let x = target(1);
+        t.add_lookup(10, &x).unwrap();
+        t.add_lookup(11, &x).unwrap();
+        // Act + assert: a new node is refused, a held one still counts.
+        assert_eq!(t.add_lookup(12, &x), Err(libc::ENFILE));
+        assert_eq!(t.add_lookup(10, &x), Ok(()));
+        assert_eq!(t.lookups(10), 2);
+        assert_eq!(t.len(), 2);
+        // A forgotten node makes room.
+        t.forget(11, 1);
+        assert_eq!(t.add_lookup(12, &x), Ok(()));
+        assert_eq!(t.add_lookup(13, &x), Err(libc::ENFILE));
+        t.clear();
+        assert_eq!(t.add_lookup(13, &x), Ok(()));
+    }
+
+    #[test]
+    fn test_keyed_table_full_is_enfile_and_hands_out_no_id() {
+        let t = NodeTable::new(true, 1);
+        let (a, b) = (target(1), target(2));
+        let ida = t.add_lookup_keyed(&a).unwrap();
+        assert_eq!(t.add_lookup_keyed(&b), Err(libc::ENFILE));
+        assert_eq!(t.id_of(2, b.inode.nid), None);
+        assert_eq!(t.add_lookup_keyed(&a), Ok(ida));
     }
 }

@@ -117,7 +117,7 @@ impl Session {
         Self {
             dax,
             handles: HandleTable::new(share.options().max_handles),
-            nodes: NodeTable::new(share.is_named()),
+            nodes: NodeTable::new(share.is_named(), share.options().max_nodes),
             share,
             out,
             io_uring: false,
@@ -432,15 +432,17 @@ impl Session {
     /// at any time) may not be cached; its attributes may.
     pub(crate) fn entry(&self, t: &Target, volatile: bool) -> Result<EntryOut, Fail> {
         let nodeid = if self.share.is_named() {
-            self.nodes.add_lookup_keyed(t)
+            self.nodes.add_lookup_keyed(t).map_err(Fail::Errno)?
         } else {
-            let id = self.nodeid_of(&t.img, t.inode.nid);
-            if let Some(id) = id.filter(|&id| id != abi::ROOT_ID) {
-                self.nodes.add_lookup(id, t);
+            let id = self
+                .nodeid_of(&t.img, t.inode.nid)
+                .ok_or(Fail::Errno(libc::EIO))?;
+            if id != abi::ROOT_ID {
+                // ENFILE when the node table is full (--max-nodes).
+                self.nodes.add_lookup(id, t).map_err(Fail::Errno)?;
             }
             id
         };
-        let nodeid = nodeid.ok_or(Fail::Errno(libc::EIO))?;
         let (secs, nsecs) = self.timeout();
         let (entry_secs, entry_nsecs) = if volatile { (0, 0) } else { (secs, nsecs) };
         Ok(EntryOut {

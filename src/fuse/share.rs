@@ -49,6 +49,10 @@ pub const DEFAULT_MAX_READ: u32 = 1 << 20;
 /// Default cap on open handles (per connection).
 pub const DEFAULT_MAX_HANDLES: usize = 1 << 16;
 
+/// Default cap on nodes (inodes the kernel holds) per connection: about
+/// 300 bytes each, so at most ~600 MiB for a guest that never forgets.
+pub const DEFAULT_MAX_NODES: usize = 1 << 21;
+
 /// How many image errors are logged (then they are only counted).
 pub const MAX_LOGGED_ERRORS: u64 = 100;
 
@@ -62,6 +66,9 @@ pub struct ShareOptions {
     pub max_read: u32,
     /// Most handles open at once per connection (ENFILE beyond).
     pub max_handles: usize,
+    /// Most nodes (inodes the kernel holds a lookup of) per connection;
+    /// a lookup of another inode beyond it is ENFILE.
+    pub max_nodes: usize,
     /// Background requests the kernel may have in flight (readahead).
     pub max_background: u16,
     /// Which files a client with a DAX window may map.
@@ -74,6 +81,7 @@ impl Default for ShareOptions {
             cache: CachePolicy::default(),
             max_read: DEFAULT_MAX_READ,
             max_handles: DEFAULT_MAX_HANDLES,
+            max_nodes: DEFAULT_MAX_NODES,
             max_background: 64,
             dax: DaxMode::Never,
         }

@@ -449,6 +449,25 @@ fn test_zero_message_open_when_kernel_supports_it() {
 }
 
 #[test]
+fn test_node_table_is_bounded() {
+    // Arrange: room for two nodes.
+    let mut fx = Fx::new(ShareOptions {
+        max_nodes: 2,
+        ..ShareOptions::default()
+    });
+    fx.raw(&init_request(1, 0));
+    let hello = fx.lookup(1, "hello").unwrap();
+    fx.lookup(1, "big").unwrap();
+    // Act + assert: a third inode is ENFILE; held ones still look up.
+    assert_eq!(fx.lookup(1, "link").map(|e| e.nodeid), Err(libc::ENFILE));
+    assert_eq!(fx.lookup(1, "hello").map(|e| e.nodeid), Ok(hello.nodeid));
+    // Forgetting one (both its lookups) makes room.
+    fx.no_reply(FORGET, hello.nodeid, &[ForgetIn { nlookup: 2 }.as_bytes()]);
+    assert!(fx.lookup(1, "link").is_ok());
+    assert_eq!(fx.srv.node_count(), 2);
+}
+
+#[test]
 fn test_handle_table_is_bounded() {
     let mut fx = Fx::new(ShareOptions {
         max_handles: 2,

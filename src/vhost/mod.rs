@@ -24,6 +24,8 @@ pub mod chain;
 pub mod config;
 mod daemon;
 pub mod error;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzzing;
 mod outbound;
 mod pool;
 mod reply;
