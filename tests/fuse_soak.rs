@@ -16,7 +16,13 @@
 //!
 //! Needs root, /dev/fuse and the kernel EROFS driver. `EROFS_FUSE_SOAK_SEED`
 //! changes the random sequences (the seed of a failing run reproduces its
-//! choices, not its timing).
+//! choices, not its timing); `EROFS_FUSE_SOAK_READERS` the number of reader
+//! threads (default 8; `scripts/soak.sh` runs 16 for 10 minutes).
+//!
+//! The daemons' resident memory, open descriptors and threads are sampled
+//! every second; in runs of two minutes or more each must stay within 10%
+//! of its value after the warm-up (the first quarter of the run) to the
+//! end, and the figures are printed either way.
 
 mod common;
 
@@ -31,10 +37,11 @@ use common::fixtures::fixture_image;
 use common::fusemount::FuseMount;
 use common::kmount::MountOptions;
 use common::rangeread::{list_files, pread_full};
+use common::resources::Sampler;
 use common::trees::XorShift64;
 use common::{assert_kernel_erofs, KernelMount};
 
-const THREADS: usize = 8;
+const DEFAULT_READERS: usize = 8;
 const MAX_LEN: u64 = 2 << 20;
 
 struct Target {
@@ -104,6 +111,13 @@ struct Totals {
     opens: AtomicU64,
 }
 
+fn readers() -> usize {
+    std::env::var("EROFS_FUSE_SOAK_READERS")
+        .ok()
+        .map(|v| v.parse().expect("EROFS_FUSE_SOAK_READERS is a number"))
+        .unwrap_or(DEFAULT_READERS)
+}
+
 fn soak_secs() -> u64 {
     std::env::var("EROFS_FUSE_SOAK_SECS")
         .ok()
@@ -133,8 +147,10 @@ fn test_fuse_soak_random_ranges_match_kernel() {
     let stop = AtomicBool::new(false);
     let totals = Totals::default();
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let pids: Vec<u32> = targets.iter().map(|t| t.fuse.pid()).collect();
+    let mut sampler = Sampler::new();
     std::thread::scope(|s| {
-        for t in 0..THREADS {
+        for t in 0..readers() {
             let (targets, stop, totals, failures) = (&targets, &stop, &totals, &failures);
             s.spawn(move || {
                 let mut rng = XorShift64::new(seed.wrapping_add(t as u64));
@@ -199,8 +215,17 @@ fn test_fuse_soak_random_ranges_match_kernel() {
                 }
             });
         }
+        // Sampling, not synchronisation: one look a second until the end.
+        sampler.sample(&pids);
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1).min(deadline - Instant::now()));
+            sampler.sample(&pids);
+        }
     });
     let failures = failures.into_inner().unwrap();
+    let warmup = soak_secs() as f64 / 4.0;
+    let what = format!("soak: {} daemons, {} readers", pids.len(), readers());
+    eprintln!("{}", sampler.report(&what, warmup));
     eprintln!(
         "soak: {} reads, {} opens, {:.1} MiB compared in {} s, seed {seed:#x}",
         totals.reads.load(Ordering::Relaxed),
@@ -209,6 +234,11 @@ fn test_fuse_soak_random_ranges_match_kernel() {
         soak_secs()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    if soak_secs() >= 120 {
+        if let Err(e) = sampler.check_flat(&what, warmup, 10) {
+            panic!("{e}");
+        }
+    }
     for mut tg in targets {
         assert!(
             tg.fuse.alive(),

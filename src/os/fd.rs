@@ -139,6 +139,16 @@ pub fn dup_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// Closes `fd`, a descriptor its last owner gave up as a bare number
+/// without closing it (the exit events of `crate::vhost`'s backend; see
+/// there). The caller must know that nothing uses or closes the number
+/// any more.
+pub fn close_abandoned(fd: RawFd) -> io::Result<()> {
+    // SAFETY: close(2) of a number; by the caller's guarantee it is open
+    // and nobody owns or uses it, so nothing else is closed or disturbed.
+    check(unsafe { libc::close(fd) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! `handle_event` would end the queue's thread).
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
@@ -142,6 +143,11 @@ pub struct FsBackend {
     num_queues: usize,
     mem: GuestMem,
     pool: Mutex<Option<Pool>>,
+    /// The consumer ends of the exit events given to the epoll threads:
+    /// vhost-user-backend 0.24 turns each into a bare number and never
+    /// closes it (one eventfd per queue per connection), so
+    /// [`FsBackend::close_exit_events`] does once the threads are gone.
+    exit_consumers: Mutex<Vec<RawFd>>,
 }
 
 impl std::fmt::Debug for FsBackend {
@@ -188,7 +194,30 @@ impl FsBackend {
             num_queues,
             mem,
             pool: Mutex::new(pool),
+            exit_consumers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Closes the exit events' consumer ends that the vhost-user library
+    /// abandoned. Only for `this`, the last reference to the backend: the
+    /// library's epoll threads each hold one while they run, so none runs
+    /// now and none can still wait on those descriptors.
+    pub fn close_exit_events(this: Arc<Self>) {
+        let Some(backend) = Arc::into_inner(this) else {
+            warn!("vhost: the epoll threads still run; their exit events stay open");
+            return;
+        };
+        let fds = std::mem::take(
+            &mut *backend
+                .exit_consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for fd in fds {
+            if let Err(e) = crate::os::fd::close_abandoned(fd) {
+                warn!("vhost: closing an exit event ({fd}): {e}");
+            }
+        }
     }
 
     /// Stops the worker pool after its queued requests are done.
@@ -414,7 +443,13 @@ impl VhostUserBackend for FsBackend {
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
+            Ok(pair) => {
+                self.exit_consumers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(pair.0.as_raw_fd());
+                Some(pair)
+            }
             Err(e) => {
                 warn!("cannot create an exit event: {e}");
                 None

@@ -160,6 +160,10 @@ fn session_loop(
         if let Some(c) = session.dax_counts() {
             info!("connection ended; {c}");
         }
+        // Joins the library's epoll threads (they hold the backend), then
+        // closes what the library left open.
+        drop(daemon);
+        FsBackend::close_exit_events(backend);
         match result {
             Ok(())
             | Err(DaemonLibError::HandleRequest(

@@ -42,6 +42,7 @@ pub mod manifest;
 pub mod mkfs;
 pub mod procs;
 pub mod rangeread;
+pub mod resources;
 pub mod trees;
 
 pub use cli::run_manifest;
