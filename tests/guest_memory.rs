@@ -35,6 +35,7 @@ use common::frontend::{Frontend, FrontendOptions};
 use common::fuse_client::{
     walk, FuseClient, InitIn, ReadIn, FUSE_INIT, FUSE_READDIRPLUS, INIT_FLAGS, ROOT_ID,
 };
+use common::resources::Sampler;
 
 /// The lower extra region: [LOW, HIGH).
 const LOW: u64 = 0x0ff0_0000;
@@ -406,12 +407,37 @@ fn concurrent_rewrite(name: &str) {
     let ok = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let t = Instant::now();
-    let deadline = t + Duration::from_secs(4);
+    // EROFS_SOAK_SECS lengthens it (scripts/soak.sh: 10 minutes); the
+    // daemon's memory, descriptors and threads are sampled meanwhile.
+    let secs: u64 = std::env::var("EROFS_SOAK_SECS")
+        .ok()
+        .map(|v| v.parse().expect("EROFS_SOAK_SECS is a number"))
+        .unwrap_or(4);
+    let deadline = t + Duration::from_secs(secs);
     let mut walks = 0;
+    let mut sampler = Sampler::new();
+    sampler.sample(&[d.pid()]);
+    let mut next_sample = t + Duration::from_secs(1);
     while Instant::now() < deadline {
-        loose_walk(&mut c, &ok, &failed, deadline);
+        loose_walk(
+            &mut c,
+            &ok,
+            &failed,
+            deadline.min(Instant::now() + Duration::from_secs(1)),
+        );
         walks += 1;
         assert!(d.try_wait().is_none(), "daemon died:\n{}", d.log());
+        if Instant::now() >= next_sample {
+            sampler.sample(&[d.pid()]);
+            next_sample += Duration::from_secs(1);
+        }
+    }
+    let what = format!("{name}: guest rewriting its image");
+    eprintln!("{}", sampler.report(&what, secs as f64 / 4.0));
+    if secs >= 120 {
+        if let Err(e) = sampler.check_flat(&what, secs as f64 / 4.0, 10) {
+            panic!("{e}");
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let rounds = writer.join().expect("writer thread");
