@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # FUSE benchmark: our `erofs-virtiofsd mount` against the kernel's EROFS
-# driver, Debian's erofsfuse 1.5 and squashfuse, side by side on the same
-# images, in one run. Prints a markdown table (median of RUNS runs per
+# driver, erofsfuse (the newest: Debian unstable's 1.9 series, unpacked by
+# scripts/sid-tools.sh; or bookworm's 1.5 built from source) and
+# squashfuse, side by side on the same images, in one run. Prints a markdown table (median of RUNS runs per
 # backend, and ratios) and the exact commands used. Run as root.
 #
 # Rows:
@@ -22,7 +23,10 @@
 # mkfs.erofs 1.5. squashfuse reads a SquashFS image of the same tree,
 # compressed to match (see the notes the run prints).
 #
-# Knobs: RUNS (5), BIG_MIB (384), SMALL_FILES (50000), FIO_IOS (20000),
+# Knobs: RUNS (5), BIG_MIB (384), SMALL_FILES (50000), PER_DIR (files per
+# directory of the small tree, 500; 20 gives the 2,500-directory shape),
+# EROFSFUSE_PEER (sid: Debian unstable's erofsfuse 1.9, the default;
+# bookworm: 1.5 built from Debian 12's source), FIO_IOS (20000),
 # COLD (1: also cold sequential rows), VERIFY (1: check each backend's
 # content once per row), ONLY (regex on row names), BACKENDS ("ours kernel
 # erofsfuse squashfuse"), OURS (target/release/erofs-virtiofsd), OURS_ARGS
@@ -39,6 +43,8 @@ repo=$PWD
 RUNS=${RUNS:-5}
 BIG_MIB=${BIG_MIB:-384}
 SMALL_FILES=${SMALL_FILES:-50000}
+PER_DIR=${PER_DIR:-500}
+EROFSFUSE_PEER=${EROFSFUSE_PEER:-sid}
 FIO_IOS=${FIO_IOS:-20000}
 COLD=${COLD:-1}
 VERIFY=${VERIFY:-1}
@@ -65,7 +71,22 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Peers (erofsfuse built from Debian's source, squashfuse, fio) and tools.
 peers_out=$(scripts/peers.sh)
-EROFSFUSE=$(awk '$1 == "erofsfuse" {print $2}' <<<"$peers_out")
+case $EROFSFUSE_PEER in
+  sid)
+    sid_line=$(scripts/sid-tools.sh --quiet erofs | grep '^EROFSFUSE=')
+    EROFSFUSE=${sid_line#EROFSFUSE=}
+    # sid-tools.sh keeps "PACKAGE VERSION" lines of what it unpacked.
+    erofsfuse_version=$(awk '$1 == "erofsfuse" { print $2 }' "$(dirname "$EROFSFUSE")/../erofs/versions" 2>/dev/null)
+    erofsfuse_version=${erofsfuse_version:-1.9}
+    erofsfuse_what="Debian unstable's package, unpacked by scripts/sid-tools.sh"
+    ;;
+  bookworm)
+    EROFSFUSE=$(awk '$1 == "erofsfuse" {print $2}' <<<"$peers_out")
+    erofsfuse_version=$(cat "$(dirname "$EROFSFUSE")/erofsfuse.version")
+    erofsfuse_what="built from Debian 12's source, lz4+lzma"
+    ;;
+  *) echo "bench-fuse.sh: EROFSFUSE_PEER is sid or bookworm" >&2; exit 2 ;;
+esac
 command -v "$PY" >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
 }
@@ -235,7 +256,7 @@ trap 'exit 130' INT TERM
 
 gen_version=2
 stamp=$W/src/.stamp
-want="gen=$gen_version big_mib=$BIG_MIB small_files=$SMALL_FILES"
+want="gen=$gen_version big_mib=$BIG_MIB small_files=$SMALL_FILES per_dir=$PER_DIR"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bench: generating inputs ($want) in $W/src" >&2
   rm -rf "$W/src/big" "$W/src/small" "$W/img"
@@ -243,10 +264,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Deterministic: seeded PRNG, fixed times. big.bin mixes 1 MiB chunks:
   # 30% random bytes (incompressible), 35% text (lz4 in 4 KiB clusters: ~60%),
   # 25% JSON log lines (~30%), 10% zeros; small/ holds SMALL_FILES text files
-  # of 0..32 KiB in 500-file directories.
-  "$PY" - "$W/src" "$BIG_MIB" "$SMALL_FILES" <<'PY'
+  # of 0..32 KiB in PER_DIR-file directories.
+  "$PY" - "$W/src" "$BIG_MIB" "$SMALL_FILES" "$PER_DIR" <<'PY'
 import os, random, sys
 root, big_mib, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+per_dir = int(sys.argv[4])
 rng = random.Random(20240607)
 vocab = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
          for _ in range(300)]
@@ -273,7 +295,6 @@ with open(f"{root}/big/big.bin", "wb") as f:
             f.write(bytes(rec[:MiB]))
         else:
             f.write(bytes(MiB))
-per_dir = 500
 for i in range(nfiles):
     d = f"{root}/small/d{i // per_dir:04d}"
     if i % per_dir == 0:
@@ -506,8 +527,12 @@ row() {
 
 I=$W/img
 big_label="${BIG_MIB} MiB"
-no_zstd="erofsfuse:unsupported (zstd)"
-no_frag="erofsfuse:unsupported (fragments, zstd)"
+no_zstd="" no_frag=""
+if [ "$EROFSFUSE_PEER" = bookworm ]; then
+  no_zstd="erofsfuse:unsupported (zstd)"
+  no_frag="erofsfuse:unsupported (fragments, zstd)"
+fi
+small_label="$SMALL_FILES files in $(( (SMALL_FILES + PER_DIR - 1) / PER_DIR )) dirs"
 
 row "seq hot, $big_label, plain" seq big.bin "$I/big-plain.erofs" "$I/big-plain.sqfs"
 row "seq hot, $big_label, lz4" seq big.bin "$I/big-lz4.erofs" "$I/big-lz4.sqfs"
@@ -526,11 +551,12 @@ row "fio rand 4k ×$FIO_IOS, 40 MiB fixture zstd" fio mixed_40m "$(fixture big_z
 row "find -ls, usr fixture zstd15" find - "$(fixture usr_zstd15-ztailpack.erofs)" "$I/usr-zstd.sqfs"
 row "find -ls, usr plain" find - "$I/usr-plain.erofs" "$I/usr-plain.sqfs"
 row "find -ls, usr lz4" find - "$I/usr-lz4.erofs" "$I/usr-lz4.sqfs"
-row "find -ls, $SMALL_FILES files plain" find - "$I/small-plain.erofs" "$I/small-plain.sqfs"
-row "find -ls, $SMALL_FILES files lz4" find - "$I/small-lz4.erofs" "$I/small-lz4.sqfs"
+row "find -ls, $small_label, plain" find - "$I/small-plain.erofs" "$I/small-plain.sqfs"
+row "find -ls, $small_label, lz4" find - "$I/small-lz4.erofs" "$I/small-lz4.sqfs"
 row "tar, usr fixture zstd15" tar - "$(fixture usr_zstd15-ztailpack.erofs)" "$I/usr-zstd.sqfs" "$no_zstd"
 row "tar, usr lz4" tar - "$I/usr-lz4.erofs" "$I/usr-lz4.sqfs"
-row "tar, $SMALL_FILES files lz4" tar - "$I/small-lz4.erofs" "$I/small-lz4.sqfs"
+row "tar, $small_label, plain" tar - "$I/small-plain.erofs" "$I/small-plain.sqfs"
+row "tar, $small_label, lz4" tar - "$I/small-lz4.erofs" "$I/small-lz4.sqfs"
 
 # ------------------------------------------------------------------ report
 
@@ -540,11 +566,11 @@ echo "## FUSE benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'), kernel $(uname -r), $
 echo
 echo "Seconds, median (min) of $RUNS runs per backend, after one untimed checking run (VERIFY=1); a fresh mount per run; the image hot in the page cache except in 'seq cold' rows. Ratios are of the medians, A/B > 1 means A is slower: erofsfuse/ours is our speed-up over erofsfuse, ours/kernel our slow-down against the kernel. '–': not run; 'n/a': the backend cannot read that image (see notes); '!': content differs from the kernel's."
 echo
-echo "| row | ours | kernel | erofsfuse 1.5 | squashfuse | erofsfuse/ours | ours/kernel | erofsfuse/kernel | squashfuse/kernel |"
+echo "| row | ours | kernel | erofsfuse $erofsfuse_version | squashfuse | erofsfuse/ours | ours/kernel | erofsfuse/kernel | squashfuse/kernel |"
 echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|"
 printf '%s\n' "${table[@]}"
 echo
-echo "Versions: $(cat "$(dirname "$EROFSFUSE")/erofsfuse.version") erofsfuse (built from Debian's source, lz4+lzma), squashfuse $(dpkg-query -W -f='${Version}' squashfuse), mkfs.erofs $(dpkg-query -W -f='${Version}' erofs-utils), squashfs-tools $(dpkg-query -W -f='${Version}' squashfs-tools), $(fio --version); ours: $(if [ "$ours_ok" = 1 ]; then "$OURS" --version 2>/dev/null || echo "$OURS"; else echo 'not run'; fi)."
+echo "Versions: erofsfuse $erofsfuse_version ($erofsfuse_what), squashfuse $(dpkg-query -W -f='${Version}' squashfuse), mkfs.erofs $(dpkg-query -W -f='${Version}' erofs-utils), squashfs-tools $(dpkg-query -W -f='${Version}' squashfs-tools), $(fio --version); ours: $(if [ "$ours_ok" = 1 ]; then "$OURS" --version 2>/dev/null || echo "$OURS"; else echo 'not run'; fi)."
 echo
 echo "Notes:"
 printf -- '- %s\n' "${notes[@]}"
@@ -571,5 +597,5 @@ cat <<EOF
 - check (VERIFY=1, untimed, once per backend and row): md5 of FILE; of \`find . \\( -type d -printf '%P d %m\\n' \\) -o -printf '%P %y %s %m %l\\n' | sort\`; of every file's bytes in name order
 EOF
 echo
-awk -v a="$t_start" -v i="$t_inputs" -v b="$t_end" -v k="RUNS=$RUNS BIG_MIB=$BIG_MIB SMALL_FILES=$SMALL_FILES FIO_IOS=$FIO_IOS COLD=$COLD VERIFY=$VERIFY" \
+awk -v a="$t_start" -v i="$t_inputs" -v b="$t_end" -v k="RUNS=$RUNS BIG_MIB=$BIG_MIB SMALL_FILES=$SMALL_FILES PER_DIR=$PER_DIR EROFSFUSE_PEER=$EROFSFUSE_PEER FIO_IOS=$FIO_IOS COLD=$COLD VERIFY=$VERIFY" \
   'BEGIN {printf "Run time: %.0f s, of which %.0f s making inputs and images (%s)\n", b - a, i - a, k}'
