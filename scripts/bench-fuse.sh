@@ -466,7 +466,9 @@ row() {
   [[ $name =~ $ONLY ]] || return 0
   declare -A skip=() times=() med=() ref=()
   local s b img run
-  for s in "$@"; do skip[${s%%:*}]=${s#*:}; done
+  for s in "$@"; do
+    if [ -n "$s" ]; then skip[${s%%:*}]=${s#*:}; fi
+  done
   echo "bench: $name" >&2
   heat "$eimg"
   heat "$simg"

@@ -42,7 +42,9 @@ def main() -> int:
         fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.3))
         labels = [r[0] for r in rows]
         values = [r[1] for r in rows]
-        colors = ["#2e7d32" if v >= 1 else "#c62828" for v in values]
+        # Green: the aim (or, without one, parity) is met.
+        colors = ["#2e7d32" if v >= (aim if aim is not None else 1.0) else "#c62828"
+                  for _, v, aim in rows]
         y = range(len(rows))
         ax.barh(y, values, color=colors, height=0.6)
         for i, (_, v, aim) in enumerate(rows):
