@@ -431,8 +431,10 @@ impl VhostUserBackend for FsBackend {
         ))
     }
 
-    fn update_memory(&self, _mem: GuestMem) -> io::Result<()> {
-        // `self.mem` is the same atomic the daemon just updated.
+    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        // `self.mem` is the same atomic the daemon just updated; the
+        // outbound side watches it for DAX window mappings.
+        self.out.memory_updated(&mem.memory());
         Ok(())
     }
 
