@@ -897,7 +897,10 @@ impl Session {
         let Some(d) = &self.dax else {
             return Err(Fail::Errno(libc::ENOSYS));
         };
-        let t = self.node(h.nodeid)?;
+        // The guest maps only files it has open (its SETUPMAPPING names no
+        // handle: fh is always -1), so a file of an image removed through
+        // the API keeps mapping like an open file keeps reading.
+        let t = self.node_any(h.nodeid)?;
         d.setup(self.out.as_ref(), &t, s).map_err(Fail::Errno)?;
         send_ok(sink, h.unique)
     }
