@@ -455,9 +455,9 @@ impl SharedContent {
     /// from this image when the store has none (verified on the way), or
     /// the stored one once this image's own content is verified to be its
     /// fingerprint (hashed here, once, when not verified yet). `None`: map
-    /// a private copy (no fingerprint, content not its fingerprint,
-    /// another process making the copy right now, store full or failing).
-    /// Waits for the load or check: the first mapping of a shared file
+    /// a private copy (no fingerprint, content not its fingerprint, store
+    /// full or failing). Waits for the load or check (and for another
+    /// process making the same copy): the first mapping of a shared file
     /// reads it whole.
     pub(crate) fn mapped_copy(
         &self,

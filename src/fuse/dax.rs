@@ -861,3 +861,15 @@ impl Dax {
         info!("{}", self.counts());
     }
 }
+
+impl Drop for Dax {
+    /// The connection is gone, and the VMM's mappings with it: they no
+    /// longer count as active in the registry.
+    fn drop(&mut self) {
+        if let Some(m) = &self.stats.registry {
+            for _ in 0..self.stats.live.load(Ordering::Relaxed) {
+                m.dax().active.dec();
+            }
+        }
+    }
+}

@@ -487,4 +487,10 @@ fn test_counters_reach_the_metrics_registry() {
     fx.srv.dax_reset_for_tests();
     assert_eq!(dax(&fx).active, 0);
     assert_eq!(fx.srv.dax_counts().unwrap().live, 0);
+    // A connection that ends with mappings live: they go with it.
+    fx.setup(big, 0, RANGE, 0).unwrap();
+    assert_eq!(dax(&fx).active, 1);
+    let Fx { srv, share, .. } = fx;
+    drop(srv);
+    assert_eq!(share.metrics_snapshot().dax.active, 0);
 }

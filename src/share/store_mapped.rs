@@ -89,9 +89,11 @@ impl Store {
         Ok(e)
     }
 
-    /// As [`Store::load`], for the mapped copy: `len` bytes of content
-    /// read through `read`, verified, then padded. When another process
-    /// is making the same copy: [`LoadOutcome::InProgress`], nothing read.
+    /// As [`Store::load_waiting`], for the mapped copy: `len` bytes of
+    /// content read through `read`, verified, then padded. When another
+    /// process is making the same copy, waits for it (or its death) and
+    /// returns that copy: guests of a domain reading the same files at the
+    /// same time get one copy, not a private one each.
     pub fn load_mapped(
         &self,
         domain: &Domain,
@@ -99,7 +101,7 @@ impl Store {
         len: u64,
         read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<usize>,
     ) -> Result<LoadOutcome> {
-        self.load_inner(Kind::Mapped, domain, fingerprint, len, false, read)
+        self.load_inner(Kind::Mapped, domain, fingerprint, len, true, read)
     }
 
     /// Removes the mapped copy `e` from the store (it was changed through
