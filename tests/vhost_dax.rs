@@ -584,3 +584,69 @@ fn test_images_without_a_domain_map_private_copies() {
     }
     assert_ne!(ids[0], ids[1], "each connection its own copy");
 }
+
+#[test]
+fn test_an_image_lying_about_a_fingerprint_maps_its_own_bytes_and_changes_nobody_elses() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let mut victim = b"LYING-IMAGE-TEST-MARKER-0123456789".to_vec();
+    victim.extend(content(9, 5 * 4096));
+    fs::write(tree.join("victim"), &victim).unwrap();
+    let honest = mkfs(
+        &tree,
+        &work.path().join("honest.erofs"),
+        &["--xattr-inode-digest"],
+    );
+    // The liar: the same fingerprint xattr, one byte of data changed.
+    let mut bytes = fs::read(&honest).unwrap();
+    let at = bytes
+        .windows(34)
+        .position(|w| w == &victim[..34])
+        .expect("the data, uncompressed");
+    bytes[at + 40] ^= 0xff;
+    let liar = work.path().join("liar.erofs");
+    fs::write(&liar, &bytes).unwrap();
+    let mut lie = victim.clone();
+    lie[40] ^= 0xff;
+    let store = tempfile::Builder::new()
+        .prefix("evfs-daxstore-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let store_arg = store.path().display().to_string();
+    let args = [
+        "--tag",
+        "daxfs",
+        "--dax-window",
+        "16M",
+        "--domain",
+        "d",
+        "--store",
+        store_arg.as_str(),
+    ];
+    let first_map = |image: &Path| {
+        let d = Daemon::start(image, &args);
+        let mut c = connect(&d);
+        c.init();
+        let node = node_of(&mut c, "victim");
+        let m = map(&mut c, node, 0, 0);
+        drop(c);
+        (ended_count(&d, "shared"), m)
+    };
+    // The liar first: its copy fails verification, it maps its own bytes.
+    let (shared, m) = first_map(&liar);
+    assert!(m.bytes == range_of(&lie, 0));
+    assert_eq!(shared, 0);
+    // The honest image makes the copy; the liar, coming again, checks its
+    // own content against it and still maps its own bytes.
+    let (shared, honest_map) = first_map(&honest);
+    assert!(honest_map.bytes == range_of(&victim, 0));
+    assert_eq!(shared, 1);
+    let (shared, m) = first_map(&liar);
+    assert!(m.bytes == range_of(&lie, 0));
+    assert_eq!(shared, 0);
+    assert_ne!(m.fd_id, honest_map.fd_id);
+    let (_, again) = first_map(&honest);
+    assert_eq!(again.fd_id, honest_map.fd_id);
+    assert!(again.bytes == range_of(&victim, 0));
+}
