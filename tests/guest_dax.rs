@@ -10,9 +10,11 @@
 //!   came through SETUPMAPPING and not one FUSE_READ of a regular file.
 //! - `test_guest_dax_write_through_window`: a guest writes into its window
 //!   with busybox `devmem`, sees its write, drops its caches and reads the
-//!   true content again (the daemon found the range changed and wrote it
-//!   again); then a second guest of the same domain and one of another
-//!   domain read the true content.
+//!   true content again (the daemon found the store's mapped copy changed
+//!   and replaced it); then a second guest of the same domain and one of
+//!   another domain read the true content. The image has fingerprints
+//!   (mkfs.erofs 1.9 from `scripts/sid-tools.sh erofs`) and a domain, so
+//!   the guests map the content store's mapped copies.
 //!
 //! Needs root and, the first time, Debian's archive (as `tests/guest.rs`).
 //! One guest at a time.
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use common::fixture_image;
 use common::manifest::{parse_jsonl, subtree};
 use common::{assert_manifests_eq, load_expected};
+use sha2::{Digest, Sha256};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -142,6 +145,7 @@ impl Daemon {
             replaced: field("replaced"),
             refused: field("refused"),
             file_reads: field("file_reads"),
+            shared: field("shared"),
         }
     }
 }
@@ -159,6 +163,7 @@ struct DaxCounts {
     replaced: u64,
     refused: u64,
     file_reads: u64,
+    shared: u64,
 }
 
 /// Boots a guest with the share behind the DAX device, mounted
@@ -245,18 +250,49 @@ fn test_guest_dax_walk_plain_lz4_zstd_fragments() {
     assert_eq!((c.refused, c.replaced), (0, 0), "{c:?}");
 }
 
-/// A file of the `edge` tree and its SHA-256 (from the manifest).
-fn target_file() -> (&'static str, String) {
-    let path = "/files/rand_4096";
-    let e = load_expected("edge_plain-b4096");
-    let sha = e
+/// An image with fingerprints (mkfs.erofs 1.9 `--xattr-inode-digest`) of
+/// a tree with one file, in `work`: the image, the file's path and its
+/// SHA-256.
+fn target_image(work: &Path) -> (PathBuf, &'static str, String) {
+    let out = Command::new(repo().join("scripts/sid-tools.sh"))
+        .args(["--quiet", "erofs"])
+        .output()
+        .expect("run scripts/sid-tools.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mkfs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MKFS_EROFS="))
+        .unwrap_or_else(|| panic!("scripts/sid-tools.sh erofs failed:\n{text}"));
+    let tree = work.join("tree");
+    std::fs::create_dir_all(tree.join("files")).unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..3 * 4096 + 100)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let path = "/files/rand";
+    std::fs::write(tree.join("files/rand"), &data).unwrap();
+    let image = work.join("target.erofs");
+    let out = Command::new(mkfs)
+        .args(["--quiet", "--xattr-inode-digest"])
+        .arg(&image)
+        .arg(&tree)
+        .output()
+        .expect("run mkfs.erofs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sha = Sha256::digest(&data)
         .iter()
-        .find(|e| e.raw_path == path.as_bytes())
-        .and_then(|e| e.get("sha256"))
-        .and_then(|v| v.as_str())
-        .expect("the file in the manifest")
-        .to_string();
-    (path, sha)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (image, path, sha)
 }
 
 #[test]
@@ -266,14 +302,19 @@ fn test_guest_dax_write_through_window() {
         .prefix("evfs-dax-")
         .tempdir()
         .unwrap();
-    let (path, sha) = target_file();
-    let image = fixture_image("edge_plain-b4096").image;
+    let (image, path, sha) = target_image(work.path());
+    let store = tempfile::Builder::new()
+        .prefix("evfs-dax-store-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
     let args = |domain: &str| {
         vec![
             "--dax-window".to_string(),
             "16M".to_string(),
             "--domain".to_string(),
             domain.to_string(),
+            "--store".to_string(),
+            store.path().display().to_string(),
             "--image".to_string(),
             image.display().to_string(),
         ]
@@ -328,6 +369,7 @@ fn test_guest_dax_write_through_window() {
     let c = d.dax_counts(1);
     assert_eq!(c.replaced, 1, "{c:?}");
     assert_eq!(c.file_reads, 0, "{c:?}");
+    assert!(c.shared >= 2, "the store's mapped copies: {c:?}");
 
     // A second guest of the same domain (the same daemon), and one of
     // another domain (a daemon of its own), read the true content.
@@ -335,10 +377,13 @@ fn test_guest_dax_write_through_window() {
     let r: Vec<&str> = r.iter().map(String::as_str).collect();
     let out = boot(qemu, &sock, work.path(), &r, &d);
     assert!(out.contains(&format!("after={sha}")), "{out}");
-    assert_eq!(d.dax_counts(2).replaced, 0);
+    let c = d.dax_counts(2);
+    assert_eq!(c.replaced, 0, "{c:?}");
+    assert!(c.shared >= 1, "{c:?}");
     let sock_b = work.path().join("b.sock");
     let mut other = Daemon::start(&args("tenant-b"), &sock_b, &work.path().join("b.log"));
     let out = boot(qemu, &sock_b, work.path(), &r, &other);
     assert!(out.contains(&format!("after={sha}")), "{out}");
-    assert!(other.dax_counts(1).setups > 0);
+    let c = other.dax_counts(1);
+    assert!(c.setups > 0 && c.shared >= 1, "{c:?}");
 }

@@ -3,11 +3,21 @@
 //! backend request channel carrying the file's decoded bytes, REMOVEMAPPING
 //! answered by SHMEM_UNMAP, and the failures (the VMM refusing a map, an
 //! unknown range, a full window and table) answered with an errno while
-//! the daemon stays up.
+//! the daemon stays up. Files of images with a trust domain and
+//! fingerprints map the content store's mapped copies: one host file for
+//! the guests of a domain, never for another's.
+//!
+//! The store tests need mkfs.erofs 1.9 (`--xattr-inode-digest`):
+//! `$EROFS_MKFS_NEW`, else `target/sid/bin/mkfs.erofs` as
+//! `scripts/sid-tools.sh erofs` installs it.
 
 mod common;
 
-use std::time::Duration;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
@@ -316,4 +326,327 @@ fn test_failures_get_errnos_and_the_daemon_stays_up() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(d.log().contains("refused=3"), "{}", d.log());
+}
+
+/// mkfs.erofs 1.9 from Debian sid.
+fn mkfs_new() -> PathBuf {
+    let p = match std::env::var_os("EROFS_MKFS_NEW") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sid/bin/mkfs.erofs"),
+    };
+    let v = Command::new(&p)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    assert!(
+        v.contains(" 1.9"),
+        "mkfs.erofs 1.9 not runnable at {}: run `scripts/sid-tools.sh erofs` or set \
+         EROFS_MKFS_NEW",
+        p.display()
+    );
+    p
+}
+
+fn mkfs(tree: &Path, image: &Path, args: &[&str]) -> PathBuf {
+    let out = Command::new(mkfs_new())
+        .arg("--quiet")
+        .args(args)
+        .arg(image)
+        .arg(tree)
+        .output()
+        .expect("run mkfs.erofs");
+    assert!(
+        out.status.success(),
+        "mkfs.erofs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image.to_path_buf()
+}
+
+/// Deterministic content, half noise, half text.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        if (v.len() / 8192) % 2 == 0 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        } else {
+            v.extend_from_slice(format!("line {seed} {} of text\n", v.len()).as_bytes());
+        }
+    }
+    v.truncate(len);
+    v
+}
+
+/// One mapping as the VMM saw it.
+struct Mapped {
+    fd_id: (u64, u64),
+    bytes: Vec<u8>,
+    file: File,
+}
+
+/// SETUPMAPPING of `len` bytes of `node` at `foffset` to `moffset`; the
+/// SHMEM_MAP the VMM got.
+fn map(c: &mut FuseClient, node: u64, foffset: u64, moffset: u64) -> Mapped {
+    take_events(c);
+    setup(c, node, foffset, RANGE, moffset, FLAG_READ).expect("SETUPMAPPING");
+    let events = take_events(c);
+    match events.into_iter().last() {
+        Some(WindowEvent::Map {
+            fd_id, bytes, file, ..
+        }) => Mapped { fd_id, bytes, file },
+        e => panic!("no SHMEM_MAP: {e:?}"),
+    }
+}
+
+/// `data[from..]` up to one range, padded with zeros to the range.
+fn range_of(data: &[u8], from: u64) -> Vec<u8> {
+    let end = (from + RANGE).min(data.len() as u64) as usize;
+    let mut v = data[from as usize..end].to_vec();
+    v.resize(RANGE as usize, 0);
+    v
+}
+
+/// A field of the counters a daemon logs when its connection ends.
+fn ended_count(d: &Daemon, field: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = d.log();
+        if let Some(line) = log.lines().find(|l| l.contains("connection ended; dax:")) {
+            let key = format!(" {field}=");
+            let at = line.find(&key).unwrap_or_else(|| panic!("{line}")) + key.len();
+            return line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+        assert!(Instant::now() < deadline, "no counters logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The node of the regular file `name` in the root.
+fn node_of(c: &mut FuseClient, name: &str) -> u64 {
+    c.list_dir(ROOT_ID)
+        .expect("readdirplus")
+        .into_iter()
+        .find(|d| d.name == name.as_bytes())
+        .map(|d| d.entry.nodeid)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn test_guests_of_a_domain_map_one_copy_and_writes_never_reach_a_later_mapping() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let big = content(1, 3 * (1 << 20) + 1234);
+    fs::write(tree.join("big"), &big).unwrap();
+    fs::write(tree.join("small"), b"a small file\n").unwrap();
+    // Two images of one content (one of them compressed).
+    let plain = mkfs(
+        &tree,
+        &work.path().join("plain.erofs"),
+        &["--xattr-inode-digest"],
+    );
+    let lz4 = mkfs(
+        &tree,
+        &work.path().join("lz4.erofs"),
+        &["--xattr-inode-digest", "-zlz4hc"],
+    );
+    let store = tempfile::Builder::new()
+        .prefix("evfs-daxstore-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let store_arg = store.path().display().to_string();
+    let args = |domain: &'static str| {
+        [
+            "--tag",
+            "daxfs",
+            "--dax-window",
+            "16M",
+            "--domain",
+            domain,
+            "--store",
+            store_arg.as_str(),
+        ]
+    };
+    let (a, b, c) = (
+        Daemon::start(&plain, &args("tenant-a")),
+        Daemon::start(&lz4, &args("tenant-a")),
+        Daemon::start(&plain, &args("tenant-b")),
+    );
+    let open = |d: &Daemon| {
+        let mut cl = connect(d);
+        cl.init();
+        let node = node_of(&mut cl, "big");
+        (cl, node)
+    };
+    let (mut ca, na) = open(&a);
+    let (mut cb, nb) = open(&b);
+    let (mut cc, nc) = open(&c);
+    let ma = map(&mut ca, na, 0, 0);
+    let mb = map(&mut cb, nb, 0, 0);
+    let mc = map(&mut cc, nc, 0, 0);
+    for m in [&ma, &mb, &mc] {
+        assert!(m.bytes == range_of(&big, 0), "mapped bytes differ");
+    }
+    assert_eq!(
+        ma.fd_id, mb.fd_id,
+        "one host file for the guests of a domain"
+    );
+    assert_ne!(ma.fd_id, mc.fd_id, "another domain maps another file");
+    // The copy: the content, then a hole to the whole range.
+    let meta = ma.file.metadata().unwrap();
+    assert_eq!(meta.len(), 2 * RANGE);
+    assert!(meta.blocks() * 512 <= big.len() as u64 + 8192, "{meta:?}");
+    let tail = map(&mut ca, na, RANGE, RANGE);
+    assert_eq!(tail.fd_id, ma.fd_id);
+    assert!(
+        tail.bytes == range_of(&big, RANGE),
+        "the last range, padded"
+    );
+
+    // Guest A writes through its window. Guest B maps the same copy at
+    // the same time and sees it; the guest of the other domain does not.
+    ma.file.write_all_at(b"written by guest A", 100).unwrap();
+    let mut seen = [0u8; 18];
+    mb.file.read_exact_at(&mut seen, 100).unwrap();
+    assert_eq!(&seen, b"written by guest A");
+    let mut seen_c = [0u8; 18];
+    mc.file.read_exact_at(&mut seen_c, 100).unwrap();
+    assert_eq!(&seen_c[..], &big[100..118]);
+
+    // A maps the range again: the true content, in a fresh copy.
+    remove(&mut ca, &[(0, RANGE)]).unwrap();
+    let again = map(&mut ca, na, 0, 0);
+    assert!(
+        again.bytes == range_of(&big, 0),
+        "a write reached a later mapping"
+    );
+    assert_ne!(again.fd_id, ma.fd_id, "a fresh copy, not the written one");
+    // B's guest still maps the written copy until it maps again; then it
+    // gets the fresh copy too.
+    remove(&mut cb, &[(0, RANGE)]).unwrap();
+    let b_again = map(&mut cb, nb, 0, 0);
+    assert!(b_again.bytes == range_of(&big, 0));
+    assert_eq!(b_again.fd_id, again.fd_id);
+    drop(cb);
+    // A new connection of the domain maps the fresh copy.
+    let mut late = connect(&b);
+    late.init();
+    let node = node_of(&mut late, "big");
+    let l = map(&mut late, node, 0, 0);
+    assert_eq!(l.fd_id, again.fd_id);
+    assert!(l.bytes == range_of(&big, 0));
+    // A small file: a copy of one range, mostly hole.
+    let node = node_of(&mut late, "small");
+    let s = map(&mut late, node, 0, RANGE);
+    assert!(s.bytes == range_of(b"a small file\n", 0));
+    assert_eq!(s.file.metadata().unwrap().len(), RANGE);
+    drop(late);
+    drop((ca, cc));
+    assert_eq!(ended_count(&a, "replaced"), 1, "{}", a.log());
+    assert_eq!(ended_count(&a, "shared"), 3, "{}", a.log());
+    assert_eq!(ended_count(&b, "shared"), 2, "{}", b.log());
+    assert_eq!(ended_count(&c, "replaced"), 0, "{}", c.log());
+    assert_eq!(ended_count(&c, "shared"), 1, "{}", c.log());
+}
+
+#[test]
+fn test_images_without_a_domain_map_private_copies() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let big = content(2, (1 << 20) + 5);
+    fs::write(tree.join("big"), &big).unwrap();
+    let plain = mkfs(
+        &tree,
+        &work.path().join("plain.erofs"),
+        &["--xattr-inode-digest"],
+    );
+    let args = ["--tag", "daxfs", "--dax-window", "16M"];
+    let d = Daemon::start(&plain, &args);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut cl = connect(&d);
+        cl.init();
+        let node = node_of(&mut cl, "big");
+        let m = map(&mut cl, node, 0, 0);
+        assert!(m.bytes == range_of(&big, 0));
+        ids.push(m.fd_id);
+    }
+    assert_ne!(ids[0], ids[1], "each connection its own copy");
+}
+
+#[test]
+fn test_an_image_lying_about_a_fingerprint_maps_its_own_bytes_and_changes_nobody_elses() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let mut victim = b"LYING-IMAGE-TEST-MARKER-0123456789".to_vec();
+    victim.extend(content(9, 5 * 4096));
+    fs::write(tree.join("victim"), &victim).unwrap();
+    let honest = mkfs(
+        &tree,
+        &work.path().join("honest.erofs"),
+        &["--xattr-inode-digest"],
+    );
+    // The liar: the same fingerprint xattr, one byte of data changed.
+    let mut bytes = fs::read(&honest).unwrap();
+    let at = bytes
+        .windows(34)
+        .position(|w| w == &victim[..34])
+        .expect("the data, uncompressed");
+    bytes[at + 40] ^= 0xff;
+    let liar = work.path().join("liar.erofs");
+    fs::write(&liar, &bytes).unwrap();
+    let mut lie = victim.clone();
+    lie[40] ^= 0xff;
+    let store = tempfile::Builder::new()
+        .prefix("evfs-daxstore-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let store_arg = store.path().display().to_string();
+    let args = [
+        "--tag",
+        "daxfs",
+        "--dax-window",
+        "16M",
+        "--domain",
+        "d",
+        "--store",
+        store_arg.as_str(),
+    ];
+    let first_map = |image: &Path| {
+        let d = Daemon::start(image, &args);
+        let mut c = connect(&d);
+        c.init();
+        let node = node_of(&mut c, "victim");
+        let m = map(&mut c, node, 0, 0);
+        drop(c);
+        (ended_count(&d, "shared"), m)
+    };
+    // The liar first: its copy fails verification, it maps its own bytes.
+    let (shared, m) = first_map(&liar);
+    assert!(m.bytes == range_of(&lie, 0));
+    assert_eq!(shared, 0);
+    // The honest image makes the copy; the liar, coming again, checks its
+    // own content against it and still maps its own bytes.
+    let (shared, honest_map) = first_map(&honest);
+    assert!(honest_map.bytes == range_of(&victim, 0));
+    assert_eq!(shared, 1);
+    let (shared, m) = first_map(&liar);
+    assert!(m.bytes == range_of(&lie, 0));
+    assert_eq!(shared, 0);
+    assert_ne!(m.fd_id, honest_map.fd_id);
+    let (_, again) = first_map(&honest);
+    assert_eq!(again.fd_id, honest_map.fd_id);
+    assert!(again.bytes == range_of(&victim, 0));
 }

@@ -449,6 +449,84 @@ impl SharedContent {
     }
 }
 
+/// What DAX maps of a shared file (see [`super::dax`]).
+impl SharedContent {
+    /// The mapped copy of `inode` of `img` (whose sharing is `ic`): made
+    /// from this image when the store has none (verified on the way), or
+    /// the stored one once this image's own content is verified to be its
+    /// fingerprint (hashed here, once, when not verified yet). `None`: map
+    /// a private copy (no fingerprint, content not its fingerprint, store
+    /// full or failing). Waits for the load or check (and for another
+    /// process making the same copy): the first mapping of a shared file
+    /// reads it whole.
+    pub(crate) fn mapped_copy(
+        &self,
+        ic: &ImageContent,
+        image: &Image,
+        inode: &Inode,
+    ) -> Option<(Entry, Fingerprint)> {
+        if inode.kind != InodeKind::File || inode.size == 0 || inode.xattr_isize == 0 {
+            return None;
+        }
+        let nid = inode.nid;
+        let (fp, status) = ic.state_of(image, inode)?;
+        if status == Status::Unshared {
+            return None;
+        }
+        let stored = match self.store.get_mapped(&ic.domain, &fp) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                let loader = match ic.loader.inode(nid) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        warn!("{}: nid {nid}: cannot load: {e}", ic.name);
+                        return None;
+                    }
+                };
+                let mut read = |off: u64, buf: &mut [u8]| -> io::Result<usize> {
+                    ic.loader.read(&loader, off, buf).map_err(io::Error::other)
+                };
+                match self
+                    .store
+                    .load_mapped(&ic.domain, &fp, inode.size, &mut read)
+                {
+                    Ok(LoadOutcome::Stored(e)) => {
+                        debug!("{}: nid {nid}: mapped copy of {fp} made", ic.name);
+                        ic.set(nid, Status::Verified, None);
+                        return Some((e, fp));
+                    }
+                    Ok(LoadOutcome::AlreadyStored(e)) => e,
+                    Ok(LoadOutcome::InProgress) => return None,
+                    Err(share::Error::Mismatch { actual, .. }) => {
+                        self.lie(ic, nid, fp, actual, false);
+                        return None;
+                    }
+                    Err(e) => {
+                        debug!("{}: nid {nid}: mapped copy of {fp}: {e}", ic.name);
+                        return None;
+                    }
+                }
+            }
+            Err(e) => {
+                debug!("{}: nid {nid}: mapped copy of {fp}: {e}", ic.name);
+                return None;
+            }
+        };
+        if ic.state_of(image, inode).map(|s| s.1) != Some(Status::Verified) {
+            self.verify(ic, nid, fp);
+        }
+        (ic.state_of(image, inode).map(|s| s.1) == Some(Status::Verified)).then_some((stored, fp))
+    }
+
+    /// Removes a mapped copy found changed (see
+    /// [`crate::share::Store::drop_mapped`]).
+    pub(crate) fn drop_mapped(&self, e: &Entry) {
+        if let Err(err) = self.store.drop_mapped(e) {
+            warn!("content store: {err}");
+        }
+    }
+}
+
 impl Drop for SharedContent {
     fn drop(&mut self) {
         info!("content store: {}", self.stats);

@@ -10,18 +10,26 @@
 //! mapped is never the image: it is a *content file* of the file's
 //! decoded bytes, one per (image, inode), made by [`ContentCache`].
 //!
-//! Content files are memfds private to one connection (one guest): a page
-//! mapped into a guest is never mapped into another guest, of any domain.
-//! The memfd is as long as the file rounded up to [`RANGE`] (2 MiB, the
-//! kernel's DAX range) and filled one range at a time, when a mapping
-//! first needs it; its tail past EOF stays zero (a hole: a small file costs
-//! its own pages, not 2 MiB). When a range was filled,
-//! its xxh3 hash is kept; before the range is mapped again (the guest
-//! dropped its mapping and asks anew, or remounted), the bytes are hashed
-//! again and, if the guest wrote through its window meanwhile, the range
-//! is decoded and written again (counted in [`DaxStats::replaced`]). What
-//! a guest writes thus never reaches a later mapping; while a range is
-//! mapped, the processes of that one guest see each other's writes.
+//! A file shared through the content store (its image has a trust domain,
+//! the file a verified fingerprint) maps the store's *mapped copy* of its
+//! content ([`crate::share::Store::get_mapped`]): one host file for every
+//! guest of the domain, on any connection or daemon of the store, and
+//! never for a guest of another domain. Every other file maps a memfd
+//! private to the connection. Both are as long as the file rounded up to
+//! [`RANGE`] (2 MiB, the kernel's DAX range), the tail past EOF a hole (a
+//! small file costs its own pages, not 2 MiB). A private memfd is filled
+//! one range at a time, when a mapping first needs it.
+//!
+//! The xxh3 of each range's true bytes is kept (of a private range when it
+//! is filled; of a shared copy when it is taken, after checking its
+//! sha256). Before every mapping the range is hashed again; if a guest
+//! wrote through its window meanwhile, a private range is decoded and
+//! written again, and a shared copy is removed from the store and replaced
+//! by a fresh one (never written in place: other guests map it); counted
+//! in [`DaxStats::replaced`]. What a guest writes thus never reaches a
+//! later mapping; while a range is mapped, the processes of that guest,
+//! and for a shared copy the guests of the same domain mapping that range
+//! at the same time, see the write.
 //!
 //! Bounds: at most [`MAX_MAPPINGS`] live mappings per connection (each is
 //! a memory slot in QEMU, which has about 509 for RAM and mappings
@@ -43,15 +51,20 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use foldhash::fast::RandomState;
 use log::{debug, info, warn};
 
+use sha2::{Digest, Sha256};
+
 use super::abi::{self, RemovemappingOne, SetupmappingIn};
+use super::content::SharedContent;
 use super::nodes::Target;
 use super::outbound::{DaxMapping, Outbound};
 use crate::erofs::{Inode, InodeKind};
+use crate::metrics::Metrics;
+use crate::share::{Entry, Fingerprint};
 
 /// The unit the kernel maps (`FUSE_DAX_SZ`), and of content-file filling
 /// and hashing.
@@ -105,6 +118,70 @@ pub struct DaxStats {
     pub replaced: AtomicU64,
     /// FUSE_READs of regular files (data not served by a mapping).
     pub file_reads: AtomicU64,
+    /// Of `setups`: mappings of a store's mapped copy (shared by the
+    /// guests of a domain).
+    pub shared: AtomicU64,
+    /// Mappings live now.
+    pub live: AtomicU64,
+    /// The daemon's registry, counting the same (over all connections).
+    registry: Option<Arc<Metrics>>,
+}
+
+impl DaxStats {
+    fn setup(&self, shared: bool) {
+        bump(&self.setups);
+        bump(&self.live);
+        if shared {
+            bump(&self.shared);
+        }
+        if let Some(m) = &self.registry {
+            m.dax().maps.inc();
+            m.dax().active.inc();
+            if shared {
+                m.dax().shared_maps.inc();
+            }
+        }
+    }
+
+    /// A mapping ended (`unmapped`: by an unmap, else forgotten at INIT).
+    fn ended(&self, unmapped: bool) {
+        let _ = self
+            .live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
+        if unmapped {
+            bump(&self.removes);
+        }
+        if let Some(m) = &self.registry {
+            m.dax().active.dec();
+            if unmapped {
+                m.dax().unmaps.inc();
+            }
+        }
+    }
+
+    fn refused(&self) {
+        bump(&self.refused);
+        if let Some(m) = &self.registry {
+            m.dax().failures.inc();
+        }
+    }
+
+    fn replaced(&self) {
+        bump(&self.replaced);
+        if let Some(m) = &self.registry {
+            m.dax().replaced.inc();
+        }
+    }
+
+    /// A FUSE_READ of a regular file.
+    pub(crate) fn file_read(&self) {
+        bump(&self.file_reads);
+        if let Some(m) = &self.registry {
+            m.dax().file_reads.inc();
+        }
+    }
 }
 
 /// A copy of [`DaxStats`].
@@ -120,14 +197,24 @@ pub struct DaxCounts {
     pub replaced: u64,
     /// See [`DaxStats::file_reads`].
     pub file_reads: u64,
+    /// See [`DaxStats::shared`].
+    pub shared: u64,
+    /// See [`DaxStats::live`].
+    pub live: u64,
 }
 
 impl std::fmt::Display for DaxCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "dax: setups={} removes={} refused={} replaced={} file_reads={}",
-            self.setups, self.removes, self.refused, self.replaced, self.file_reads
+            "dax: setups={} removes={} refused={} replaced={} file_reads={} shared={} live={}",
+            self.setups,
+            self.removes,
+            self.refused,
+            self.replaced,
+            self.file_reads,
+            self.shared,
+            self.live
         )
     }
 }
@@ -153,10 +240,21 @@ struct RangeState {
     live: u32,
 }
 
-/// A file's decoded content in a memfd, padded to whole ranges.
+/// Where a content file comes from.
+#[derive(Debug)]
+enum Backing {
+    /// A memfd of this connection, filled range by range.
+    Private(File),
+    /// The store's mapped copy of the file's fingerprint in its domain,
+    /// verified when taken: every range `filled`, with the hash of its
+    /// true bytes.
+    Shared(Entry),
+}
+
+/// A file's decoded content, padded to whole ranges.
 #[derive(Debug)]
 struct Content {
-    file: File,
+    backing: Backing,
     ranges: Vec<RangeState>,
     last_use: u64,
 }
@@ -165,6 +263,48 @@ impl Content {
     fn live(&self) -> bool {
         self.ranges.iter().any(|r| r.live > 0)
     }
+
+    fn file(&self) -> &File {
+        match &self.backing {
+            Backing::Private(f) => f,
+            Backing::Shared(e) => e.file(),
+        }
+    }
+
+    fn is_shared(&self) -> bool {
+        matches!(self.backing, Backing::Shared(_))
+    }
+}
+
+/// The hashes of the ranges of a mapped copy of `size` bytes of content
+/// whose sha256 must be `fp` (zeros past `size`), or `None` when it holds
+/// anything else (a guest wrote into it).
+fn check_copy(e: &Entry, size: u64, fp: &Fingerprint) -> Option<Vec<u64>> {
+    let padded = size.checked_next_multiple_of(RANGE)?;
+    if e.len() != padded {
+        return None;
+    }
+    let mut sha = Sha256::new();
+    let mut hashes = Vec::new();
+    let mut buf = vec![0u8; RANGE as usize];
+    let mut off = 0u64;
+    while off < padded {
+        if let Err(err) = e.file().read_exact_at(&mut buf, off) {
+            warn!("dax: reading a mapped copy: {err}");
+            return None;
+        }
+        let data = usize::try_from(size.saturating_sub(off).min(RANGE)).ok()?;
+        let (head, tail) = buf.split_at_mut(data);
+        sha.update(&*head);
+        let dirty = tail.iter().any(|b| *b != 0);
+        tail.fill(0);
+        if dirty {
+            return None;
+        }
+        hashes.push(xxhash_rust::xxh3::xxh3_64(&buf));
+        off = off.saturating_add(RANGE);
+    }
+    (Fingerprint::from_sha256(sha.finalize().into()) == *fp).then_some(hashes)
 }
 
 /// The content files of one connection: "a writable file holding the
@@ -213,10 +353,86 @@ fn decode_range(t: &Target, r: usize) -> Result<Vec<u8>, i32> {
     Ok(buf)
 }
 
+/// The store's mapped copy of `t`, verified (`None`: map a private copy).
+/// A copy found changed is removed from the store and counted, and a
+/// fresh one taken.
+fn shared_content(t: &Target, sc: &SharedContent, stats: &DaxStats) -> Option<Content> {
+    let ic = t.img.content()?;
+    for _ in 0..2 {
+        let (e, fp) = sc.mapped_copy(ic, t.img.image(), &t.inode)?;
+        if let Some(hashes) = check_copy(&e, t.inode.size, &fp) {
+            let ranges = hashes
+                .into_iter()
+                .map(|hash| RangeState {
+                    filled: true,
+                    bytes: 0,
+                    hash,
+                    live: 0,
+                })
+                .collect();
+            return Some(Content {
+                backing: Backing::Shared(e),
+                ranges,
+                last_use: 0,
+            });
+        }
+        warn!(
+            "dax: the mapped copy of nid {} ({fp}) was changed through a window; replaced",
+            t.inode.nid
+        );
+        stats.replaced();
+        sc.drop_mapped(&e);
+    }
+    None
+}
+
 impl ContentCache {
+    /// A content file for `t`: the store's mapped copy when the file is
+    /// shared, else a private memfd with every range a hole.
+    fn new_content(
+        t: &Target,
+        share: Option<&SharedContent>,
+        stats: &DaxStats,
+    ) -> Result<Content, i32> {
+        if let Some(c) = share.and_then(|sc| shared_content(t, sc, stats)) {
+            return Ok(c);
+        }
+        let padded = t
+            .inode
+            .size
+            .checked_next_multiple_of(RANGE)
+            .ok_or(libc::EFBIG)?;
+        let file = crate::os::fd::memfd(c"erofs-dax", padded).map_err(|e| {
+            warn!("dax: content file: {e}");
+            e.raw_os_error().unwrap_or(libc::EIO)
+        })?;
+        let n = usize::try_from(padded / RANGE).map_err(|_| libc::EFBIG)?;
+        Ok(Content {
+            backing: Backing::Private(file),
+            ranges: vec![RangeState::default(); n],
+            last_use: 0,
+        })
+    }
+
+    /// Whether ranges `first..=last` of a shared content still hold their
+    /// true bytes.
+    fn shared_intact(c: &Content, first: usize, last: usize) -> Result<bool, i32> {
+        let mut now = vec![0u8; RANGE as usize];
+        for r in first..=last {
+            let state = c.ranges.get(r).ok_or(libc::EINVAL)?;
+            let off = (r as u64).saturating_mul(RANGE);
+            c.file().read_exact_at(&mut now, off).map_err(io_errno)?;
+            if xxhash_rust::xxh3::xxh3_64(&now) != state.hash {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The content file of `t`, with ranges `first..=last` holding the
     /// file's true bytes (filled, or checked against their hash and
-    /// written again when changed).
+    /// written again when changed; a changed shared copy is replaced by
+    /// a fresh one, never written in place: other guests map it).
     fn prepare(
         &mut self,
         key: Key,
@@ -224,33 +440,45 @@ impl ContentCache {
         first: usize,
         last: usize,
         stats: &DaxStats,
+        share: Option<&SharedContent>,
     ) -> Result<&Content, i32> {
         self.clock = self.clock.saturating_add(1);
         if !self.files.contains_key(&key) {
             self.make_room_for_file();
-            let padded = t
-                .inode
-                .size
-                .checked_next_multiple_of(RANGE)
-                .ok_or(libc::EFBIG)?;
-            let file = crate::os::fd::memfd(c"erofs-dax", padded).map_err(|e| {
-                warn!("dax: content file: {e}");
-                e.raw_os_error().unwrap_or(libc::EIO)
-            })?;
-            let n = usize::try_from(padded / RANGE).map_err(|_| libc::EFBIG)?;
-            self.files.insert(
-                key,
-                Content {
-                    file,
-                    ranges: vec![RangeState::default(); n],
-                    last_use: 0,
-                },
-            );
+            let c = Self::new_content(t, share, stats)?;
+            self.files.insert(key, c);
         }
         let clock = self.clock;
         let mut added = 0u64;
         let c = self.files.get_mut(&key).ok_or(libc::EIO)?;
         c.last_use = clock;
+        if c.is_shared() {
+            if Self::shared_intact(c, first, last)? {
+                return self.files.get(&key).ok_or(libc::EIO);
+            }
+            warn!(
+                "dax: a mapped copy of nid {} was changed through a window; replaced",
+                t.inode.nid
+            );
+            stats.replaced();
+            let Some(old) = self.files.remove(&key) else {
+                return Err(libc::EIO);
+            };
+            if let (Backing::Shared(e), Some(sc)) = (&old.backing, share) {
+                sc.drop_mapped(e);
+            }
+            let mut fresh = Self::new_content(t, share, stats)?;
+            for (n, o) in fresh.ranges.iter_mut().zip(&old.ranges) {
+                n.live = o.live;
+            }
+            fresh.last_use = clock;
+            let shared = fresh.is_shared();
+            self.files.insert(key, fresh);
+            if shared {
+                return self.files.get(&key).ok_or(libc::EIO);
+            }
+        }
+        let c = self.files.get_mut(&key).ok_or(libc::EIO)?;
         for r in first..=last {
             let Some(state) = c.ranges.get(r).copied() else {
                 return Err(libc::EINVAL);
@@ -258,7 +486,7 @@ impl ContentCache {
             let off = (r as u64).saturating_mul(RANGE);
             if state.filled {
                 let mut now = vec![0u8; RANGE as usize];
-                c.file.read_exact_at(&mut now, off).map_err(io_errno)?;
+                c.file().read_exact_at(&mut now, off).map_err(io_errno)?;
                 if xxhash_rust::xxh3::xxh3_64(&now) == state.hash {
                     continue;
                 }
@@ -266,7 +494,7 @@ impl ContentCache {
                     "dax: range {r} of nid {} was changed through a window; written again",
                     t.inode.nid
                 );
-                bump(&stats.replaced);
+                stats.replaced();
             }
             let data = decode_range(t, r)?;
             let written = t
@@ -280,11 +508,11 @@ impl ContentCache {
             let head = data
                 .get(..usize::try_from(written).unwrap_or(0))
                 .unwrap_or(&[]);
-            c.file.write_all_at(head, off).map_err(io_errno)?;
+            c.file().write_all_at(head, off).map_err(io_errno)?;
             if state.filled && written < RANGE {
                 // What the guest wrote past the data goes with the hole.
                 crate::os::fd::punch_hole(
-                    &c.file,
+                    c.file(),
                     off.saturating_add(written),
                     RANGE.saturating_sub(written),
                 )
@@ -339,11 +567,15 @@ impl ContentCache {
             return;
         }
         let mut freed = 0u64;
-        for c in self.files.values_mut() {
+        // (Shared copies are the store's: never punched.)
+        for c in self.files.values_mut().filter(|c| !c.is_shared()) {
+            let Backing::Private(file) = &c.backing else {
+                continue;
+            };
             for (r, s) in c.ranges.iter_mut().enumerate() {
                 if s.filled && s.live == 0 {
                     let off = (r as u64).saturating_mul(RANGE);
-                    if crate::os::fd::punch_hole(&c.file, off, RANGE).is_ok() {
+                    if crate::os::fd::punch_hole(file, off, RANGE).is_ok() {
                         freed = freed.saturating_add(s.bytes);
                         *s = RangeState::default();
                     }
@@ -416,7 +648,12 @@ pub(crate) struct Dax {
 impl Dax {
     /// DAX for a transport whose window is `window` bytes, or `None` when
     /// there is no window or `mode` is [`DaxMode::Never`].
-    pub(crate) fn new(window: Option<u64>, mode: DaxMode) -> Option<Self> {
+    /// `registry`: the daemon's metrics, counting what this connection does.
+    pub(crate) fn new(
+        window: Option<u64>,
+        mode: DaxMode,
+        registry: Option<Arc<Metrics>>,
+    ) -> Option<Self> {
         let window = window.filter(|w| *w > 0)?;
         if mode == DaxMode::Never {
             return None;
@@ -425,7 +662,10 @@ impl Dax {
             window,
             mode,
             state: Mutex::new(DaxState::default()),
-            stats: DaxStats::default(),
+            stats: DaxStats {
+                registry,
+                ..DaxStats::default()
+            },
         })
     }
 
@@ -453,6 +693,8 @@ impl Dax {
             refused: s.refused.load(Ordering::Relaxed),
             replaced: s.replaced.load(Ordering::Relaxed),
             file_reads: s.file_reads.load(Ordering::Relaxed),
+            shared: s.shared.load(Ordering::Relaxed),
+            live: s.live.load(Ordering::Relaxed),
         }
     }
 
@@ -461,20 +703,30 @@ impl Dax {
     }
 
     /// FUSE_SETUPMAPPING of `t`: an errno on failure.
+    /// `share`: the content store of the connection's share, if it has
+    /// one (files of images with a domain and fingerprints map its mapped
+    /// copies).
     pub(crate) fn setup(
         &self,
         out: &dyn Outbound,
         t: &Target,
         s: &SetupmappingIn,
+        share: Option<&SharedContent>,
     ) -> Result<(), i32> {
-        let r = self.try_setup(out, t, s);
+        let r = self.try_setup(out, t, s, share);
         if matches!(r, Err(e) if e != libc::EINVAL) {
-            bump(&self.stats.refused);
+            self.stats.refused();
         }
         r
     }
 
-    fn try_setup(&self, out: &dyn Outbound, t: &Target, s: &SetupmappingIn) -> Result<(), i32> {
+    fn try_setup(
+        &self,
+        out: &dyn Outbound,
+        t: &Target,
+        s: &SetupmappingIn,
+        share: Option<&SharedContent>,
+    ) -> Result<(), i32> {
         if s.flags & abi::SETUPMAPPING_FLAG_WRITE != 0 {
             return Err(libc::EPERM);
         }
@@ -516,10 +768,13 @@ impl Dax {
             warn!("dax: {MAX_MAPPINGS} mappings live; SETUPMAPPING refused");
             return Err(libc::ENOSPC);
         }
-        let content = st.content.prepare(key, t, first, last, &self.stats)?;
+        let content = st
+            .content
+            .prepare(key, t, first, last, &self.stats, share)?;
+        let shared = content.is_shared();
         let m = DaxMapping {
             window_offset: s.moffset,
-            file: content.file.as_fd(),
+            file: content.file().as_fd(),
             file_offset: s.foffset,
             len: s.len,
         };
@@ -541,7 +796,7 @@ impl Dax {
         );
         st.content.set_live(key, first, last, true);
         st.content.trim();
-        bump(&self.stats.setups);
+        self.stats.setup(shared);
         Ok(())
     }
 
@@ -558,7 +813,7 @@ impl Dax {
                 l.len
             );
         }
-        bump(&self.stats.removes);
+        self.stats.ended(true);
     }
 
     /// FUSE_REMOVEMAPPING: each range must be a live mapping, exactly;
@@ -598,10 +853,23 @@ impl Dax {
             let all: Vec<Live> = st.live.values().copied().collect();
             st.live.clear();
             for l in all {
+                self.stats.ended(false);
                 st.content.set_live(l.key, l.first, l.last, false);
             }
         }
         st.content.trim();
         info!("{}", self.counts());
+    }
+}
+
+impl Drop for Dax {
+    /// The connection is gone, and the VMM's mappings with it: they no
+    /// longer count as active in the registry.
+    fn drop(&mut self) {
+        if let Some(m) = &self.stats.registry {
+            for _ in 0..self.stats.live.load(Ordering::Relaxed) {
+                m.dax().active.dec();
+            }
+        }
     }
 }

@@ -77,6 +77,7 @@ impl Outbound for Window {
 }
 
 struct Fx {
+    share: Arc<Share>,
     srv: Session,
     win: Arc<Window>,
     sink: VecSink,
@@ -96,8 +97,9 @@ impl Fx {
             refuse: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
         });
-        let srv = Session::new(share, Arc::clone(&win) as Arc<dyn Outbound>);
+        let srv = Session::new(Arc::clone(&share), Arc::clone(&win) as Arc<dyn Outbound>);
         let mut fx = Self {
+            share,
             srv,
             win,
             sink: VecSink::new(),
@@ -429,7 +431,7 @@ fn test_attr_dax_flag_by_mode() {
         assert_eq!(fx.lookup("hello").attr.flags, hello_flags, "{mode:?}");
         assert_eq!(fx.lookup("dir").attr.flags, 0, "{mode:?}");
     }
-    let inode = super::dax::Dax::new(Some(RANGE), DaxMode::Inode).unwrap();
+    let inode = super::dax::Dax::new(Some(RANGE), DaxMode::Inode, None).unwrap();
     let img = memory_image(TINY_IMAGE).unwrap();
     let mut i = img.inode(img.root_nid()).unwrap();
     i.kind = crate::erofs::InodeKind::File;
@@ -437,4 +439,58 @@ fn test_attr_dax_flag_by_mode() {
     assert_eq!(inode.attr_flags(&i), abi::ATTR_DAX);
     i.size -= 1;
     assert_eq!(inode.attr_flags(&i), 0);
+}
+
+#[test]
+fn test_counters_reach_the_metrics_registry() {
+    let mut fx = Fx::new(TINY_IMAGE, DaxMode::Always, 4 * RANGE);
+    let big = fx.lookup("big").nodeid;
+    let dax = |fx: &Fx| fx.share.metrics_snapshot().dax;
+    assert_eq!(dax(&fx).maps, 0);
+    fx.setup(big, 0, RANGE, 0).unwrap();
+    let d = dax(&fx);
+    assert_eq!((d.maps, d.active, d.unmaps), (1, 1, 0), "{d:?}");
+    // A guest writes through its window; the next mapping is the truth.
+    let file = match fx.events().last() {
+        Some(Event::Map { file, .. }) => file.try_clone().unwrap(),
+        e => panic!("{e:?}"),
+    };
+    file.write_all_at(b"written by a guest", 0).unwrap();
+    fx.remove(&[(0, RANGE)]).unwrap();
+    let d = dax(&fx);
+    assert_eq!((d.active, d.unmaps, d.replaced), (0, 1, 0), "{d:?}");
+    fx.setup(big, 0, RANGE, RANGE).unwrap();
+    let d = dax(&fx);
+    assert_eq!((d.maps, d.active, d.replaced), (2, 1, 1), "{d:?}");
+    // Refused (writable), and a FUSE_READ of a file.
+    let s = SetupmappingIn {
+        fh: u64::MAX,
+        foffset: 0,
+        len: RANGE,
+        flags: SETUPMAPPING_FLAG_WRITE,
+        moffset: 2 * RANGE,
+    };
+    assert_eq!(
+        fx.call(SETUPMAPPING, big, &[s.as_bytes()]),
+        Err(libc::EPERM)
+    );
+    fx.read_all(big, 4096);
+    let d = dax(&fx);
+    assert_eq!((d.failures, d.shared_maps), (1, 0), "{d:?}");
+    assert!(d.file_reads >= 1, "{d:?}");
+    let c = fx.srv.dax_counts().unwrap();
+    assert_eq!(
+        (c.setups, c.removes, c.refused, c.replaced, c.live),
+        (2, 1, 1, 1, 1)
+    );
+    // INIT forgets the mapping: nothing stays counted as active.
+    fx.srv.dax_reset_for_tests();
+    assert_eq!(dax(&fx).active, 0);
+    assert_eq!(fx.srv.dax_counts().unwrap().live, 0);
+    // A connection that ends with mappings live: they go with it.
+    fx.setup(big, 0, RANGE, 0).unwrap();
+    assert_eq!(dax(&fx).active, 1);
+    let Fx { srv, share, .. } = fx;
+    drop(srv);
+    assert_eq!(share.metrics_snapshot().dax.active, 0);
 }

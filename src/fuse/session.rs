@@ -113,7 +113,11 @@ impl Session {
             None
         };
         share.register(&out);
-        let dax = Dax::new(out.dax_window(), share.options().dax);
+        let dax = Dax::new(
+            out.dax_window(),
+            share.options().dax,
+            Some(Arc::clone(share.metrics())),
+        );
         Self {
             dax,
             handles: HandleTable::new(share.options().max_handles),
@@ -819,9 +823,7 @@ impl Session {
             return Err(Fail::Errno(libc::EINVAL));
         }
         if let Some(d) = &self.dax {
-            d.stats
-                .file_reads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            d.stats.file_read();
         }
         let left = inode.size.saturating_sub(r.offset);
         let len = u64::from(r.size).min(left);
@@ -901,7 +903,9 @@ impl Session {
         // handle: fh is always -1), so a file of an image removed through
         // the API keeps mapping like an open file keeps reading.
         let t = self.node_any(h.nodeid)?;
-        d.setup(self.out.as_ref(), &t, s).map_err(Fail::Errno)?;
+        let content = self.share.content().map(|c| c.as_ref());
+        d.setup(self.out.as_ref(), &t, s, content)
+            .map_err(Fail::Errno)?;
         send_ok(sink, h.unique)
     }
 

@@ -248,6 +248,14 @@ pub struct DaxCounters {
     pub unmaps: Counter,
     /// Map or unmap requests that failed.
     pub failures: Counter,
+    /// Of `maps`: ranges of a content store's mapped copy (shared by the
+    /// guests of a trust domain).
+    pub shared_maps: Counter,
+    /// Mapped contents found changed through a window and replaced.
+    pub replaced: Counter,
+    /// FUSE_READs of regular files on connections with a window (data
+    /// not served by a mapping).
+    pub file_reads: Counter,
 }
 
 /// Counters kept for the daemon as a whole.

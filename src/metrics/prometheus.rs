@@ -276,6 +276,24 @@ impl MetricsSnapshot {
             "DAX map or unmap requests that failed.",
             &[(&[], d.failures)],
         );
+        out.single(
+            "dax_shared_maps_total",
+            "counter",
+            "DAX ranges mapped from a content store's mapped copy.",
+            &[(&[], d.shared_maps)],
+        );
+        out.single(
+            "dax_replaced_total",
+            "counter",
+            "Mapped contents found changed through a DAX window and replaced.",
+            &[(&[], d.replaced)],
+        );
+        out.single(
+            "dax_file_reads_total",
+            "counter",
+            "FUSE_READs of regular files on connections with a DAX window.",
+            &[(&[], d.file_reads)],
+        );
 
         let req_rows: Vec<_> = self
             .images

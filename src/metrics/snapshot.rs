@@ -119,6 +119,15 @@ pub struct DaxSnapshot {
     pub unmaps: u64,
     /// Map or unmap requests that failed.
     pub failures: u64,
+    /// Of `maps`: ranges of a content store's mapped copy.
+    #[serde(default)]
+    pub shared_maps: u64,
+    /// Mapped contents found changed through a window and replaced.
+    #[serde(default)]
+    pub replaced: u64,
+    /// FUSE_READs of regular files on connections with a window.
+    #[serde(default)]
+    pub file_reads: u64,
 }
 
 /// One image.
@@ -204,5 +213,8 @@ pub(super) fn dax(d: &DaxCounters) -> DaxSnapshot {
         maps: d.maps.get(),
         unmaps: d.unmaps.get(),
         failures: d.failures.get(),
+        shared_maps: d.shared_maps.get(),
+        replaced: d.replaced.get(),
+        file_reads: d.file_reads.get(),
     }
 }

@@ -155,6 +155,9 @@ fn test_store_and_dax_counters_reach_snapshot() {
     m.dax().maps.add(5);
     m.dax().unmaps.add(4);
     m.dax().failures.inc();
+    m.dax().shared_maps.add(3);
+    m.dax().replaced.inc();
+    m.dax().file_reads.add(2);
 
     let s = m.snapshot();
 
@@ -175,7 +178,10 @@ fn test_store_and_dax_counters_reach_snapshot() {
             active: 1,
             maps: 5,
             unmaps: 4,
-            failures: 1
+            failures: 1,
+            shared_maps: 3,
+            replaced: 1,
+            file_reads: 2
         }
     );
 }

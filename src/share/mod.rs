@@ -24,6 +24,8 @@
 //!     usage                         u64 LE: bytes of entries + reservations
 //!     domains/DOMAIN/               DOMAIN = Domain::dir_name (%-encoded)
 //!       objects/HEX                 an entry: the content whose sha256 is HEX
+//!       mapped/HEX                  its mapped copy for DAX windows, padded
+//!                                   to 2 MiB (see store::mapped)
 //!       claims/HEX                  the lock file of HEX's loader
 //!       tmp/HEX                     HEX's content while it is loaded
 //!       stats                       counters (see stats)

@@ -135,6 +135,8 @@ impl AsFd for Entry {
 /// The paths of one domain inside a store.
 struct DomainDir {
     objects: PathBuf,
+    /// Mapped copies (see [`Kind::Mapped`]).
+    mapped: PathBuf,
     claims: PathBuf,
     tmp: PathBuf,
     stats: PathBuf,
@@ -265,7 +267,7 @@ impl Store {
         len: u64,
         read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<usize>,
     ) -> Result<LoadOutcome> {
-        self.load_inner(domain, fingerprint, len, false, read)
+        self.load_inner(Kind::Read, domain, fingerprint, len, false, read)
     }
 
     /// As [`Store::load`], but when another process is loading the same
@@ -278,11 +280,12 @@ impl Store {
         len: u64,
         read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<usize>,
     ) -> Result<LoadOutcome> {
-        self.load_inner(domain, fingerprint, len, true, read)
+        self.load_inner(Kind::Read, domain, fingerprint, len, true, read)
     }
 
     fn load_inner(
         &self,
+        kind: Kind,
         domain: &Domain,
         fp: &Fingerprint,
         len: u64,
@@ -290,12 +293,12 @@ impl Store {
         read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<usize>,
     ) -> Result<LoadOutcome> {
         let d = self.domain_dir(domain);
-        if let Some(e) = self.open_entry(&d, domain, fp)? {
+        if let Some(e) = self.open_kind(kind, &d, domain, fp)? {
             self.count(&d, Event::Hit);
             return Ok(LoadOutcome::AlreadyStored(e));
         }
         self.make_domain_dirs(&d)?;
-        let hex = fp.to_hex();
+        let hex = kind.work_name(fp);
         let claim_path = d.claims.join(&hex);
         let claim = match Claim::acquire(&claim_path, wait) {
             Ok(Some(c)) => c,
@@ -303,13 +306,24 @@ impl Store {
             Err(e) => return Err(Error::io("claim", &claim_path, e)),
         };
         // It may have been stored between our look and our claim.
-        if let Some(e) = self.open_entry(&d, domain, fp)? {
+        if let Some(e) = self.open_kind(kind, &d, domain, fp)? {
             self.count(&d, Event::Hit);
             return Ok(LoadOutcome::AlreadyStored(e));
         }
-        self.reserve(&claim, len)?;
+        let stored_len = kind.stored_len(len)?;
+        self.reserve(&claim, stored_len)?;
         let tmp = d.tmp.join(&hex);
-        let written = self.write_verified(&tmp, domain, fp, len, read);
+        let written = self
+            .write_verified(&tmp, domain, fp, len, read)
+            .and_then(|f| {
+                // A mapped copy: zeros (a hole) up to the whole range.
+                if stored_len != len {
+                    f.set_len(stored_len)
+                        .map_err(|e| Error::io("extend", &tmp, e))?;
+                }
+                Ok(f)
+            });
+        let len = stored_len;
         let file = match written {
             Ok(f) => f,
             Err(e) => {
@@ -321,7 +335,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let object = d.objects.join(&hex);
+        let object = kind.dir(&d).join(fp.to_hex());
         let published = self.publish(&claim, &tmp, &object, len);
         remove_quietly(&tmp);
         match published {
@@ -331,7 +345,7 @@ impl Store {
                 // with this code): use theirs.
                 self.unreserve(&claim, len);
                 drop(file);
-                return match self.open_entry(&d, domain, fp)? {
+                return match self.open_kind(kind, &d, domain, fp)? {
                     Some(e) => Ok(LoadOutcome::AlreadyStored(e)),
                     None => Ok(LoadOutcome::InProgress),
                 };
@@ -343,7 +357,7 @@ impl Store {
         }
         // Our read-write descriptor holds a shared lock, so the entry
         // cannot be evicted before its read-only descriptor holds one too.
-        let entry = self.open_entry(&d, domain, fp)?;
+        let entry = self.open_kind(kind, &d, domain, fp)?;
         drop(file);
         drop(claim);
         self.count(&d, Event::Load);
@@ -417,8 +431,24 @@ impl Store {
         domain: &Domain,
         fp: &Fingerprint,
     ) -> Result<Option<Entry>> {
-        let path = d.objects.join(fp.to_hex());
-        let file = match File::open(&path) {
+        self.open_kind(Kind::Read, d, domain, fp)
+    }
+
+    /// [`Store::open_entry`] of either kind (a mapped copy opened
+    /// read-write).
+    fn open_kind(
+        &self,
+        kind: Kind,
+        d: &DomainDir,
+        domain: &Domain,
+        fp: &Fingerprint,
+    ) -> Result<Option<Entry>> {
+        let path = kind.dir(d).join(fp.to_hex());
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(kind == Kind::Mapped)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("open entry", &path, e)),
@@ -501,6 +531,7 @@ impl Store {
         let base = self.root.join("domains").join(domain.dir_name());
         DomainDir {
             objects: base.join("objects"),
+            mapped: base.join("mapped"),
             claims: base.join("claims"),
             tmp: base.join("tmp"),
             stats: base.join("stats"),
@@ -508,7 +539,7 @@ impl Store {
     }
 
     fn make_domain_dirs(&self, d: &DomainDir) -> Result<()> {
-        for p in [&d.objects, &d.claims, &d.tmp] {
+        for p in [&d.objects, &d.mapped, &d.claims, &d.tmp] {
             mkdir_private_all(p)?;
         }
         Ok(())
@@ -572,7 +603,9 @@ impl Store {
         for (domain, _) in self.domains()? {
             let d = self.domain_dir(&domain);
             total = total.saturating_add(self.sweep_claims(&d)?);
-            for (path, meta) in list_objects(&d.objects)? {
+            let mut objects = list_objects(&d.objects)?;
+            objects.extend(list_objects(&d.mapped)?);
+            for (path, meta) in objects {
                 total = total.saturating_add(meta.len());
                 let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 candidates.push((mtime, path, meta.len(), domain.clone()));
@@ -823,3 +856,7 @@ fn unescape_mountinfo(s: &str) -> String {
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
+
+#[path = "store_mapped.rs"]
+mod mapped;
+pub use mapped::{Kind, MAPPED_ALIGN};

@@ -122,6 +122,11 @@ pub enum WindowEvent {
         /// The fd was opened for reading and writing (QEMU needs it).
         fd_writable: bool,
         bytes: Vec<u8>,
+        /// The (device, inode) of the fd's file: equal for two maps of
+        /// one host file.
+        fd_id: (u64, u64),
+        /// The fd (a copy), as the VMM would map it.
+        file: File,
     },
     /// SHMEM_UNMAP.
     Unmap { shm_offset: u64, len: u64 },
@@ -152,7 +157,12 @@ impl vhost::vhost_user::VhostUserFrontendReqHandlerMut for Window {
         let file = unsafe { File::from_raw_fd(dup) };
         let (fd_offset, len) = (req.fd_offset, req.len);
         let mut bytes = vec![0u8; len as usize];
-        let fd_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = file.metadata().expect("fstat of the SHMEM_MAP fd");
+        let fd_len = meta.len();
+        let fd_id = (
+            std::os::unix::fs::MetadataExt::dev(&meta),
+            std::os::unix::fs::MetadataExt::ino(&meta),
+        );
         let _ = std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, fd_offset);
         self.events.push(WindowEvent::Map {
             shmid: req.shmid,
@@ -163,6 +173,8 @@ impl vhost::vhost_user::VhostUserFrontendReqHandlerMut for Window {
             fd_len,
             fd_writable: fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDWR,
             bytes,
+            fd_id,
+            file,
         });
         if self.refuse_maps {
             return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
