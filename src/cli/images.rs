@@ -519,7 +519,7 @@ impl Plan {
             let on = share
                 .share_content(&img, spec.open_loader())
                 .with_context(|| format!("{what} ({})", spec.path.display()))?;
-            log::info!(
+            log::debug!(
                 "{what}: {}",
                 if on {
                     "content shared through the store"

@@ -234,6 +234,9 @@ impl MountArgs {
             logging::spawn_reopen_thread(hup)?;
         }
         mount.serve(&share, self.threads, queues)?;
+        if let Some(c) = share.content() {
+            c.log_summary();
+        }
         Ok(ExitCode::SUCCESS)
     }
 

@@ -258,6 +258,7 @@ impl ServeArgs {
         if reopens {
             logging::spawn_reopen_thread(hup)?;
         }
+        let summary_of = shared.clone();
         let _api = match shared {
             Some(share) => control::serve(api, || {
                 ShareControl::new(
@@ -271,6 +272,9 @@ impl ServeArgs {
             None => None,
         };
         bound.serve(&opts, &*share_for)?;
+        if let Some(c) = summary_of.as_ref().and_then(|s| s.content()) {
+            c.log_summary();
+        }
         Ok(ExitCode::SUCCESS)
     }
 

@@ -527,8 +527,10 @@ impl SharedContent {
     }
 }
 
-impl Drop for SharedContent {
-    fn drop(&mut self) {
+impl SharedContent {
+    /// Logs what the share did with the store (when its serving ends; not
+    /// at drop: background loaders may hold it past the process's end).
+    pub fn log_summary(&self) {
         info!("content store: {}", self.stats);
     }
 }
@@ -625,7 +627,7 @@ impl ImageContent {
             .map(FingerprintXattr::from_name)
             .transpose()?;
         let Some(xattr) = FingerprintXattr::for_image(image, configured.as_ref()) else {
-            info!("{name}: no fingerprint xattr: its files are served unshared");
+            debug!("{name}: no fingerprint xattr: its files are served unshared");
             return Ok(None);
         };
         Ok(Some(Self {
