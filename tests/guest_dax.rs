@@ -248,6 +248,16 @@ fn test_guest_dax_walk_plain_lz4_zstd_fragments() {
     assert!(c.setups > 100, "{c:?}");
     assert_eq!(c.file_reads, 0, "file data read with FUSE_READ: {c:?}");
     assert_eq!((c.refused, c.replaced), (0, 0), "{c:?}");
+    // QEMU 11.1 acks SHMEM_MAP before it commits the new layout, then shows
+    // the mapping in the memory table (ADD_MEM_REG): each SETUPMAPPING
+    // reply waited for that. Had QEMU not shown them, the daemon would
+    // have said so (and answered at once, racing the guest's first read).
+    let log = d.log_text();
+    assert!(
+        !log.contains("does not show window mappings")
+            && !log.contains("did not show in the memory table"),
+        "maps did not wait for QEMU's memory table:\n{log}"
+    );
 }
 
 /// An image with fingerprints (mkfs.erofs 1.9 `--xattr-inode-digest`) of
