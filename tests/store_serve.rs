@@ -521,10 +521,16 @@ fn test_loader_killed_mid_load_leaves_a_usable_store() {
     let st = stat(store.path());
     assert_eq!(st.get("k").and_then(|v| v["entries"].as_u64()), Some(0));
 
-    // A new mount loads it and serves it.
+    // A new mount loads it and serves it. (The killed mount's sandboxed
+    // child may hold its claim a moment longer; a claim found taken is
+    // looked at again at the file's next read, so read until it loads.)
     let m = mount(&img, &store_args(store.path(), "k"));
     assert!(fs::read(m.path().join("big")).unwrap() == big);
-    wait_count(store.path(), "k", "loads", 1);
+    let loaded = wait_for(LOADS, || {
+        assert!(fs::read(m.path().join("big")).unwrap() == big);
+        num(store.path(), "k", "loads") >= 1
+    });
+    assert!(loaded, "never loaded: {:?}", stat(store.path()));
     assert!(fs::read(m.path().join("big")).unwrap() == big);
     m.finish("after the kill");
     let hex = sha(&big).to_hex();

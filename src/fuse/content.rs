@@ -44,7 +44,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -505,20 +505,42 @@ fn usable(e: Arc<Entry>, inode: &Inode) -> Option<Arc<Entry>> {
     (e.len() == inode.size).then_some(e)
 }
 
-/// A loader thread: runs jobs until the share is gone.
+/// A loader thread: runs jobs until the share is gone. When the queue runs
+/// dry after some jobs, the thread's O_DIRECT bounce buffer is freed and
+/// the heap's free memory goes back to the system: a load's buffers are
+/// freed when it ends, but the allocator would keep them in the loader
+/// threads' heaps (megabytes per process after a few thousand loads,
+/// `scripts/bench-share`).
 fn loader(me: &std::sync::Weak<SharedContent>, rx: &Mutex<Receiver<Job>>) {
+    let mut worked = false;
     loop {
-        let job = {
+        let next = {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
+            match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        };
+        let job = match next {
+            Some(j) => j,
+            None => {
+                if std::mem::take(&mut worked) {
+                    crate::source::release_bounce_buffer();
+                    crate::os::proc::release_free_heap();
+                }
+                let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
             }
         };
         let Some(me) = me.upgrade() else {
             return;
         };
         me.run(job);
+        worked = true;
     }
 }
 
