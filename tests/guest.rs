@@ -19,6 +19,10 @@
 //! and after the API removes it sees it gone; the metrics count the
 //! guest's reads of it.
 //!
+//! A seventh serves a fingerprinted image with `--domain` and a content
+//! store: once every content is loaded, the guest walks it again from the
+//! store's entries, bit-exact.
+//!
 //! Needs root, network access to Debian's archive the first time (the guest
 //! kernel and busybox come from `apt-get download`; `vm-images/build.sh`
 //! caches them in `vm-images/out/`), and about 15 s per image on 2 cores.
@@ -512,5 +516,174 @@ fn test_guest_sees_images_added_and_removed_through_the_api() {
     assert!(
         (largest..=sum).contains(&bytes) && bytes > 0,
         "served bytes {bytes}, files {largest}..={sum}"
+    );
+}
+
+/// What the guest runs in the store test: walks `/mnt/fp` (the daemon
+/// loads every content into the store meanwhile), waits for the host's
+/// go (an image named `go` appears), drops its caches and walks `/mnt/fp`
+/// again between markers: those reads are answered from the store.
+const STORE_GUEST_SCRIPT: &str = r#"evfs-walk /mnt/fp >/dev/null || exit 5
+echo EVFS-STORE-WALKED-ONCE
+i=0; while [ ! -d /mnt/go ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 3; sleep 0.1; done
+echo 3 > /proc/sys/vm/drop_caches
+echo EVFS-STORE-WALK
+evfs-walk /mnt/fp; rc=$?
+echo EVFS-STORE-WALKED
+exit $rc
+"#;
+
+/// The `store` object of `GET /api/v1/metrics`.
+fn api_store(sock: &Path) -> serde_json::Value {
+    let (st, body) = api(sock, "GET", "/api/v1/metrics", "");
+    assert_eq!(st, 200, "{body}");
+    let m: serde_json::Value = serde_json::from_str(&body).expect("metrics JSON");
+    m["store"].clone()
+}
+
+/// A real guest reads an image whose files are in the content store: the
+/// daemon (default sandbox, `--domain`, a store under /dev/shm) loads every
+/// content of the fingerprinted fixture during the guest's first walk; once
+/// the metrics show every content loaded, the guest drops its caches and
+/// walks again, bit-exact against the kernel's manifest, its reads answered
+/// from the store's entries.
+#[test]
+fn test_guest_reads_files_served_from_the_content_store() {
+    const FIXTURE: &str = "edge_lz4hc-fingerprint";
+    let _guard = guest_lock();
+    let work = tempfile::Builder::new()
+        .prefix("evfs-guest-store-")
+        .tempdir()
+        .expect("scratch dir");
+    let store = tempfile::Builder::new()
+        .prefix("evfs-guest-store-")
+        .tempdir_in("/dev/shm")
+        .expect("store dir");
+    let allow = work.path().join("images");
+    std::fs::create_dir(&allow).expect("mkdir");
+    let go = allow.join("go.erofs");
+    std::fs::copy(fixture_image("edge_plain-b4096").image, &go).expect("copy a fixture");
+    let expected = load_expected(FIXTURE);
+    // Each distinct fingerprint of a non-empty regular file is loaded once.
+    let contents: std::collections::BTreeSet<String> = expected
+        .iter()
+        .filter(|e| e.kind() == "reg" && e.get("size").and_then(|s| s.as_u64()) > Some(0))
+        .filter_map(|e| {
+            e.get("xattrs")?
+                .get("trusted.erofs.fingerprint")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!contents.is_empty());
+
+    let mut image = OsString::from("fp=");
+    image.push(fixture_image(FIXTURE).image.as_os_str());
+    let sock = work.path().join("vfs.sock");
+    let api_sock = work.path().join("api.sock");
+    let mut daemon = Daemon::start_with(
+        &[image],
+        &[],
+        &[
+            "--domain".into(),
+            "guests".into(),
+            "--store".into(),
+            store.path().into(),
+            "--api-socket".into(),
+            api_sock.clone().into(),
+            "--allow-dir".into(),
+            allow.clone().into(),
+        ],
+        &sock,
+        &work.path().join("daemon.log"),
+    );
+    let script = work.path().join("guest.sh");
+    std::fs::write(&script, STORE_GUEST_SCRIPT).expect("write the guest script");
+    let console = work.path().join("console.log");
+    let mut qemu = Command::new(repo().join("vm-images/run.sh"))
+        .args(["--no-build", "--timeout", "900", "-s"])
+        .arg(&sock)
+        .arg("--log")
+        .arg(&console)
+        .arg("--script-file")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vm-images/run.sh");
+
+    wait_console(&console, "EVFS-STORE-WALKED-ONCE", &mut qemu);
+    // Loads run in the background: wait (bounded) until every content is
+    // stored, then give the guest its go.
+    let want = contents.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = api_store(&api_sock);
+        if s["loads"].as_u64() >= Some(want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{want} contents never loaded: {s}\ndaemon log (tail):\n{}",
+            tail(&daemon.log_text(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hits_before = api_store(&api_sock)["hits"].as_u64().unwrap_or(0);
+    let body = format!(
+        r#"{{"source":"{}","fs_type":"erofs","config":"{{}}"}}"#,
+        go.display()
+    );
+    let (st, text) = api(&api_sock, "POST", "/api/v1/mount?mountpoint=/go", &body);
+    assert_eq!(st, 204, "{text}");
+    wait_console(&console, "EVFS-STORE-WALKED", &mut qemu);
+    let s = api_store(&api_sock);
+
+    let out = qemu.wait_with_output().expect("wait for the guest");
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the guest script failed ({}): stdout:\n{}\nstderr:\n{}\nconsole (tail):\n{}\ndaemon log (tail):\n{}",
+        out.status,
+        tail(&stdout, 20),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&console_text, 40),
+        tail(&daemon.log_text(), 40)
+    );
+    daemon.assert_running();
+    // Each content loaded once, none failed, and the second walk's reads
+    // were answered from the entries.
+    assert_eq!(s["loads"].as_u64(), Some(want), "{s}");
+    assert_eq!(s["entries"].as_u64(), Some(want), "{s}");
+    assert_eq!(s["verification_failures"].as_u64(), Some(0), "{s}");
+    let hits = s["hits"].as_u64().unwrap_or(0);
+    assert!(
+        hits > hits_before,
+        "no read of the second walk came from the store: {s}"
+    );
+    // The second walk, bit-exact against the kernel's manifest.
+    let walk: String = stdout
+        .split_once("EVFS-STORE-WALK\n")
+        .and_then(|(_, rest)| rest.split_once("EVFS-STORE-WALKED"))
+        .map(|(w, _)| w.to_owned())
+        .expect("the walk between its markers");
+    let walk_file = work.path().join("walk.txt");
+    std::fs::write(&walk_file, walk).expect("write the walk");
+    let conv = Command::new(repo().join("vm-images/walk2manifest.py"))
+        .arg(&walk_file)
+        .output()
+        .expect("run walk2manifest.py");
+    assert!(
+        conv.status.success(),
+        "walk2manifest.py: {}",
+        String::from_utf8_lossy(&conv.stderr)
+    );
+    let text = String::from_utf8(conv.stdout).expect("UTF-8 manifest");
+    assert_manifests_eq(
+        &format!("{FIXTURE} read from the store in the guest vs the kernel's manifest"),
+        &expected,
+        &parse_jsonl(&text, "guest walk of /fp"),
     );
 }
