@@ -7,12 +7,17 @@
 //!   held open keeps reading), the metrics counting the reads per image;
 //! - serve mode with no image: an image added while a vhost-user frontend
 //!   is connected shows at its next LOOKUP, and is gone after DELETE;
+//! - the content store in the metrics: a local mount of two images of one
+//!   trust domain (mkfs.erofs 1.9, `--xattr-inode-digest`) with a store in
+//!   a tempdir; reading shared files moves the store's entries, bytes,
+//!   loads and hits, per process and per domain, in JSON and Prometheus;
 //! - bad input on a live mount (bad JSON, missing, unreadable and
 //!   non-EROFS images, a path outside `--allow-dir`, duplicate and unknown
 //!   mountpoints, an oversized body, a client that sends nothing): a
 //!   clear 4xx each, and the mount keeps serving.
 //!
-//! Needs root, /dev/fuse and the fixtures (like `named_images.rs`).
+//! Needs root, /dev/fuse and the fixtures (like `named_images.rs`); the
+//! store test needs mkfs.erofs 1.9 (`scripts/sid-tools.sh erofs`).
 
 mod common;
 
@@ -28,8 +33,10 @@ use common::daemon::Daemon;
 use common::fixtures::fixture_image;
 use common::frontend::{Frontend, FrontendOptions};
 use common::fuse_client::{walk_from, FuseClient, ROOT_ID};
+use common::fusemount::wait_for;
 use common::fusemount::FuseMount;
 use common::manifest::sha256_file;
+use common::mkfs::mkfs_19;
 use common::{assert_manifests_eq, load_expected, walk_manifest};
 use serde_json::Value;
 
@@ -267,6 +274,156 @@ fn test_images_added_and_removed_through_the_api_of_a_local_mount() {
     );
     mount.finish("API on a local mount");
     assert!(!sock.exists(), "the API socket is removed on exit");
+}
+
+/// Deterministic bytes (a xorshift stream), `len` of them.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+#[test]
+fn test_metrics_count_the_content_store() {
+    // Two trees sharing one file (under another name), each with one file
+    // of its own; image a uncompressed, image b lz4hc; one domain.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tempfile::tempdir().expect("store dir");
+    let common_data = noise(1, 300_000);
+    let (own_a, own_b) = (noise(2, 70_000), noise(3, 5_000));
+    let files: [(&str, &str, &[u8]); 4] = [
+        ("a", "lib/common.bin", &common_data),
+        ("a", "own-a", &own_a),
+        ("b", "usr/common.bin", &common_data),
+        ("b", "own-b", &own_b),
+    ];
+    for (img, name, data) in files {
+        let p = tmp.path().join(format!("tree-{img}")).join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    let ia = mkfs_19(
+        &tmp.path().join("tree-a"),
+        &tmp.path().join("a.erofs"),
+        &["--xattr-inode-digest"],
+    );
+    let ib = mkfs_19(
+        &tmp.path().join("tree-b"),
+        &tmp.path().join("b.erofs"),
+        &["-zlz4hc", "--xattr-inode-digest"],
+    );
+    let sock = tmp.path().join("api.sock");
+    let image = |n: &str, p: &Path| -> [OsString; 2] {
+        let mut v = OsString::from(format!("{n}="));
+        v.push(p);
+        ["--image".into(), v]
+    };
+    let mut args: Vec<OsString> = Vec::new();
+    args.extend(image("a", &ia));
+    args.extend(image("b", &ib));
+    args.extend([
+        "--domain".into(),
+        "team".into(),
+        "--store".into(),
+        store.path().into(),
+        "--api-socket".into(),
+        sock.clone().into_os_string(),
+    ]);
+    let mount = FuseMount::named(&args);
+    let root = mount.path();
+
+    // Nothing read yet: the domain is there, with nothing in it.
+    let m0 = wait_api(&sock, || request(&sock, "GET", "/api/v1/metrics", b"")).json();
+    let st = &m0["store"];
+    for k in [
+        "entries",
+        "shared_bytes",
+        "loads",
+        "hits",
+        "verification_failures",
+    ] {
+        assert_eq!(u(&st[k]), 0, "{k} before any read: {st}");
+    }
+    assert_eq!(u(&st["domains"]["team"]["entries"]), 0, "{st}");
+
+    let read_all = || {
+        for (img, name, data) in files {
+            let got = fs::read(root.join(img).join(name)).expect("read");
+            assert!(got == data, "/{img}/{name} differs");
+        }
+    };
+    // The first reads are answered from the images and queue the loads
+    // (three contents: the common one once); later reads are answered
+    // from the entries (READs or passthrough opens), once each image's
+    // copy of the common content is verified against its entry.
+    read_all();
+    let mut last = Value::Null;
+    let settled = wait_for(Duration::from_secs(60), || {
+        read_all();
+        last = metrics(&sock);
+        let st = &last["store"];
+        u(&st["loads"]) >= 3 && u(&st["hits"]) >= 4
+    });
+    assert!(settled, "the store counters never moved: {}", last["store"]);
+
+    let st = &last["store"];
+    let bytes = (common_data.len() + own_a.len() + own_b.len()) as u64;
+    assert_eq!(u(&st["loads"]), 3, "each content loaded once: {st}");
+    assert_eq!(u(&st["entries"]), 3, "{st}");
+    assert_eq!(u(&st["shared_bytes"]), bytes, "{st}");
+    assert_eq!(u(&st["verification_failures"]), 0, "{st}");
+    assert_eq!(u(&st["evictions"]), 0, "{st}");
+    assert!(u(&st["passthrough_opens"]) <= u(&st["hits"]), "{st}");
+    let team = &st["domains"]["team"];
+    assert_eq!(u(&team["entries"]), 3, "{team}");
+    assert_eq!(u(&team["bytes"]), bytes, "{team}");
+    assert_eq!(u(&team["loads"]), 3, "{team}");
+    // (The store's own hits count lookups that found an entry stored: here
+    // the process had each entry open already, so it need not look.)
+    let _ = u(&team["hits"]);
+    assert_eq!(st["domains"].as_object().map(|o| o.len()), Some(1), "{st}");
+
+    // The same in the Prometheus text.
+    let prom = request(&sock, "GET", "/metrics", b"");
+    assert_eq!(prom.status, 200);
+    for line in [
+        "erofs_virtiofsd_store_entries 3".to_owned(),
+        format!("erofs_virtiofsd_store_shared_bytes {bytes}"),
+        "erofs_virtiofsd_store_loads_total 3".to_owned(),
+        "erofs_virtiofsd_store_domain_entries{domain=\"team\"} 3".to_owned(),
+        "erofs_virtiofsd_store_domain_loads_total{domain=\"team\"} 3".to_owned(),
+    ] {
+        assert!(
+            prom.body.lines().any(|l| l == line),
+            "no line {line:?} in\n{}",
+            prom.body
+        );
+    }
+    let hits_line = prom
+        .body
+        .lines()
+        .find(|l| l.starts_with("erofs_virtiofsd_store_hits_total "))
+        .expect("store_hits_total");
+    let hits: u64 = hits_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(hits >= 4, "{hits_line}");
+
+    assert!(
+        !mount.stderr_text().contains("panicked"),
+        "{}",
+        mount.stderr_text()
+    );
+    mount.finish("store metrics");
 }
 
 /// The first regular file under `dir` (depth first, sorted), not empty.

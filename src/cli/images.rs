@@ -46,6 +46,13 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// (they read whole files in order).
 const LOADER_DECODE_CACHE: u64 = 8 << 20;
 
+/// Metadata cache of an image opened for the content store's loads: a load
+/// reads a file's inode and block map once, so a small cache does; the
+/// default (32 MiB) filled with a second copy of the serving image's
+/// metadata after a few thousand loads (`scripts/bench-share`: about 5 MiB
+/// per process for a 3600-file tree).
+const LOADER_META_CACHE: u64 = 1 << 20;
+
 /// Smallest decoded-data cache an image gets when several share the
 /// budget.
 const MIN_DECODE_CACHE: u64 = 16 << 20;
@@ -457,7 +464,8 @@ impl ImageSpec {
         let opened = source::open_path_with(&self.path, self.offset, true)
             .map_err(anyhow::Error::from)
             .and_then(|src| {
-                let options = image_options(&self.devices, true, Some(LOADER_DECODE_CACHE))?;
+                let mut options = image_options(&self.devices, true, Some(LOADER_DECODE_CACHE))?;
+                options.meta_cache_bytes = Some(LOADER_META_CACHE);
                 Ok(Image::open(src, options)?)
             });
         match opened {

@@ -40,11 +40,11 @@
 //! Trusts: the store (see [`crate::share`]); nothing from images (a
 //! fingerprint is a claim, checked before use).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,7 @@ use foldhash::fast::RandomState;
 use log::{debug, info, warn};
 
 use crate::erofs::{Image, Inode, InodeKind};
+use crate::metrics::{StoreDomainSnapshot, StoreSnapshot};
 use crate::share::{
     self, hash_content, Domain, Entry, Fingerprint, FingerprintXattr, LoadOutcome, Store,
 };
@@ -220,6 +221,49 @@ impl SharedContent {
 
     pub(crate) fn count_entry_read(&self) {
         ContentStats::bump(&self.stats.entry_reads);
+    }
+
+    /// Adds to `snap` what this process counted (loads; hits: READs
+    /// answered from entries and passthrough opens; files found unshared;
+    /// evictions) and, for each of `domains`, what the store holds and
+    /// counted. Lists each domain's entries: for metrics requests, not for
+    /// a hot path. A domain the store cannot be read for is left out
+    /// (logged).
+    pub fn add_metrics(&self, snap: &mut StoreSnapshot, domains: &BTreeSet<Domain>) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.stats;
+        let opens = g(&s.passthrough_opens);
+        snap.loads = snap.loads.saturating_add(g(&s.loads));
+        snap.hits = snap
+            .hits
+            .saturating_add(g(&s.entry_reads))
+            .saturating_add(opens);
+        snap.passthrough_opens = snap.passthrough_opens.saturating_add(opens);
+        snap.verification_failures = snap.verification_failures.saturating_add(g(&s.unshared));
+        snap.evictions = snap.evictions.saturating_add(self.store.evictions_here());
+        for d in domains {
+            let st = match self.store.domain_stats(d) {
+                Ok(st) => st,
+                Err(e) => {
+                    debug!("content store metrics of domain {d}: {e}");
+                    continue;
+                }
+            };
+            snap.entries = snap.entries.saturating_add(st.entries);
+            snap.shared_bytes = snap.shared_bytes.saturating_add(st.bytes);
+            let c = st.counters;
+            snap.domains.insert(
+                d.as_str().to_owned(),
+                StoreDomainSnapshot {
+                    entries: st.entries,
+                    bytes: st.bytes,
+                    loads: c.loads,
+                    hits: c.hits,
+                    verification_failures: c.verify_failures,
+                    evictions: c.evictions,
+                },
+            );
+        }
     }
 
     /// The entry to answer reads of `inode` of `img` from, if there is one
@@ -541,20 +585,42 @@ fn usable(e: Arc<Entry>, inode: &Inode) -> Option<Arc<Entry>> {
     (e.len() == inode.size).then_some(e)
 }
 
-/// A loader thread: runs jobs until the share is gone.
+/// A loader thread: runs jobs until the share is gone. When the queue runs
+/// dry after some jobs, the thread's O_DIRECT bounce buffer is freed and
+/// the heap's free memory goes back to the system: a load's buffers are
+/// freed when it ends, but the allocator would keep them in the loader
+/// threads' heaps (megabytes per process after a few thousand loads,
+/// `scripts/bench-share`).
 fn loader(me: &std::sync::Weak<SharedContent>, rx: &Mutex<Receiver<Job>>) {
+    let mut worked = false;
     loop {
-        let job = {
+        let next = {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
+            match rx.try_recv() {
+                Ok(j) => Some(j),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        };
+        let job = match next {
+            Some(j) => j,
+            None => {
+                if std::mem::take(&mut worked) {
+                    crate::source::release_bounce_buffer();
+                    crate::os::proc::release_free_heap();
+                }
+                let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
             }
         };
         let Some(me) = me.upgrade() else {
             return;
         };
         me.run(job);
+        worked = true;
     }
 }
 

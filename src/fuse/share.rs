@@ -8,6 +8,7 @@
 //! count of image errors (and their rate-limited log). Trusts the images
 //! only through [`crate::erofs`].
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use super::outbound::Outbound;
 use super::reply::Fail;
 use crate::erofs::{CacheStats, Image};
 use crate::metrics::{CacheSnapshot, Metrics, MetricsSnapshot};
+use crate::share::Domain;
 
 /// How long the kernel may trust what it was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -330,7 +332,7 @@ impl Share {
             Some(root) => vec![Arc::clone(root)],
             None => self.images(),
         };
-        for img in images {
+        for img in &images {
             let s = img.image().extent_cache_stats();
             add_stats(&mut total, &s);
             add_stats(&mut live, &s);
@@ -342,6 +344,14 @@ impl Share {
         total.bytes = live.bytes;
         total.entries = live.entries;
         snap.extent_cache = cache_snapshot(&total);
+        if let Some(content) = self.content() {
+            // The domains of the images served now.
+            let domains: BTreeSet<Domain> = images
+                .iter()
+                .filter_map(|i| i.content().map(|c| c.domain().clone()))
+                .collect();
+            content.add_metrics(&mut snap.store, &domains);
+        }
         snap
     }
 

@@ -41,7 +41,7 @@ pub use counters::{
 pub use names::opcode_name;
 pub use snapshot::{
     CacheSnapshot, DaxSnapshot, HistogramBucket, HistogramSnapshot, ImageSnapshot, MetricsSnapshot,
-    OpSnapshot, RequestSnapshot, StoreSnapshot,
+    OpSnapshot, RequestSnapshot, StoreDomainSnapshot, StoreSnapshot,
 };
 
 /// Most images the registry holds at once.
@@ -139,7 +139,11 @@ impl Metrics {
         }
     }
 
-    /// The content store's counters.
+    /// Content-store counters kept here. The share's snapshot
+    /// (`Share::metrics_snapshot`) adds what its content store counted
+    /// itself (loads, hits, failures, evictions, and per domain the
+    /// store's own counters), read when the snapshot is taken, as the
+    /// decoded-extent caches are.
     pub fn store(&self) -> &StoreCounters {
         &self.store
     }

@@ -10,6 +10,7 @@ use std::fmt::{Display, Write};
 
 use super::snapshot::{
     bucket_bound_us, CacheSnapshot, HistogramSnapshot, MetricsSnapshot, RequestSnapshot,
+    StoreDomainSnapshot, StoreSnapshot,
 };
 
 /// The `Content-Type` of [`MetricsSnapshot::to_prometheus`]'s output.
@@ -188,6 +189,56 @@ fn cache_families(out: &mut Out, prefix: &str, rows: &[(Vec<(&str, &str)>, &Cach
     }
 }
 
+/// The content store's per-domain families (the store's counters, which
+/// every process using it adds to), one sample per domain.
+fn store_domain_families(out: &mut Out, s: &StoreSnapshot) {
+    type Field = fn(&StoreDomainSnapshot) -> u64;
+    let fields: [(&str, &str, &str, Field); 6] = [
+        (
+            "store_domain_entries",
+            "gauge",
+            "Entries of a trust domain in the content store.",
+            |d| d.entries,
+        ),
+        (
+            "store_domain_bytes",
+            "gauge",
+            "Bytes of content of a trust domain in the content store.",
+            |d| d.bytes,
+        ),
+        (
+            "store_domain_loads_total",
+            "counter",
+            "Contents of a trust domain loaded into the store, by every process.",
+            |d| d.loads,
+        ),
+        (
+            "store_domain_hits_total",
+            "counter",
+            "Lookups of a trust domain that found the content stored, by every process.",
+            |d| d.hits,
+        ),
+        (
+            "store_domain_verification_failures_total",
+            "counter",
+            "Contents of a trust domain that did not hash to their fingerprint, by every process.",
+            |d| d.verification_failures,
+        ),
+        (
+            "store_domain_evictions_total",
+            "counter",
+            "Entries of a trust domain evicted, by every process.",
+            |d| d.evictions,
+        ),
+    ];
+    for (name, kind, help, get) in fields {
+        out.family(name, kind, help);
+        for (domain, d) in &s.domains {
+            out.sample(name, &[("domain", domain)], get(d));
+        }
+    }
+}
+
 impl MetricsSnapshot {
     /// The snapshot in the Prometheus text format ([`CONTENT_TYPE`]); every
     /// name starts with [`PREFIX`], per-image families with
@@ -239,9 +290,15 @@ impl MetricsSnapshot {
             &[(&[], s.hits)],
         );
         out.single(
+            "store_passthrough_opens_total",
+            "counter",
+            "Opens answered with FUSE passthrough to a content store entry (among the hits).",
+            &[(&[], s.passthrough_opens)],
+        );
+        out.single(
             "store_verification_failures_total",
             "counter",
-            "Loaded content whose digest did not match its fingerprint.",
+            "Files whose content did not hash to their fingerprint (served unshared).",
             &[(&[], s.verification_failures)],
         );
         out.single(
@@ -250,6 +307,7 @@ impl MetricsSnapshot {
             "Content store entries evicted by this process.",
             &[(&[], s.evictions)],
         );
+        store_domain_families(&mut out, &self.store);
 
         let d = &self.dax;
         out.single(

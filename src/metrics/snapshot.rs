@@ -92,6 +92,12 @@ pub struct CacheSnapshot {
 }
 
 /// The content store.
+///
+/// `entries` and `shared_bytes` are what the store holds now for the
+/// domains this daemon serves; `loads`, `hits`, `passthrough_opens`,
+/// `verification_failures` and `evictions` are this process's; `domains`
+/// has, per domain served, the store's own counters, which every process
+/// using the store adds to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoreSnapshot {
     /// Entries in the store now.
@@ -100,11 +106,38 @@ pub struct StoreSnapshot {
     pub shared_bytes: u64,
     /// Entries loaded by this process.
     pub loads: u64,
-    /// Reads answered from an existing entry.
+    /// Reads answered from an existing entry: READs answered from an
+    /// entry plus passthrough opens of one.
     pub hits: u64,
-    /// Loads whose digest did not match the fingerprint.
+    /// Of the hits, opens answered with FUSE passthrough to an entry (the
+    /// kernel then reads the entry without asking us).
+    #[serde(default)]
+    pub passthrough_opens: u64,
+    /// Files whose content did not hash to their fingerprint (served
+    /// unshared).
     pub verification_failures: u64,
     /// Entries evicted by this process.
+    pub evictions: u64,
+    /// Per trust domain served, by name: the store's counters.
+    #[serde(default)]
+    pub domains: BTreeMap<String, StoreDomainSnapshot>,
+}
+
+/// One trust domain of the content store, counted by every process that
+/// uses the store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreDomainSnapshot {
+    /// Entries stored now.
+    pub entries: u64,
+    /// Bytes of content stored now.
+    pub bytes: u64,
+    /// Contents loaded (verified and stored).
+    pub loads: u64,
+    /// Lookups that found the content already stored.
+    pub hits: u64,
+    /// Contents whose sha256 was not their fingerprint.
+    pub verification_failures: u64,
+    /// Entries evicted to make room.
     pub evictions: u64,
 }
 
@@ -202,8 +235,10 @@ pub(super) fn store(s: &StoreCounters) -> StoreSnapshot {
         shared_bytes: s.shared_bytes.get(),
         loads: s.loads.get(),
         hits: s.hits.get(),
+        passthrough_opens: 0,
         verification_failures: s.verification_failures.get(),
         evictions: s.evictions.get(),
+        domains: BTreeMap::new(),
     }
 }
 

@@ -168,8 +168,10 @@ fn test_store_and_dax_counters_reach_snapshot() {
             shared_bytes: 1 << 20,
             loads: 2,
             hits: 1,
+            passthrough_opens: 0,
             verification_failures: 1,
-            evictions: 1
+            evictions: 1,
+            domains: Default::default(),
         }
     );
     assert_eq!(
@@ -317,5 +319,81 @@ fn test_prometheus_text_format_and_values() {
     assert_eq!(
         get("erofs_virtiofsd_image_served_bytes_total{image=\"we\\\"ird\\\\name\"}"),
         512.0
+    );
+}
+
+#[test]
+fn test_prometheus_store_domains_and_passthrough_opens() {
+    let mut s = Metrics::new().snapshot();
+    s.store.passthrough_opens = 4;
+    s.store.domains.insert(
+        "team \"a\"".to_owned(),
+        StoreDomainSnapshot {
+            entries: 2,
+            bytes: 8192,
+            loads: 3,
+            hits: 5,
+            verification_failures: 1,
+            evictions: 7,
+        },
+    );
+    s.store
+        .domains
+        .insert("b".to_owned(), StoreDomainSnapshot::default());
+
+    let text = s.to_prometheus();
+    let (types, samples) = check_prometheus(&text);
+    let get = |s: &str| {
+        samples
+            .iter()
+            .find(|(n, _)| n == s)
+            .unwrap_or_else(|| panic!("no sample {s} in\n{text}"))
+            .1
+    };
+
+    assert_eq!(types["erofs_virtiofsd_store_domain_entries"], "gauge");
+    assert_eq!(types["erofs_virtiofsd_store_domain_loads_total"], "counter");
+    assert_eq!(get("erofs_virtiofsd_store_passthrough_opens_total"), 4.0);
+    let d = "{domain=\"team \\\"a\\\"\"}";
+    assert_eq!(
+        get(&format!("erofs_virtiofsd_store_domain_entries{d}")),
+        2.0
+    );
+    assert_eq!(
+        get(&format!("erofs_virtiofsd_store_domain_bytes{d}")),
+        8192.0
+    );
+    assert_eq!(
+        get(&format!("erofs_virtiofsd_store_domain_loads_total{d}")),
+        3.0
+    );
+    assert_eq!(
+        get(&format!("erofs_virtiofsd_store_domain_hits_total{d}")),
+        5.0
+    );
+    assert_eq!(
+        get(&format!(
+            "erofs_virtiofsd_store_domain_verification_failures_total{d}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        get(&format!("erofs_virtiofsd_store_domain_evictions_total{d}")),
+        7.0
+    );
+    assert_eq!(
+        get("erofs_virtiofsd_store_domain_loads_total{domain=\"b\"}"),
+        0.0
+    );
+
+    // The JSON form round-trips, and a snapshot without the new fields
+    // still reads.
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<MetricsSnapshot>(&json).unwrap(), s);
+    let old = r#"{"entries":1,"shared_bytes":2,"loads":3,"hits":4,"verification_failures":5,"evictions":6}"#;
+    let old: StoreSnapshot = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        (old.hits, old.passthrough_opens, old.domains.len()),
+        (4, 0, 0)
     );
 }

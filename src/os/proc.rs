@@ -26,6 +26,19 @@ pub fn page_size() -> u64 {
     u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
+/// Gives the allocator's free memory back to the system (glibc's
+/// `malloc_trim(0)`: the free pages of every heap, not just their tops).
+/// For after a burst of work whose buffers were freed (the content store's
+/// loads); a no-op where the C library has no such call.
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer; it only walks the allocator's
+    // own heaps under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Total physical memory in bytes (sysinfo(2), which works where /proc
 /// is not mounted, e.g. in the sandbox); `None` when the call fails.
 pub fn total_memory() -> Option<u64> {

@@ -167,6 +167,9 @@ pub struct Store {
     /// Whether published entries must reach the disk first (not tmpfs).
     sync: bool,
     private: Option<PrivateDir>,
+    /// Entries this process evicted (the store's counters count every
+    /// process's).
+    evicted_here: AtomicU64,
 }
 
 impl Store {
@@ -186,6 +189,7 @@ impl Store {
             opts,
             sync,
             private: None,
+            evicted_here: AtomicU64::new(0),
         };
         store.reconcile()?;
         Ok(store)
@@ -482,23 +486,35 @@ impl Store {
     pub fn stats(&self) -> Result<Vec<DomainStats>> {
         let mut out = Vec::new();
         for (domain, _) in self.domains()? {
-            let d = self.domain_dir(&domain);
-            let (mut entries, mut bytes) = (0u64, 0u64);
-            for (_, meta) in list_objects(&d.objects)? {
-                entries += 1;
-                bytes = bytes.saturating_add(meta.len());
-            }
-            let counters =
-                stats::read(&d.stats).map_err(|e| Error::io("read counters", &d.stats, e))?;
-            out.push(DomainStats {
-                domain,
-                entries,
-                bytes,
-                counters,
-            });
+            out.push(self.domain_stats(&domain)?);
         }
         out.sort_by(|a, b| a.domain.cmp(&b.domain));
         Ok(out)
+    }
+
+    /// One domain's entries, bytes and counters (zeros for a domain the
+    /// store has never seen). Lists the domain's entries: not for a hot
+    /// path.
+    pub fn domain_stats(&self, domain: &Domain) -> Result<DomainStats> {
+        let d = self.domain_dir(domain);
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        for (_, meta) in list_objects(&d.objects)? {
+            entries += 1;
+            bytes = bytes.saturating_add(meta.len());
+        }
+        let counters =
+            stats::read(&d.stats).map_err(|e| Error::io("read counters", &d.stats, e))?;
+        Ok(DomainStats {
+            domain: domain.clone(),
+            entries,
+            bytes,
+            counters,
+        })
+    }
+
+    /// Entries this process evicted since the store was opened.
+    pub fn evictions_here(&self) -> u64 {
+        self.evicted_here.load(Ordering::Relaxed)
     }
 
     /// Bytes the store counts as used (entries plus loads in flight).
@@ -619,6 +635,7 @@ impl Store {
                 }
                 if evict(&path)? {
                     total = total.saturating_sub(size);
+                    self.evicted_here.fetch_add(1, Ordering::Relaxed);
                     self.count(&self.domain_dir(&domain), Event::Eviction);
                     log::debug!("evicted {} ({size} bytes)", path.display());
                 }

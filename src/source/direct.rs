@@ -27,6 +27,13 @@ thread_local! {
     static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Frees the calling thread's bounce buffer (up to [`MAX_BOUNCE`] plus
+/// one block); the next unaligned read makes a new one. For threads that
+/// read in bursts (the content store's loaders).
+pub fn release_bounce_buffer() {
+    BOUNCE.with(|b| *b.borrow_mut() = Vec::new());
+}
+
 /// An image read with `O_DIRECT`.
 #[derive(Debug)]
 pub struct DirectFileSource {

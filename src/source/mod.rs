@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-pub use direct::DirectFileSource;
+pub use direct::{release_bounce_buffer, DirectFileSource};
 pub use fd::{open_fd, parse_fd_spec};
 pub use file::FileSource;
 pub use guest::GuestMemorySource;

@@ -156,3 +156,47 @@ fn check_15_args(args: &[&str]) {
         }
     }
 }
+
+/// mkfs.erofs 1.9 from Debian sid (for `--xattr-inode-digest`):
+/// `$EROFS_MKFS_NEW`, else `target/sid/bin/mkfs.erofs` as
+/// `scripts/sid-tools.sh erofs` installs it. Panics with that advice when
+/// it is not runnable.
+pub fn mkfs_new() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = match std::env::var_os("EROFS_MKFS_NEW") {
+            Some(p) => PathBuf::from(p),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sid/bin/mkfs.erofs"),
+        };
+        let out = Command::new(&p).arg("--version").output();
+        let v = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        assert!(
+            v.contains(" 1.9"),
+            "mkfs.erofs 1.9 not runnable at {}: run `scripts/sid-tools.sh erofs` or set \
+             EROFS_MKFS_NEW",
+            p.display()
+        );
+        p
+    })
+}
+
+/// Runs mkfs.erofs 1.9 ([`mkfs_new`]) `--quiet ARGS IMAGE TREE`; returns
+/// the image path.
+#[track_caller]
+pub fn mkfs_19(tree: &Path, image: &Path, args: &[&str]) -> PathBuf {
+    let out = Command::new(mkfs_new())
+        .arg("--quiet")
+        .args(args)
+        .arg(image)
+        .arg(tree)
+        .output()
+        .expect("run mkfs.erofs");
+    assert!(
+        out.status.success(),
+        "mkfs.erofs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image.to_path_buf()
+}
