@@ -431,6 +431,10 @@ i=0; while [ ! -d /mnt/lz4 ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 3; sleep 0.
 echo "ROOT [$(ls /mnt)]"
 echo EVFS-API-WALK
 evfs-walk /mnt/lz4; rc=$?
+mkdir -p /run/rw /run/c1; mount -t tmpfs t /run/rw; mkdir /run/rw/u /run/rw/w
+mount -t overlay o -o lowerdir=/mnt/lz4,upperdir=/run/rw/u,workdir=/run/rw/w /run/c1 &&
+echo hi >/run/c1/new && echo "OVERLAY [$(ls -A /run/c1 | wc -l) $(cat /run/c1/new) $(ls -A /run/rw/u)]"
+umount /run/c1
 echo EVFS-API-WALKED
 i=0; while [ -e /mnt/lz4 ]; do i=$((i+1)); [ $i -gt 3000 ] && exit 4; sleep 0.1; done
 echo "ROOT [$(ls /mnt)]"
@@ -569,6 +573,19 @@ fn test_guest_sees_images_added_and_removed_through_the_api() {
     // What the guest listed at its root: nothing, the image, nothing again.
     let roots: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ROOT [")).collect();
     assert_eq!(roots, ["ROOT []", "ROOT [lz4]", "ROOT []"], "{stdout}");
+    // docs/vmms.md's Kata-style step: the layer stacked with overlayfs in the
+    // guest, a writable upper directory on guest memory: the merged tree has
+    // the layer's top-level entries plus the new file, which went to the
+    // upper directory only.
+    let top_level = load_expected(FIXTURE)
+        .iter()
+        .filter(|e| e.raw_path.len() > 1 && e.raw_path.iter().filter(|&&b| b == b'/').count() == 1)
+        .count();
+    let overlay = format!("OVERLAY [{} hi new]", top_level + 1);
+    assert!(
+        stdout.lines().any(|l| l == overlay),
+        "no `{overlay}` from the guest's overlay mount:\n{stdout}"
+    );
     // Its walk of /lz4, bit-exact against the kernel's manifest.
     let walk: String = stdout
         .split_once("EVFS-API-WALK\n")

@@ -114,9 +114,10 @@ stamp_of() {
 }
 
 # --- modules -----------------------------------------------------------------
-# What virtio-fs needs; anything built into the kernel (modules.builtin) is
-# skipped. The serial console driver (8250) is built in on the cloud kernel.
-wanted_modules=(8250 virtio virtio_ring virtio_pci virtiofs)
+# What virtio-fs needs, and overlayfs (the Kata-style test stacks layers
+# with it); anything built into the kernel (modules.builtin) is skipped.
+# The serial console driver (8250) is built in on the cloud kernel.
+wanted_modules=(8250 virtio virtio_ring virtio_pci virtiofs overlay)
 
 # Prints the module files (relative to $moddir) to load, dependencies first,
 # from modules.dep (a module's line lists its full dependency closure in an
