@@ -8,12 +8,13 @@
 //! Stores are made under /dev/shm (the default kind of store), trees and
 //! images under the temp directory.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use erofs_virtiofsd::erofs::{self, Image, ImageOptions, InodeKind};
 use erofs_virtiofsd::share::{
@@ -22,76 +23,12 @@ use erofs_virtiofsd::share::{
 use erofs_virtiofsd::source;
 use sha2::{Digest, Sha256};
 
+use common::mkfs::{mixed_content as content, mkfs_19 as mkfs};
+
 const BIN: &str = env!("CARGO_BIN_EXE_erofs-virtiofsd");
 const PAUSE_ENV: &str = "EROFS_VIRTIOFSD_TEST_PAUSE_LOAD_AFTER";
 const PAUSED_LINE: &str = "erofs-virtiofsd: test: load paused";
 const MIB: usize = 1 << 20;
-
-/// mkfs.erofs 1.9 from Debian sid.
-fn mkfs_new() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let p = match std::env::var_os("EROFS_MKFS_NEW") {
-            Some(p) => PathBuf::from(p),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sid/bin/mkfs.erofs"),
-        };
-        let out = Command::new(&p)
-            .arg("--version")
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "mkfs.erofs 1.9 not runnable at {} ({e}): run `scripts/sid-tools.sh erofs` \
-                 (it installs target/sid/bin/mkfs.erofs) or set EROFS_MKFS_NEW",
-                    p.display()
-                )
-            });
-        let v = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            v.contains(" 1.9"),
-            "{} is not mkfs.erofs 1.9 ({v:?}): run `scripts/sid-tools.sh erofs` or set \
-             EROFS_MKFS_NEW",
-            p.display()
-        );
-        p
-    })
-}
-
-/// Runs mkfs.erofs 1.9 on `tree` with `args`; returns the image path.
-#[track_caller]
-fn mkfs(tree: &Path, image: &Path, args: &[&str]) -> PathBuf {
-    let out = Command::new(mkfs_new())
-        .arg("--quiet")
-        .args(args)
-        .arg(image)
-        .arg(tree)
-        .output()
-        .expect("run mkfs.erofs");
-    assert!(
-        out.status.success(),
-        "mkfs.erofs {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    image.to_path_buf()
-}
-
-/// Deterministic content: half noise (xorshift), half repeated text, so
-/// compressors have something to do.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        if (v.len() / 8192) % 2 == 0 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            v.extend_from_slice(&x.to_le_bytes());
-        } else {
-            v.extend_from_slice(format!("line {seed} {} of text\n", v.len()).as_bytes());
-        }
-    }
-    v.truncate(len);
-    v
-}
 
 fn sha(data: &[u8]) -> Fingerprint {
     Fingerprint::from_sha256(Sha256::digest(data).into())

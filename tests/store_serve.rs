@@ -22,6 +22,7 @@ use std::time::Duration;
 use common::frontend::{Frontend, FrontendOptions};
 use common::fuse_client::{walk, FuseClient};
 use common::fusemount::{wait_for, FuseMount};
+use common::mkfs::{mixed_content as content, mkfs_19 as mkfs};
 use common::{assert_manifests_eq, walk_manifest, KernelMount};
 use erofs_virtiofsd::share::{Domain, Fingerprint};
 use sha2::{Digest, Sha256};
@@ -32,29 +33,6 @@ const PAUSED_LINE: &str = "erofs-virtiofsd: test: load paused";
 const MIB: usize = 1 << 20;
 /// How long background loads may take.
 const LOADS: Duration = Duration::from_secs(60);
-
-#[track_caller]
-fn mkfs(tree: &Path, image: &Path, args: &[&str]) -> PathBuf {
-    common::mkfs::mkfs_19(tree, image, args)
-}
-
-/// Deterministic content, half noise, half text.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        if (v.len() / 8192) % 2 == 0 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            v.extend_from_slice(&x.to_le_bytes());
-        } else {
-            v.extend_from_slice(format!("line {seed} {} of text\n", v.len()).as_bytes());
-        }
-    }
-    v.truncate(len);
-    v
-}
 
 fn sha(data: &[u8]) -> Fingerprint {
     Fingerprint::from_sha256(Sha256::digest(data).into())

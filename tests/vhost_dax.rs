@@ -15,8 +15,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -25,6 +24,7 @@ use common::daemon::Daemon;
 use common::fixtures::{fixture_image, FixtureImage};
 use common::frontend::{Frontend, FrontendOptions, WindowEvent};
 use common::fuse_client::{FuseClient, InitIn, InitOut, FUSE_INIT, INIT_FLAGS, ROOT_ID};
+use common::mkfs::{mixed_content as content, mkfs_19 as mkfs};
 use zerocopy::{FromBytes, IntoBytes};
 
 const SETUPMAPPING: u32 = 48;
@@ -326,60 +326,6 @@ fn test_failures_get_errnos_and_the_daemon_stays_up() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(d.log().contains("refused=3"), "{}", d.log());
-}
-
-/// mkfs.erofs 1.9 from Debian sid.
-fn mkfs_new() -> PathBuf {
-    let p = match std::env::var_os("EROFS_MKFS_NEW") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sid/bin/mkfs.erofs"),
-    };
-    let v = Command::new(&p)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
-    assert!(
-        v.contains(" 1.9"),
-        "mkfs.erofs 1.9 not runnable at {}: run `scripts/sid-tools.sh erofs` or set \
-         EROFS_MKFS_NEW",
-        p.display()
-    );
-    p
-}
-
-fn mkfs(tree: &Path, image: &Path, args: &[&str]) -> PathBuf {
-    let out = Command::new(mkfs_new())
-        .arg("--quiet")
-        .args(args)
-        .arg(image)
-        .arg(tree)
-        .output()
-        .expect("run mkfs.erofs");
-    assert!(
-        out.status.success(),
-        "mkfs.erofs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    image.to_path_buf()
-}
-
-/// Deterministic content, half noise, half text.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        if (v.len() / 8192) % 2 == 0 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            v.extend_from_slice(&x.to_le_bytes());
-        } else {
-            v.extend_from_slice(format!("line {seed} {} of text\n", v.len()).as_bytes());
-        }
-    }
-    v.truncate(len);
-    v
 }
 
 /// One mapping as the VMM saw it.

@@ -200,3 +200,23 @@ pub fn mkfs_19(tree: &Path, image: &Path, args: &[&str]) -> PathBuf {
     );
     image.to_path_buf()
 }
+
+/// Deterministic content for store and DAX tests: 8 KiB of xorshift noise,
+/// then 8 KiB of numbered text lines, alternating, so that compressors
+/// have something to do and every seed gives other bytes.
+pub fn mixed_content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        if (v.len() / 8192) % 2 == 0 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        } else {
+            v.extend_from_slice(format!("line {seed} {} of text\n", v.len()).as_bytes());
+        }
+    }
+    v.truncate(len);
+    v
+}
