@@ -13,36 +13,12 @@ use std::path::Path;
 use std::process::Command;
 
 use common::daemon::Daemon;
+use common::dax::{remove, setup, take_events, FLAG_READ, RANGE};
 use common::fixtures::fixture_image;
 use common::frontend::{Frontend, FrontendOptions, WindowEvent};
 use common::fuse_client::{FuseClient, ROOT_ID};
 
-const SETUPMAPPING: u32 = 48;
-const REMOVEMAPPING: u32 = 49;
-const FLAG_READ: u64 = 2;
-const RANGE: u64 = 2 << 20;
 const WINDOW: u64 = 8 * RANGE;
-
-fn setup(c: &mut FuseClient, node: u64, foffset: u64, moffset: u64) -> Result<(), i32> {
-    let mut args = Vec::new();
-    for v in [u64::MAX, foffset, RANGE, FLAG_READ, moffset] {
-        args.extend_from_slice(&v.to_le_bytes());
-    }
-    c.call(SETUPMAPPING, node, &[&args], 0).map(drop)
-}
-
-fn remove(c: &mut FuseClient, moffsets: &[u64]) -> Result<(), i32> {
-    let mut args = (moffsets.len() as u32).to_le_bytes().to_vec();
-    for &m in moffsets {
-        args.extend_from_slice(&m.to_le_bytes());
-        args.extend_from_slice(&RANGE.to_le_bytes());
-    }
-    c.call(REMOVEMAPPING, 0, &[&args], 0).map(drop)
-}
-
-fn take_events(c: &FuseClient) -> Vec<WindowEvent> {
-    std::mem::take(&mut c.fe.window.as_ref().expect("window").lock().unwrap().events)
-}
 
 /// One HTTP request on the API socket: (status, body).
 fn api(sock: &Path, method: &str, target: &str) -> (u16, String) {
@@ -125,7 +101,8 @@ fn test_removed_images_mapped_file_keeps_its_mapping_and_content() {
     assert_eq!(want.len() as u64, size);
     want.resize(RANGE as usize, 0);
     let fh = c.open(node, false).expect("open");
-    setup(&mut c, node, 0, 0).unwrap_or_else(|e| panic!("SETUPMAPPING: {e}\n{}", d.log()));
+    setup(&mut c, node, 0, RANGE, 0, FLAG_READ)
+        .unwrap_or_else(|e| panic!("SETUPMAPPING: {e}\n{}", d.log()));
     assert!(mapped_bytes(&take_events(&c)) == &want[..], "first mapping");
 
     let (st, body) = api(&api_sock, "DELETE", "/api/v1/mount?mountpoint=/layer");
@@ -138,7 +115,7 @@ fn test_removed_images_mapped_file_keeps_its_mapping_and_content() {
     // Nothing was unmapped behind the guest's back.
     assert!(take_events(&c).is_empty(), "the removal touched the window");
     // The open file maps again, elsewhere in the window, with its content.
-    setup(&mut c, node, 0, RANGE)
+    setup(&mut c, node, 0, RANGE, RANGE, FLAG_READ)
         .unwrap_or_else(|e| panic!("SETUPMAPPING after the removal: {e}\n{}", d.log()));
     assert!(
         mapped_bytes(&take_events(&c)) == &want[..],
@@ -146,7 +123,7 @@ fn test_removed_images_mapped_file_keeps_its_mapping_and_content() {
     );
     let read = c.read(node, fh, 0, 4096).expect("READ of the open file");
     assert!(read[..] == want[..read.len()]);
-    remove(&mut c, &[0, RANGE]).expect("REMOVEMAPPING");
+    remove(&mut c, &[(0, RANGE), (RANGE, RANGE)]).expect("REMOVEMAPPING");
     let events = take_events(&c);
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(events

@@ -21,18 +21,14 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
 use common::daemon::Daemon;
+use common::dax::{remove, setup, take_events, FLAG_READ, FLAG_WRITE, RANGE};
 use common::fixtures::{fixture_image, FixtureImage};
 use common::frontend::{Frontend, FrontendOptions, WindowEvent};
 use common::fuse_client::{FuseClient, InitIn, InitOut, FUSE_INIT, INIT_FLAGS, ROOT_ID};
 use common::mkfs::{mixed_content as content, mkfs_19 as mkfs};
 use zerocopy::{FromBytes, IntoBytes};
 
-const SETUPMAPPING: u32 = 48;
-const REMOVEMAPPING: u32 = 49;
-const FLAG_READ: u64 = 2;
-const FLAG_WRITE: u64 = 1;
 const MAP_ALIGNMENT: u32 = 1 << 26;
-const RANGE: u64 = 2 << 20;
 const WINDOW: u64 = 8 * RANGE;
 
 fn start(img: &FixtureImage, extra: &[&str]) -> Daemon {
@@ -54,30 +50,6 @@ fn connect(d: &Daemon) -> FuseClient {
     let fe = std::panic::catch_unwind(|| Frontend::connect(&d.socket, &opts))
         .unwrap_or_else(|_| panic!("connecting failed; daemon log:\n{}", d.log()));
     FuseClient::new(fe)
-}
-
-fn setup(
-    c: &mut FuseClient,
-    node: u64,
-    foffset: u64,
-    len: u64,
-    moffset: u64,
-    flags: u64,
-) -> Result<(), i32> {
-    let mut args = Vec::new();
-    for v in [u64::MAX, foffset, len, flags, moffset] {
-        args.extend_from_slice(&v.to_le_bytes());
-    }
-    c.call(SETUPMAPPING, node, &[&args], 0).map(drop)
-}
-
-fn remove(c: &mut FuseClient, ranges: &[(u64, u64)]) -> Result<(), i32> {
-    let mut args = (ranges.len() as u32).to_le_bytes().to_vec();
-    for &(m, l) in ranges {
-        args.extend_from_slice(&m.to_le_bytes());
-        args.extend_from_slice(&l.to_le_bytes());
-    }
-    c.call(REMOVEMAPPING, 0, &[&args], 0).map(drop)
 }
 
 /// INIT as a guest mounted `dax=always` (offering MAP_ALIGNMENT).
@@ -109,10 +81,6 @@ fn files(c: &mut FuseClient) -> Vec<(u64, u64)> {
     }
     out.sort();
     out
-}
-
-fn take_events(c: &FuseClient) -> Vec<WindowEvent> {
-    std::mem::take(&mut c.fe.window.as_ref().expect("window").lock().unwrap().events)
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub mod bigtree;
 pub mod chv;
 pub mod cli;
 pub mod daemon;
+pub mod dax;
 pub mod fixture_dir;
 pub mod fixture_trees;
 pub mod fixtures;
