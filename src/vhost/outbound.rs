@@ -88,6 +88,17 @@ impl VhostOutbound {
         self.shown_changed.notify_all();
     }
 
+    /// Guest-physical addresses of the shown regions holding `len` bytes
+    /// of the file `(dev, ino)` from offset `foff`.
+    fn shown_at(shown: &Shown, key: (u64, u64, u64, u64)) -> Vec<u64> {
+        shown
+            .regions
+            .iter()
+            .filter(|r| (r.0, r.1, r.2, r.4) == key)
+            .map(|r| r.3)
+            .collect()
+    }
+
     fn lock_shown(&self) -> std::sync::MutexGuard<'_, Shown> {
         self.shown.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -101,16 +112,10 @@ impl VhostOutbound {
     /// table shows it, the guest's view has it too. `before`: how many
     /// regions showed this file range before the map was asked for.
     fn wait_shown(&self, key: (u64, u64, u64, u64), window_offset: u64, before: usize) {
-        let (dev, ino, foff, len) = key;
         let deadline = Instant::now() + SHOW_TIMEOUT;
         let mut shown = self.lock_shown();
         loop {
-            let matching: Vec<u64> = shown
-                .regions
-                .iter()
-                .filter(|r| (r.0, r.1, r.2, r.4) == (dev, ino, foff, len))
-                .map(|r| r.3)
-                .collect();
+            let matching = Self::shown_at(&shown, key);
             let there = match shown.window_gpa {
                 Some(base) => matching.contains(&base.saturating_add(window_offset)),
                 None => matching.len() > before,
@@ -190,12 +195,7 @@ impl Outbound for VhostOutbound {
         };
         let md = std::fs::File::from(m.file.try_clone_to_owned()?).metadata()?;
         let key = (md.dev(), md.ino(), m.file_offset, m.len);
-        let before = self
-            .lock_shown()
-            .regions
-            .iter()
-            .filter(|r| (r.0, r.1, r.2, r.4) == key)
-            .count();
+        let before = Self::shown_at(&self.lock_shown(), key).len();
         self.channel()?.shmem_map(&req, &m.file)?;
         self.wait_shown(key, m.window_offset, before);
         Ok(())
