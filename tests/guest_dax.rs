@@ -122,14 +122,26 @@ impl Daemon {
 
     /// The counters of the `n`-th connection to end (1-based).
     fn dax_counts(&mut self, n: usize) -> DaxCounts {
+        // The n-th whole line: the daemon may still be writing the last one.
+        let nth_whole = |text: &str| {
+            text.split_inclusive('\n')
+                .filter(|l| l.ends_with('\n') && l.contains("connection ended; dax:"))
+                .nth(n - 1)
+                .map(|l| l.trim_end().to_string())
+        };
         self.wait_log("connection ended; dax:", n);
-        let text = self.log_text();
-        let line = text
-            .lines()
-            .filter(|l| l.contains("connection ended; dax:"))
-            .nth(n - 1)
-            .unwrap()
-            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            if let Some(l) = nth_whole(&self.log_text()) {
+                break l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "line {n} never ended:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let field = |name: &str| -> u64 {
             let key = format!("{name}=");
             let at = line.find(&key).unwrap_or_else(|| panic!("{line}")) + key.len();

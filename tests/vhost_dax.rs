@@ -330,7 +330,12 @@ fn ended_count(d: &Daemon, field: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = d.log();
-        if let Some(line) = log.lines().find(|l| l.contains("connection ended; dax:")) {
+        // Only whole lines: the daemon may be writing this one right now.
+        let whole = log.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+        if let Some(line) = whole
+            .map(str::trim_end)
+            .find(|l| l.contains("connection ended; dax:"))
+        {
             let key = format!(" {field}=");
             let at = line.find(&key).unwrap_or_else(|| panic!("{line}")) + key.len();
             return line[at..]
