@@ -12,8 +12,10 @@
 #     RSS) without a domain (unshared) vs with one domain and the store on
 #     /dev/shm, beside the ideal (unique content once).
 #
-# Knobs: RUNS (5), BIG_MIB (384), STORE (the store directory, default
-# under /dev/shm; e.g. a directory on a tmpfs mounted huge=within_size),
+# Knobs: RUNS (5), BIG_MIB (384), STORE (the store directory: default a
+# new directory under /dev/shm; `default` for the daemon's own default,
+# /dev/shm/erofs-virtiofsd.UID, which a root daemon creates as a tmpfs
+# mounted huge=within_size; or any directory, e.g. on such a tmpfs),
 # PAIR (1: also the memory rows), PAIR_FILES (400 per tree), SHARED_PCT
 # (40), OURS (target/release/erofs-virtiofsd), MKFS (target/sid/bin/
 # mkfs.erofs, 1.9: `scripts/sid-tools.sh erofs`), BENCH_DIR
@@ -33,8 +35,17 @@ PY=/usr/bin/python3
 mkdir -p "$BENCH_DIR"
 B=$(cd "$BENCH_DIR" && pwd)
 STORE=${STORE:-/dev/shm/bench-store.$$}
+[ "$STORE" = default ] && STORE=/dev/shm/erofs-virtiofsd.$(id -u)
 PAIR=${PAIR:-1}
-trap 'for m in "$B"/mnt-*; do umount "$m" 2>/dev/null || true; done; rm -rf "$STORE"' EXIT
+# Empties the store; a mount point (the default store's own tmpfs) stays.
+clear_store() {
+  if mountpoint -q "$STORE"; then
+    find "$STORE" -mindepth 1 -delete
+  else
+    rm -rf "$STORE"
+  fi
+}
+trap 'for m in "$B"/mnt-*; do umount "$m" 2>/dev/null || true; done; clear_store || true' EXIT
 
 kernel_mount() {
   "$PY" - "$1" "$2" <<'PY'
@@ -96,7 +107,7 @@ umount "$B/mnt-k"
 wait_mounted "$B/mnt-p"
 p=$(seq_row plain "$B/mnt-p")
 umount "$B/mnt-p"; wait
-rm -rf "$STORE"
+clear_store
 "$OURS" mount --foreground --domain bench --store "$STORE" "$img" "$B/mnt-s" 2>"$B/store.log" &
 wait_mounted "$B/mnt-s"
 cat "$B/mnt-s/file" >/dev/null
@@ -184,7 +195,7 @@ readall() { find "$1" -type f -exec cat {} + >/dev/null; }
 pair_row() {
   local mode=$1 args=() img fuse store r1
   [ "$mode" = store ] && args=(--domain pair --store "$STORE")
-  rm -rf "$STORE"
+  clear_store
   sync; echo 3 >/proc/sys/vm/drop_caches
   "$OURS" mount --foreground "${args[@]}" "$ia" "$B/mnt-a" 2>"$B/pair-$mode-a.log" &
   "$OURS" mount --foreground "${args[@]}" "$ib" "$B/mnt-b" 2>"$B/pair-$mode-b.log" &

@@ -327,7 +327,7 @@ fn test_guest_dax_write_through_window() {
     let (image, path, sha) = target_image(work.path());
     let store = tempfile::Builder::new()
         .prefix("evfs-dax-store-")
-        .tempdir_in("/dev/shm")
+        .tempdir_in(common::dax::store_base())
         .unwrap();
     let args = |domain: &str| {
         vec![

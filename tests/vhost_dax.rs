@@ -381,7 +381,7 @@ fn test_guests_of_a_domain_map_one_copy_and_writes_never_reach_a_later_mapping()
     );
     let store = tempfile::Builder::new()
         .prefix("evfs-daxstore-")
-        .tempdir_in("/dev/shm")
+        .tempdir_in(common::dax::store_base())
         .unwrap();
     let store_arg = store.path().display().to_string();
     let args = |domain: &'static str| {
@@ -530,7 +530,7 @@ fn test_an_image_lying_about_a_fingerprint_maps_its_own_bytes_and_changes_nobody
     lie[40] ^= 0xff;
     let store = tempfile::Builder::new()
         .prefix("evfs-daxstore-")
-        .tempdir_in("/dev/shm")
+        .tempdir_in(common::dax::store_base())
         .unwrap();
     let store_arg = store.path().display().to_string();
     let args = [

@@ -36,7 +36,7 @@ use super::source::{default_decode_cache, image_options};
 use crate::erofs::Image;
 use crate::fuse::content::SharedContent;
 use crate::fuse::{check_name, ImageMeta, Share, ShareOptions};
-use crate::share::{Store, StoreOptions};
+use crate::share::StoreOptions;
 use crate::source;
 
 /// Largest config file read.
@@ -440,7 +440,7 @@ impl ShareArgs {
 impl StoreSpec {
     /// Opens (creating) the store.
     pub fn open(&self) -> anyhow::Result<Arc<SharedContent>> {
-        let store = Store::open(
+        let store = crate::share::hugefs::open_store(
             &self.dir,
             StoreOptions {
                 size_limit: self.size_limit,

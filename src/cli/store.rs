@@ -180,7 +180,7 @@ fn preload(args: PreloadArgs) -> anyhow::Result<ExitCode> {
             .store_size
             .unwrap_or_else(share::store::default_size_limit),
     };
-    let store = Store::open(&dir, opts)?;
+    let store = share::hugefs::open_store(&dir, opts)?;
     let files = regular_files(&img)?;
     let pause_after: Option<u64> = std::env::var(PAUSE_ENV).ok().and_then(|v| v.parse().ok());
     let start = Instant::now();

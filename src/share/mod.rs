@@ -66,6 +66,7 @@
 mod claim;
 pub mod domain;
 pub mod fingerprint;
+pub mod hugefs;
 pub mod stats;
 pub mod store;
 

@@ -42,3 +42,12 @@ pub fn remove(c: &mut FuseClient, ranges: &[(u64, u64)]) -> Result<(), i32> {
 pub fn take_events(c: &FuseClient) -> Vec<WindowEvent> {
     std::mem::take(&mut c.fe.window.as_ref().expect("window").lock().unwrap().events)
 }
+
+/// Where the DAX tests make their content stores: `EROFS_TEST_STORE_BASE`
+/// (e.g. a tmpfs mounted `huge=within_size`, as the daemon's default store
+/// is when it mounts one) or `/dev/shm`.
+pub fn store_base() -> std::path::PathBuf {
+    std::env::var_os("EROFS_TEST_STORE_BASE")
+        .map(Into::into)
+        .unwrap_or_else(|| "/dev/shm".into())
+}
