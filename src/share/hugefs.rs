@@ -83,11 +83,30 @@ pub fn prepare_default_dir(dir: &Path) -> Result<Prepared> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io("create directory", dir, e))?;
+    if !in_init_mount_namespace() {
+        return Ok(Prepared::PlainDir(
+            "not in the host's mount namespace (a mount would be seen only here)".into(),
+        ));
+    }
     match mount_huge_tmpfs(dir) {
         Ok(()) => Ok(Prepared::Mounted),
         Err(e) => Ok(Prepared::PlainDir(e.to_string())),
     }
     // The lock is released when `lock` is dropped, after the mount.
+}
+
+/// Whether this process's mount namespace is init's: only a tmpfs mounted
+/// there is seen by every process that finds the directory (one mounted in
+/// a container's namespace would leave the host's processes, and other
+/// containers sharing /dev/shm, a second, empty store underneath).
+fn in_init_mount_namespace() -> bool {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(me), Ok(init)) => me == init,
+        _ => false,
+    }
 }
 
 /// The lock file of `dir`: `DIR.lock` beside it.
@@ -180,6 +199,10 @@ mod tests {
         if !root() {
             return;
         }
+        if !in_init_mount_namespace() {
+            eprintln!("skipped: not in the host's mount namespace");
+            return;
+        }
         let s = Scratch::new("once");
         let dir = s.0.join("store");
         assert_eq!(prepare_default_dir(&dir).unwrap(), Prepared::Mounted);
@@ -215,6 +238,10 @@ mod tests {
     #[test]
     fn processes_starting_at_once_make_one_mount() {
         if !root() {
+            return;
+        }
+        if !in_init_mount_namespace() {
+            eprintln!("skipped: not in the host's mount namespace");
             return;
         }
         let s = Scratch::new("race");
