@@ -220,23 +220,6 @@ impl CacheRecorder<'_> {
     }
 }
 
-/// Counters of the shared content store.
-#[derive(Debug, Default)]
-pub struct StoreCounters {
-    /// Entries in the store now.
-    pub entries: Gauge,
-    /// Bytes of content held by the store now.
-    pub shared_bytes: Gauge,
-    /// Entries loaded (decoded and written) by this process.
-    pub loads: Counter,
-    /// Reads answered from an existing entry.
-    pub hits: Counter,
-    /// Loaded content whose digest did not match its fingerprint.
-    pub verification_failures: Counter,
-    /// Entries evicted by this process.
-    pub evictions: Counter,
-}
-
 /// Counters of the DAX window.
 #[derive(Debug, Default)]
 pub struct DaxCounters {

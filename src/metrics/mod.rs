@@ -9,8 +9,8 @@
 //!
 //! - [`Metrics`]: the daemon's registry: FUSE requests per opcode, errors,
 //!   served bytes and a latency histogram ([`RequestCounters`]), the
-//!   decoded-extent cache ([`CacheCounters`]), the content store
-//!   ([`StoreCounters`]), DAX mappings ([`DaxCounters`]) and one
+//!   decoded-extent cache ([`CacheCounters`]), DAX mappings
+//!   ([`DaxCounters`]) and one
 //!   [`ImageMetrics`] per image, at most [`MAX_IMAGES`];
 //! - [`MetricsSnapshot`]: a point-in-time copy, serialised to JSON (serde)
 //!   and to the Prometheus text format ([`MetricsSnapshot::to_prometheus`]).
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use counters::Totals;
 pub use counters::{
     CacheCounters, CacheRecorder, Counter, DaxCounters, Gauge, Histogram, RequestCounters,
-    StoreCounters, LATENCY_BUCKETS, OPCODE_SLOTS,
+    LATENCY_BUCKETS, OPCODE_SLOTS,
 };
 pub use names::opcode_name;
 pub use snapshot::{
@@ -100,7 +100,6 @@ impl ImageMetrics {
 pub struct Metrics {
     started: Instant,
     totals: Arc<Totals>,
-    store: StoreCounters,
     dax: DaxCounters,
     images: RwLock<BTreeMap<String, Arc<ImageMetrics>>>,
 }
@@ -117,7 +116,6 @@ impl Metrics {
         Metrics {
             started: Instant::now(),
             totals: Arc::default(),
-            store: StoreCounters::default(),
             dax: DaxCounters::default(),
             images: RwLock::default(),
         }
@@ -137,15 +135,6 @@ impl Metrics {
             own: None,
             total: &self.totals.extent_cache,
         }
-    }
-
-    /// Content-store counters kept here. The share's snapshot
-    /// (`Share::metrics_snapshot`) adds what its content store counted
-    /// itself (loads, hits, failures, evictions, and per domain the
-    /// store's own counters), read when the snapshot is taken, as the
-    /// decoded-extent caches are.
-    pub fn store(&self) -> &StoreCounters {
-        &self.store
     }
 
     /// The DAX window's counters.
@@ -211,7 +200,9 @@ impl Metrics {
             uptime_seconds: self.started.elapsed().as_secs(),
             requests: snapshot::requests(&self.totals.requests),
             extent_cache: snapshot::cache(&self.totals.extent_cache, img_bytes, img_entries),
-            store: snapshot::store(&self.store),
+            // The content store counts for itself: the share's snapshot
+            // (`Share::metrics_snapshot`) fills this in when it has one.
+            store: StoreSnapshot::default(),
             dax: snapshot::dax(&self.dax),
             images,
         }

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::counters::{
-    CacheCounters, DaxCounters, Histogram, RequestCounters, StoreCounters, LATENCY_BUCKETS,
-    OPCODE_SLOTS,
+    CacheCounters, DaxCounters, Histogram, RequestCounters, LATENCY_BUCKETS, OPCODE_SLOTS,
 };
 use super::names;
 
@@ -226,19 +225,6 @@ pub(super) fn cache(c: &CacheCounters, extra_bytes: u64, extra_entries: u64) -> 
         evictions: c.evictions.get(),
         bytes: c.bytes.get().saturating_add(extra_bytes),
         entries: c.entries.get().saturating_add(extra_entries),
-    }
-}
-
-pub(super) fn store(s: &StoreCounters) -> StoreSnapshot {
-    StoreSnapshot {
-        entries: s.entries.get(),
-        shared_bytes: s.shared_bytes.get(),
-        loads: s.loads.get(),
-        hits: s.hits.get(),
-        passthrough_opens: 0,
-        verification_failures: s.verification_failures.get(),
-        evictions: s.evictions.get(),
-        domains: BTreeMap::new(),
     }
 }
 
