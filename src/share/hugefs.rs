@@ -194,13 +194,18 @@ mod tests {
         true
     }
 
-    #[test]
-    fn a_new_default_dir_gets_a_huge_page_tmpfs_once() {
-        if !root() {
-            return;
-        }
+    /// Whether this test process may mount where everyone sees it.
+    fn may_mount() -> bool {
         if !in_init_mount_namespace() {
             eprintln!("skipped: not in the host's mount namespace");
+            return false;
+        }
+        root()
+    }
+
+    #[test]
+    fn a_new_default_dir_gets_a_huge_page_tmpfs_once() {
+        if !may_mount() {
             return;
         }
         let s = Scratch::new("once");
@@ -237,11 +242,7 @@ mod tests {
 
     #[test]
     fn processes_starting_at_once_make_one_mount() {
-        if !root() {
-            return;
-        }
-        if !in_init_mount_namespace() {
-            eprintln!("skipped: not in the host's mount namespace");
+        if !may_mount() {
             return;
         }
         let s = Scratch::new("race");
