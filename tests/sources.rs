@@ -10,6 +10,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use erofs_virtiofsd::erofs::{Image, ImageOptions};
+use erofs_virtiofsd::source::{open_path, Source};
 
 use common::cli::run_manifest_args;
 use common::fusemount::FuseMount;
@@ -229,5 +234,98 @@ fn test_memfd_image_at_unaligned_offset() {
             let via_fuse = walk_manifest(mount.path());
             assert_manifests_eq(&format!("{what}: FUSE"), &expected, &via_fuse);
         }
+    }
+}
+
+/// A source that counts the reads reaching it (the image file's reads).
+#[derive(Debug)]
+struct CountingSource {
+    inner: Arc<dyn Source>,
+    reads: AtomicU64,
+}
+
+impl Source for CountingSource {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_at(buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+/// Every path of `img` with its inode number, mode, size and each
+/// directory's entries looked up by name (what a `find -ls` asks).
+fn listing(img: &Image) -> Vec<(Vec<u8>, u64, u32, u64)> {
+    let mut out = Vec::new();
+    erofs_virtiofsd::erofs::walk(
+        img,
+        |e| {
+            out.push((e.path.clone(), e.inode.nid, e.inode.mode, e.inode.size));
+        },
+        |path, e| panic!("walk: {}: {e}", String::from_utf8_lossy(path)),
+    )
+    .expect("walk");
+    let dirs: Vec<(Vec<u8>, u64)> = out.iter().map(|(p, n, _, _)| (p.clone(), *n)).collect();
+    for (path, nid) in dirs {
+        let dir = img.inode(nid).expect("inode");
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut names = Vec::new();
+        img.readdir(&dir, 0, |e, _| {
+            names.push(e.name.to_vec());
+            true
+        })
+        .expect("readdir");
+        for name in names {
+            let found = img.lookup(&dir, &name).expect("lookup");
+            let (child, _) = found.unwrap_or_else(|| {
+                panic!(
+                    "{}: {} not found",
+                    String::from_utf8_lossy(&path),
+                    String::from_utf8_lossy(&name)
+                )
+            });
+            out.push((name, child, 0, 0));
+        }
+    }
+    out
+}
+
+/// A second walk of an image file (listings, lookups, inodes, inline and
+/// block-mapped directories, inodes straddling two blocks, extended
+/// inodes) is answered from the metadata cache: no read reaches the file,
+/// so nothing of it stays in the host page cache beside our cache, and
+/// the answers are the first walk's.
+#[test]
+fn test_second_walk_reads_nothing_from_the_image_file() {
+    for name in [
+        "edge_plain-b512",
+        "edge_plain-b4096",
+        "edge_plain-b512-noinline",
+        "edge_plain-48bit",
+        "edge_lz4-extended",
+        "edge_lz4hc-xattrprefix",
+        "edge_lz4hc-metabox",
+        "usr_zstd15-ztailpack",
+    ] {
+        let file = open_path(&fixture_image(name).image, 0).expect("open fixture");
+        let src = Arc::new(CountingSource {
+            inner: file,
+            reads: AtomicU64::new(0),
+        });
+        let img = Image::open(src.clone(), ImageOptions::default()).expect("Image::open");
+        let first = listing(&img);
+        let after_first = src.reads.load(Ordering::Relaxed);
+        assert!(after_first > 0, "{name}: the first walk read nothing");
+        let second = listing(&img);
+        assert_eq!(first, second, "{name}: the second walk differs");
+        let more = src.reads.load(Ordering::Relaxed) - after_first;
+        assert_eq!(
+            more, 0,
+            "{name}: the second walk read the image {more} times"
+        );
     }
 }

@@ -39,6 +39,11 @@ pub trait ImageRead: MetaRead {
     /// unified address space), holding data of inode `nid`.
     fn read_physical(&self, nid: u64, device: u16, pa: u64, buf: &mut [u8]) -> Result<()>;
 
+    /// Reads `buf.len()` physical bytes like [`ImageRead::read_physical`],
+    /// through the metadata block cache where they lie on the primary
+    /// device: for directory blocks, which walks read again and again.
+    fn read_physical_cached(&self, nid: u64, device: u16, pa: u64, buf: &mut [u8]) -> Result<()>;
+
     /// Where byte `offset` of `inode`'s content is stored, for messages:
     /// its physical place, or its pcluster's when compressed. `None` in a
     /// hole or a fragment, or when the map cannot say.

@@ -263,6 +263,19 @@ impl Devices {
         }
     }
 
+    /// The offset in the primary source of physical address `pa` of device
+    /// `device`, when the bytes are there and belong to it (not to an
+    /// extra device that was not given); `None` otherwise.
+    pub(super) fn primary_offset(&self, nid: u64, device: u16, pa: u64) -> Result<Option<u64>> {
+        Ok(match self.route(nid, device, pa)? {
+            Route::Primary {
+                offset,
+                missing: None,
+            } => Some(offset),
+            _ => None,
+        })
+    }
+
     /// How many extra devices were given.
     fn given(&self) -> usize {
         self.extra.iter().filter(|d| d.src.is_some()).count()

@@ -6,6 +6,7 @@ use super::access::ImageRead;
 use super::dir::{bsearch, DirBlock, DirEntry, FileType};
 use super::inode::Inode;
 use super::ondisk;
+use super::plain;
 use super::{Error, Result};
 
 /// Checks that `dir` is a directory no larger than `max_size` bytes (a
@@ -46,7 +47,12 @@ pub(super) fn dir_block<I: ImageRead + ?Sized>(img: &I, dir: &Inode, blk: u64) -
         .ok_or_else(|| Error::corrupt(Some(dir.nid), dir.loc, "directory", "block beyond size"))?;
     let len = dir.size.saturating_sub(start).min(bs) as usize;
     let mut v = vec![0u8; len];
-    let n = img.read(dir, start, &mut v)?;
+    let n = if dir.is_compressed() {
+        img.read(dir, start, &mut v)?
+    } else {
+        plain::read_cached(img, dir, start, &mut v)?;
+        len
+    };
     if n != len {
         return Err(Error::corrupt(
             Some(dir.nid),

@@ -439,6 +439,16 @@ impl ImageRead for Image {
         self.devices.read(nid, device, pa, buf)
     }
 
+    fn read_physical_cached(&self, nid: u64, device: u16, pa: u64, buf: &mut [u8]) -> Result<()> {
+        let Some(offset) = self.devices.primary_offset(nid, device, pa)? else {
+            return self.devices.read(nid, device, pa, buf);
+        };
+        let bytes = self
+            .meta_cache
+            .read(&self.devices, "file data", offset, buf.len())?;
+        bytes.copy_into("file data", At::Image(offset), buf)
+    }
+
     fn locate(&self, inode: &Inode, offset: u64) -> Option<At> {
         Image::locate(self, inode, offset)
     }

@@ -40,6 +40,24 @@ impl Deref for MetaBytes<'_> {
     }
 }
 
+impl MetaBytes<'_> {
+    /// Copies all the bytes into `dst`, which must be as long (`what` at
+    /// `at` names them in the error otherwise).
+    pub fn copy_into(&self, what: &'static str, at: At, dst: &mut [u8]) -> Result<()> {
+        let src: &[u8] = self;
+        if src.len() != dst.len() {
+            return Err(Error::Truncated {
+                what,
+                at,
+                end: at.offset().saturating_add(dst.len() as u64),
+                size: at.offset().saturating_add(src.len() as u64),
+            });
+        }
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
     map: HashMap<u64, (Arc<[u8]>, u64), RandomState>,
@@ -83,17 +101,20 @@ impl MetaCache {
         let block_size = 1u64 << self.blkszbits;
         let blk = pos >> self.blkszbits;
         let off = (pos & block_size.wrapping_sub(1)) as usize;
-        if off.saturating_add(len) as u64 > block_size {
-            let mut v = vec![0u8; len];
-            devices.read_primary(what, pos, &mut v)?;
-            return Ok(MetaBytes::Owned(v));
-        }
         let truncated = || Error::Truncated {
             what,
             at: At::Image(pos),
             end: pos.saturating_add(len as u64),
             size: src.size(),
         };
+        if off.saturating_add(len) as u64 > block_size {
+            return self
+                .read_across(devices, what, pos, len)
+                .map_err(|e| match e {
+                    Error::Truncated { .. } => truncated(),
+                    other => other,
+                });
+        }
         let block = self.block(devices, what, blk).map_err(|e| match e {
             Error::Truncated { .. } => truncated(),
             other => other,
@@ -102,6 +123,43 @@ impl MetaCache {
             return Err(truncated());
         }
         Ok(MetaBytes::Cached(block, off, len))
+    }
+
+    /// `len` bytes at `pos` that cross a block boundary (an inode
+    /// straddling two blocks, a long xattr), copied from the cached blocks
+    /// (long reads, which no metadata needs, straight from the device).
+    fn read_across<'a>(
+        &self,
+        devices: &'a Devices,
+        what: &'static str,
+        pos: u64,
+        len: usize,
+    ) -> Result<MetaBytes<'a>> {
+        let block_size = 1u64 << self.blkszbits;
+        let mut v = vec![0u8; len];
+        if len as u64 > block_size.saturating_mul(4) {
+            devices.read_primary(what, pos, &mut v)?;
+            return Ok(MetaBytes::Owned(v));
+        }
+        let mut done = 0usize;
+        while let Some(rest) = len.checked_sub(done).filter(|r| *r > 0) {
+            let at = pos.saturating_add(done as u64);
+            let off = (at & block_size.wrapping_sub(1)) as usize;
+            let block = self.block(devices, what, at >> self.blkszbits)?;
+            let piece = block
+                .get(off..)
+                .map(|b| &b[..b.len().min(rest)])
+                .filter(|b| !b.is_empty())
+                .ok_or(Error::Truncated {
+                    what,
+                    at: At::Image(pos),
+                    end: pos.saturating_add(len as u64),
+                    size: devices.primary().size(),
+                })?;
+            v[done..][..piece.len()].copy_from_slice(piece);
+            done = done.saturating_add(piece.len());
+        }
+        Ok(MetaBytes::Owned(v))
     }
 
     /// Block `blk` of the primary device (shorter at the end of a truncated

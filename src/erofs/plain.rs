@@ -53,6 +53,30 @@ pub(super) fn read<I: ImageRead + ?Sized>(
     offset: u64,
     buf: &mut [u8],
 ) -> Result<()> {
+    read_with(img, inode, offset, buf, false)
+}
+
+/// [`read`] through the metadata block cache, for directories: a walk
+/// reads their blocks again at every listing and lookup, and the cache
+/// keeps them in the daemon's memory instead of the host page cache of the
+/// image (where, beside the cached inodes, they would be a second copy of
+/// the metadata).
+pub(super) fn read_cached<I: ImageRead + ?Sized>(
+    img: &I,
+    inode: &Inode,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    read_with(img, inode, offset, buf, true)
+}
+
+fn read_with<I: ImageRead + ?Sized>(
+    img: &I,
+    inode: &Inode,
+    offset: u64,
+    buf: &mut [u8],
+    cached: bool,
+) -> Result<()> {
     for_each_piece(img, inode, offset, buf.len(), |done, n, kind, skip| {
         let out = &mut buf[done..][..n];
         match kind {
@@ -61,13 +85,22 @@ pub(super) fn read<I: ImageRead + ?Sized>(
                 let pa = pa.checked_add(skip).ok_or_else(|| {
                     Error::corrupt(Some(inode.nid), inode.loc, "block map", "address overflow")
                 })?;
-                img.read_physical(inode.nid, device, pa, out)?;
+                if cached {
+                    img.read_physical_cached(inode.nid, device, pa, out)?;
+                } else {
+                    img.read_physical(inode.nid, device, pa, out)?;
+                }
             }
             ExtentKind::Inline(p) => {
                 let p = p.offset(skip).ok_or_else(|| {
                     Error::corrupt(Some(inode.nid), p, "inline data", "address overflow")
                 })?;
-                img.meta_into("inline data", p, out)?;
+                if cached {
+                    let bytes = img.meta("inline data", p, n)?;
+                    bytes.copy_into("inline data", p.into(), out)?;
+                } else {
+                    img.meta_into("inline data", p, out)?;
+                }
             }
         }
         Ok(true)
