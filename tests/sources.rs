@@ -329,3 +329,48 @@ fn test_second_walk_reads_nothing_from_the_image_file() {
         );
     }
 }
+
+/// An image reopened through another source (as the content store's
+/// loader opens it with O_DIRECT) shares the first one's metadata cache:
+/// after a walk of the first, a walk of the second reads nothing from its
+/// source and gives the same answers. Another image's bytes are refused.
+#[test]
+fn test_reopened_image_shares_the_metadata_cache() {
+    for name in ["edge_plain-b4096", "edge_plain-b512", "edge_lz4-extended"] {
+        let path = fixture_image(name).image;
+        let first = Image::open(open_path(&path, 0).expect("open"), ImageOptions::default())
+            .expect("Image::open");
+        let src = Arc::new(CountingSource {
+            inner: open_path(&path, 0).expect("open again"),
+            reads: AtomicU64::new(0),
+        });
+        let again = first
+            .reopen(src.clone(), ImageOptions::default())
+            .expect("reopen");
+        let want = listing(&first);
+        let before = src.reads.load(Ordering::Relaxed);
+        assert_eq!(
+            listing(&again),
+            want,
+            "{name}: the reopened image lists differently"
+        );
+        let more = src.reads.load(Ordering::Relaxed) - before;
+        assert_eq!(
+            more, 0,
+            "{name}: the reopened image read its metadata again ({more} reads)"
+        );
+    }
+    let a = Image::open(
+        open_path(&fixture_image("edge_plain-b4096").image, 0).expect("open"),
+        ImageOptions::default(),
+    )
+    .expect("Image::open");
+    let other = open_path(&fixture_image("edge_lz4").image, 0).expect("open other");
+    let err = a
+        .reopen(other, ImageOptions::default())
+        .expect_err("another image's bytes were taken");
+    assert!(
+        err.to_string().contains("not the image being reopened"),
+        "{err}"
+    );
+}

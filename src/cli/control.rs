@@ -241,7 +241,10 @@ impl Control for ShareControl {
             })?;
         if image_spec.domain.is_some() {
             // Without fingerprints (or a store) it is served unshared.
-            match self.share.share_content(&added, image_spec.open_loader()) {
+            match self
+                .share
+                .share_content(&added, image_spec.open_loader(added.image()))
+            {
                 Ok(true) => log::info!("{}: content shared through the store", name.mountpoint()),
                 Ok(false) => {}
                 Err(e) => log::warn!("{}: served unshared: {e}", name.mountpoint()),

@@ -46,13 +46,6 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// (they read whole files in order).
 const LOADER_DECODE_CACHE: u64 = 8 << 20;
 
-/// Metadata cache of an image opened for the content store's loads: a load
-/// reads a file's inode and block map once, so a small cache does; the
-/// default (32 MiB) filled with a second copy of the serving image's
-/// metadata after a few thousand loads (`scripts/bench-share`: about 5 MiB
-/// per process for a 3600-file tree).
-const LOADER_META_CACHE: u64 = 1 << 20;
-
 /// Smallest decoded-data cache an image gets when several share the
 /// budget.
 const MIN_DECODE_CACHE: u64 = 16 << 20;
@@ -452,21 +445,22 @@ impl StoreSpec {
 }
 
 impl ImageSpec {
-    /// The image opened again for the content store's loads: with O_DIRECT
-    /// when it is a plain file or block device not already read so, so
-    /// content loaded into the store is not cached a second time. `None`:
-    /// load through the serving image (an inherited descriptor, or
-    /// O_DIRECT refused by the file system).
-    pub fn open_loader(&self) -> Option<Arc<Image>> {
-        if self.direct_io || source::parse_fd_spec(&self.path).is_some() {
+    /// The image opened again for the content store's loads: with O_DIRECT,
+    /// so content loaded into the store is not cached a second time, and
+    /// with a decoded-data cache of its own, so the decoding of whole files
+    /// for loads and checks does not fill `serving`'s (whose reads of those
+    /// files the store answers from then on); it shares `serving`'s
+    /// metadata cache. `None`: load through the serving image (an
+    /// inherited descriptor, or O_DIRECT refused by the file system).
+    pub fn open_loader(&self, serving: &Image) -> Option<Arc<Image>> {
+        if source::parse_fd_spec(&self.path).is_some() {
             return None;
         }
         let opened = source::open_path_with(&self.path, self.offset, true)
             .map_err(anyhow::Error::from)
             .and_then(|src| {
-                let mut options = image_options(&self.devices, true, Some(LOADER_DECODE_CACHE))?;
-                options.meta_cache_bytes = Some(LOADER_META_CACHE);
-                Ok(Image::open(src, options)?)
+                let options = image_options(&self.devices, true, Some(LOADER_DECODE_CACHE))?;
+                Ok(serving.reopen(src, options)?)
             });
         match opened {
             Ok(img) => Some(Arc::new(img)),
@@ -525,7 +519,7 @@ impl Plan {
             };
             let what = spec.name.as_deref().unwrap_or("the image");
             let on = share
-                .share_content(&img, spec.open_loader())
+                .share_content(&img, spec.open_loader(img.image()))
                 .with_context(|| format!("{what} ({})", spec.path.display()))?;
             log::debug!(
                 "{what}: {}",

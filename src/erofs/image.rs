@@ -51,7 +51,7 @@ pub struct Image {
     sb: Superblock,
     devices: Devices,
     metabox: Option<Inode>,
-    meta_cache: MetaCache,
+    meta_cache: Arc<MetaCache>,
     compressed: Compressed,
     xattrs: Xattrs,
 }
@@ -65,10 +65,10 @@ impl Image {
         read_exact_at(src.as_ref(), &mut head, 0)
             .map_err(|e| Error::io(At::Image(0), head_len, e))?;
         let sb = Superblock::parse(&head)?;
-        let meta_cache = MetaCache::new(
+        let meta_cache = Arc::new(MetaCache::new(
             opts.meta_cache_bytes.unwrap_or(DEFAULT_META_CACHE),
             sb.blkszbits,
-        );
+        ));
         let decoder = Decoder {
             configs: load_configs(&sb, src.as_ref())?,
             zero_padding: sb.has_incompat(ondisk::INCOMPAT_ZERO_PADDING),
@@ -88,6 +88,32 @@ impl Image {
             let mb = img.inode(nid)?;
             img.metabox = Some(mb);
         }
+        Ok(img)
+    }
+
+    /// The same image read through `src` (another descriptor of its
+    /// bytes, such as one opened with O_DIRECT) with `opts`' devices and
+    /// decoded-data cache, sharing this image's metadata block cache
+    /// (`opts.meta_cache_bytes` is ignored): a second reader of the image
+    /// keeps no second copy of its metadata. `src` must hold the same
+    /// image: a different superblock is an error.
+    pub fn reopen(&self, src: Arc<dyn Source>, opts: ImageOptions) -> Result<Self> {
+        let mut img = Image::open(
+            src,
+            ImageOptions {
+                meta_cache_bytes: Some(0),
+                ..opts
+            },
+        )?;
+        if img.sb != self.sb {
+            return Err(Error::corrupt(
+                None,
+                At::Image(ondisk::SUPER_OFFSET),
+                "superblock",
+                "not the image being reopened",
+            ));
+        }
+        img.meta_cache = Arc::clone(&self.meta_cache);
         Ok(img)
     }
 

@@ -22,7 +22,7 @@ const MIN_BLKSZBITS: u8 = 9;
 const MAX_BLKSZBITS: u8 = 16;
 
 /// A validated, decoded superblock.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
     /// log2 of the block size.
     pub blkszbits: u8,
