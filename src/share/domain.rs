@@ -9,15 +9,17 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use super::{Error, Result};
 
 /// Longest domain name in bytes.
 pub const MAX_DOMAIN_LEN: usize = 64;
 
-/// A validated trust-domain name.
+/// A validated trust-domain name (cheap to clone: every open of a shared
+/// file keys its entry with one).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Domain(String);
+pub struct Domain(Arc<str>);
 
 impl Domain {
     /// Validates a domain name.
@@ -32,7 +34,7 @@ impl Domain {
                 "{name:?}: control characters are not allowed in a domain name"
             )));
         }
-        Ok(Self(name.to_string()))
+        Ok(Self(Arc::from(name)))
     }
 
     /// The name as given.

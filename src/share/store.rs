@@ -4,12 +4,14 @@
 //! The on-disk layout, the locking rules and what a crash leaves behind are
 //! described in the module documentation of [`crate::share`].
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use super::claim::{self, Claim};
@@ -20,6 +22,10 @@ use super::{Error, Result};
 
 /// Name of the versioned directory inside a store directory.
 pub const LAYOUT_DIR: &str = "v1";
+
+/// Domains whose directory paths a store keeps made (past it, it starts
+/// over: a process serves few domains).
+const MAX_CACHED_DOMAIN_DIRS: usize = 64;
 
 /// Options of an opened store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +139,7 @@ impl AsFd for Entry {
 }
 
 /// The paths of one domain inside a store.
+#[derive(Debug)]
 struct DomainDir {
     objects: PathBuf,
     /// Mapped copies (see [`Kind::Mapped`]).
@@ -170,6 +177,9 @@ pub struct Store {
     /// Entries this process evicted (the store's counters count every
     /// process's).
     evicted_here: AtomicU64,
+    /// The domains' directory paths, made once (every open of a shared
+    /// file that the entry cache misses asks for them).
+    dirs: Mutex<HashMap<Domain, Arc<DomainDir>>>,
 }
 
 impl Store {
@@ -190,6 +200,7 @@ impl Store {
             sync,
             private: None,
             evicted_here: AtomicU64::new(0),
+            dirs: Mutex::new(HashMap::new()),
         };
         store.reconcile()?;
         Ok(store)
@@ -543,15 +554,24 @@ impl Store {
         Ok(out)
     }
 
-    fn domain_dir(&self, domain: &Domain) -> DomainDir {
+    fn domain_dir(&self, domain: &Domain) -> Arc<DomainDir> {
+        let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = dirs.get(domain) {
+            return Arc::clone(d);
+        }
+        if dirs.len() >= MAX_CACHED_DOMAIN_DIRS {
+            dirs.clear();
+        }
         let base = self.root.join("domains").join(domain.dir_name());
-        DomainDir {
+        let d = Arc::new(DomainDir {
             objects: base.join("objects"),
             mapped: base.join("mapped"),
             claims: base.join("claims"),
             tmp: base.join("tmp"),
             stats: base.join("stats"),
-        }
+        });
+        dirs.insert(domain.clone(), Arc::clone(&d));
+        d
     }
 
     fn make_domain_dirs(&self, d: &DomainDir) -> Result<()> {
