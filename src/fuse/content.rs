@@ -641,13 +641,50 @@ enum Status {
     Unshared,
 }
 
+/// A file's state: 24 bytes a file in the table (an image's table holds
+/// up to [`MAX_FILES_PER_IMAGE`] files, kept for the life of the mount).
 #[derive(Debug, Clone, Copy)]
 struct FileState {
-    /// `None`: the file has no fingerprint.
-    fp: Option<Fingerprint>,
+    /// Index of its fingerprint in [`Files::fps`] ([`NO_FP`]: none).
+    fp: u32,
     status: Status,
-    /// Not before this instant (unknown files).
-    next_look: Option<Instant>,
+    /// Not before this many milliseconds after [`ImageContent::epoch`],
+    /// plus one (0: no wait; unknown files).
+    next_look: u64,
+}
+
+/// [`FileState::fp`] of a file without a fingerprint.
+const NO_FP: u32 = u32::MAX;
+
+/// The files of an image whose state is known, and their fingerprints
+/// (kept apart: most of the table's buckets are empty).
+#[derive(Default)]
+struct Files {
+    states: HashMap<u64, FileState, RandomState>,
+    fps: Vec<Fingerprint>,
+}
+
+impl Files {
+    fn fp(&self, s: &FileState) -> Option<Fingerprint> {
+        self.fps.get(usize::try_from(s.fp).ok()?).copied()
+    }
+
+    /// Keeps the files `keep` says, and the fingerprints they use.
+    fn retain(&mut self, keep: impl Fn(&FileState) -> bool) {
+        self.states.retain(|_, s| keep(s));
+        let old = std::mem::take(&mut self.fps);
+        for s in self.states.values_mut() {
+            let fp = usize::try_from(s.fp).ok().and_then(|i| old.get(i));
+            s.fp = match fp {
+                Some(fp) => {
+                    let i = u32::try_from(self.fps.len()).unwrap_or(NO_FP);
+                    self.fps.push(*fp);
+                    i
+                }
+                None => NO_FP,
+            };
+        }
+    }
 }
 
 /// One image's part in sharing: its domain, its fingerprint xattr, the
@@ -659,7 +696,9 @@ pub struct ImageContent {
     xattr: FingerprintXattr,
     /// The same image, opened with O_DIRECT when it is a plain file.
     loader: Arc<Image>,
-    files: Mutex<HashMap<u64, FileState, RandomState>>,
+    files: Mutex<Files>,
+    /// What [`FileState::next_look`] counts from.
+    epoch: Instant,
 }
 
 impl fmt::Debug for ImageContent {
@@ -701,7 +740,8 @@ impl ImageContent {
             domain,
             xattr,
             loader: loader.unwrap_or_else(|| Arc::clone(image)),
-            files: Mutex::new(HashMap::default()),
+            files: Mutex::new(Files::default()),
+            epoch: Instant::now(),
         }))
     }
 
@@ -710,45 +750,123 @@ impl ImageContent {
         &self.domain
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, FileState, RandomState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Files> {
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `t` as a [`FileState::next_look`].
+    fn look_at(&self, t: Option<Instant>) -> u64 {
+        t.map_or(0, |t| {
+            let ms = t.saturating_duration_since(self.epoch).as_millis();
+            u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1)
+        })
     }
 
     /// The fingerprint and status of a file (the fingerprint read once);
     /// `None`: no fingerprint.
     fn state_of(&self, img: &Image, inode: &Inode) -> Option<(Fingerprint, Status)> {
-        if let Some(s) = self.lock().get(&inode.nid) {
-            return s.fp.map(|fp| (fp, s.status));
+        {
+            let files = self.lock();
+            if let Some(s) = files.states.get(&inode.nid) {
+                return files.fp(s).map(|fp| (fp, s.status));
+            }
         }
         let fp = self.xattr.fingerprint(img, inode);
         let mut files = self.lock();
-        if files.len() >= MAX_FILES_PER_IMAGE {
+        if files.states.len() >= MAX_FILES_PER_IMAGE {
             // Forget what can be found again; unshared files stay known
             // (never tried twice).
-            files.retain(|_, s| s.status == Status::Unshared || s.status == Status::Pending);
+            files.retain(|s| s.status == Status::Unshared || s.status == Status::Pending);
         }
-        let s = *files.entry(inode.nid).or_insert(FileState {
-            fp,
-            status: Status::Unknown,
-            next_look: None,
-        });
-        s.fp.map(|fp| (fp, s.status))
+        if let Some(s) = files.states.get(&inode.nid).copied() {
+            // Another thread was first.
+            return files.fp(&s).map(|fp| (fp, s.status));
+        }
+        let index = match fp {
+            Some(fp) => {
+                let i = u32::try_from(files.fps.len()).unwrap_or(NO_FP);
+                if i != NO_FP {
+                    files.fps.push(fp);
+                }
+                i
+            }
+            None => NO_FP,
+        };
+        files.states.insert(
+            inode.nid,
+            FileState {
+                fp: index,
+                status: Status::Unknown,
+                next_look: 0,
+            },
+        );
+        fp.filter(|_| index != NO_FP)
+            .map(|fp| (fp, Status::Unknown))
     }
 
     fn set(&self, nid: u64, status: Status, next_look: Option<Instant>) {
-        if let Some(s) = self.lock().get_mut(&nid) {
+        let at = self.look_at(next_look);
+        if let Some(s) = self.lock().states.get_mut(&nid) {
             if s.status != Status::Unshared {
                 s.status = status;
-                s.next_look = next_look;
+                s.next_look = at;
             }
         }
     }
 
     /// Whether an unknown file should not ask the store yet.
     fn waiting(&self, nid: u64, now: Instant) -> bool {
+        let now = self.look_at(Some(now));
         self.lock()
+            .states
             .get(&nid)
-            .and_then(|s| s.next_look)
-            .is_some_and(|t| now < t)
+            .is_some_and(|s| s.next_look != 0 && now < s.next_look)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(b: u8) -> Fingerprint {
+        Fingerprint::from_sha256([b; 32])
+    }
+
+    /// A file's state costs 24 bytes a bucket, and forgetting files keeps
+    /// the right fingerprint for each file left (and only theirs).
+    #[test]
+    fn test_file_states_are_small_and_retain_keeps_fingerprints() {
+        assert_eq!(std::mem::size_of::<(u64, FileState)>(), 24);
+        let mut files = Files::default();
+        for nid in 0..100u64 {
+            let has_fp = nid % 3 != 0;
+            let index = if has_fp {
+                files.fps.push(fp(nid as u8));
+                u32::try_from(files.fps.len() - 1).unwrap()
+            } else {
+                NO_FP
+            };
+            let status = if nid % 2 == 0 {
+                Status::Unshared
+            } else {
+                Status::Verified
+            };
+            files.states.insert(
+                nid,
+                FileState {
+                    fp: index,
+                    status,
+                    next_look: 0,
+                },
+            );
+        }
+        files.retain(|s| s.status == Status::Unshared);
+        assert_eq!(files.states.len(), 50);
+        let with_fp = files.states.values().filter(|s| s.fp != NO_FP).count();
+        assert_eq!(files.fps.len(), with_fp);
+        for (nid, s) in &files.states {
+            let want = (nid % 3 != 0).then(|| fp(*nid as u8));
+            assert_eq!(files.fp(s), want, "nid {nid}");
+        }
     }
 }
