@@ -456,6 +456,9 @@ struct Page([u8; 4096]);
 /// page-aligned per-thread buffer.
 struct DevSink {
     fd: RawFd,
+    /// Grown to the largest reply filled so far (never past
+    /// `max_payload`): a worker whose replies are small, or whose reads
+    /// go to FUSE passthrough, keeps no megabyte of touched pages.
     data: Vec<Page>,
     /// The pipe spliced replies go through (made on first use); `Err`
     /// once making it failed: splicing is then off for this worker.
@@ -465,10 +468,9 @@ struct DevSink {
 
 impl DevSink {
     fn new(fd: RawFd, max_payload: usize) -> Self {
-        let pages = max_payload.div_ceil(4096).max(1);
         Self {
             fd,
-            data: vec![Page([0; 4096]); pages],
+            data: Vec::new(),
             pipe: None,
             max_payload,
         }
@@ -536,6 +538,11 @@ impl ReplySink for DevSink {
     }
 
     fn send_with(&mut self, unique: u64, len: usize, fill: &mut Fill<'_>) -> io::Result<()> {
+        let len = len.min(self.max_payload);
+        let pages = len.div_ceil(4096);
+        if self.data.len() < pages {
+            self.data.resize(pages, Page([0; 4096]));
+        }
         let bytes = self.data.as_mut_bytes();
         let len = len.min(bytes.len());
         let buf = &mut bytes[..len];
