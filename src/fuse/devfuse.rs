@@ -464,7 +464,19 @@ struct DevSink {
     /// once making it failed: splicing is then off for this worker.
     pipe: Option<Result<SplicePipe, ()>>,
     max_payload: usize,
+    /// Requests answered since the last reply of more than
+    /// [`SMALL_REPLY`] bytes was filled in `data`.
+    quiet: u32,
 }
+
+/// A reply filled in a worker's buffer up to this size does not keep a
+/// larger buffer alive.
+const SMALL_REPLY: usize = 64 << 10;
+
+/// Requests in a row without a reply larger than [`SMALL_REPLY`] after
+/// which a worker gives a larger buffer back (a burst of reads through the
+/// daemon, then metadata or passthrough reads only).
+const SHRINK_AFTER: u32 = 1024;
 
 impl DevSink {
     fn new(fd: RawFd, max_payload: usize) -> Self {
@@ -473,6 +485,17 @@ impl DevSink {
             data: Vec::new(),
             pipe: None,
             max_payload,
+            quiet: 0,
+        }
+    }
+
+    /// Counts a request answered; gives a large buffer back when no
+    /// request needed it for a while.
+    fn request_done(&mut self) {
+        self.quiet = self.quiet.saturating_add(1);
+        if self.quiet >= SHRINK_AFTER && self.data.len() > SMALL_REPLY / 4096 {
+            self.data = Vec::new();
+            self.quiet = 0;
         }
     }
 
@@ -539,6 +562,9 @@ impl ReplySink for DevSink {
 
     fn send_with(&mut self, unique: u64, len: usize, fill: &mut Fill<'_>) -> io::Result<()> {
         let len = len.min(self.max_payload);
+        if len > SMALL_REPLY {
+            self.quiet = 0;
+        }
         let pages = len.div_ceil(4096);
         if self.data.len() < pages {
             self.data.resize(pages, Page([0; 4096]));
@@ -579,6 +605,7 @@ fn worker(fd: RawFd, server: &Session, bufsize: usize, init: &AfterInit) -> io::
             }
             return Err(e);
         }
+        sink.request_done();
         init.check(server);
     }
 }
@@ -586,6 +613,38 @@ fn worker(fd: RawFd, server: &Session, bufsize: usize, init: &AfterInit) -> io::
 #[cfg(test)]
 mod tests {
     use super::unescape_mountinfo;
+    use super::{DevSink, SHRINK_AFTER, SMALL_REPLY};
+    use crate::fuse::sink::ReplySink;
+    use std::os::fd::AsRawFd;
+
+    /// The reply buffer grows to the replies filled in it, and a large
+    /// one is given back after [`SHRINK_AFTER`] requests that did not
+    /// need it (not before).
+    #[test]
+    fn reply_buffer_grows_on_demand_and_shrinks_when_quiet() {
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("open /dev/null");
+        let mut sink = DevSink::new(null.as_raw_fd(), 1 << 20);
+        assert!(sink.data.is_empty(), "a new worker touched its buffer");
+        let mut fill = |b: &mut [u8], _: usize| Ok(b.len());
+        sink.send_with(1, 100, &mut fill).expect("small reply");
+        assert_eq!(sink.data.len(), 1);
+        sink.send_with(2, 512 << 10, &mut fill)
+            .expect("large reply");
+        assert_eq!(sink.data.len(), 128);
+        for _ in 1..SHRINK_AFTER {
+            sink.send_with(3, SMALL_REPLY, &mut fill).expect("reply");
+            sink.request_done();
+        }
+        assert_eq!(sink.data.len(), 128, "shrunk too early");
+        sink.request_done();
+        assert!(sink.data.is_empty(), "kept a large buffer nobody needs");
+        sink.send_with(4, 8192, &mut fill)
+            .expect("reply after shrinking");
+        assert_eq!(sink.data.len(), 2);
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {
