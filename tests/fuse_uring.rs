@@ -7,6 +7,8 @@
 //!   do not);
 //! - readers pinned to every CPU (so every per-CPU queue gets requests)
 //!   read random ranges that equal the kernel's byte for byte;
+//! - a sequential reader on one CPU gets its large READs answered by the
+//!   queue's helper thread too, bytes equal to the kernel's;
 //! - SIGTERM and umount end the daemon cleanly;
 //! - `--io-uring on` fails with a clear message before mounting when the
 //!   kernel does not allow it; `auto` then serves /dev/fuse only.
@@ -243,6 +245,90 @@ fn test_uring_random_reads_on_every_cpu_match_kernel() {
         let log = fuse.stderr_text();
         assert!(log.is_empty(), "{name}: daemon stderr: {log}");
         fuse.finish(name);
+    }
+}
+
+/// A sequential reader on one CPU: the kernel queues all its readahead on
+/// that CPU's queue, whose thread lends the large READs to its helper
+/// ("fuse-uring-read"); every byte must still equal the kernel's.
+#[test]
+fn test_uring_sequential_reads_use_the_helper_and_match_kernel() {
+    use std::io::Read;
+    assert_kernel_erofs();
+    let Some(_p) = Param::set(true) else { return };
+    for name in ["big_lz4hc-C1m", "big_chunk64k-blobdev", "edge_plain-b4096"] {
+        let fx = fixture_image(name);
+        let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let fuse = FuseMount::new(&fx.image, &fx.devices(), &["--io-uring", "on"]);
+        let pid = fuse.pid();
+        assert!(
+            wait_for(Duration::from_secs(10), || threads_named(
+                pid,
+                "fuse-uring-read"
+            ) >= 1),
+            "{name}: no io_uring helper thread"
+        );
+        let helper0 = switches(pid, "fuse-uring-read");
+        let mut files = Vec::new();
+        regular_files(kernel.path(), &mut files);
+        files.sort();
+        let biggest = files.iter().map(|f| f.1).max().unwrap_or(0);
+        let bytes: u64 = std::thread::scope(|s| {
+            s.spawn(|| {
+                pin(0);
+                let (mut ours, mut theirs) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+                let mut total = 0u64;
+                for (kpath, size) in &files {
+                    let rel = kpath.strip_prefix(kernel.path()).expect("below root");
+                    let mut kf = File::open(kpath).expect("kernel open");
+                    let mut ff = File::open(fuse.path().join(rel))
+                        .unwrap_or_else(|e| panic!("open {}: {e}", rel.display()));
+                    let mut at = 0u64;
+                    loop {
+                        let kn = read_full(&mut kf, &mut theirs);
+                        let fnr = read_full(&mut ff, &mut ours);
+                        assert_eq!(fnr, kn, "{name}: {} at {at}", rel.display());
+                        assert!(
+                            ours[..kn] == theirs[..kn],
+                            "{name}: {} at {at}: bytes differ",
+                            rel.display()
+                        );
+                        if kn == 0 {
+                            break;
+                        }
+                        at += kn as u64;
+                    }
+                    assert_eq!(at, *size, "{name}: {}", rel.display());
+                    total += at;
+                }
+                total
+            })
+            .join()
+            .expect("reader")
+        });
+        let helper = switches(pid, "fuse-uring-read") - helper0;
+        eprintln!("{name}: {bytes} bytes read in order equal; the helper woke {helper} times");
+        if biggest >= 4 << 20 {
+            // Readahead of a file this large asks for 1 MiB at a time.
+            assert!(helper > 0, "{name}: no READ was lent to the helper");
+        }
+        let log = fuse.stderr_text();
+        assert!(log.is_empty(), "{name}: daemon stderr: {log}");
+        fuse.finish(name);
+    }
+
+    fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        n
     }
 }
 

@@ -71,10 +71,12 @@ pub struct MountArgs {
     readahead_kb: u32,
     /// FUSE over io_uring (Linux 6.14+, when
     /// /sys/module/fuse/parameters/enable_uring is Y): requests go to a
-    /// queue per CPU served by a thread pinned to that CPU. About twice the
-    /// small-read rate for a reader that stays on one CPU, but sequential
-    /// reads lose the parallel readahead (the kernel queues it on the
-    /// reader's CPU), so it is off by default. `auto`: use it when allowed.
+    /// queue per CPU served by a thread pinned to that CPU (large READs
+    /// lent to a helper thread per queue). About twice the small-read rate
+    /// for a reader that stays on one CPU and faster walks, but
+    /// uncompressed files read sequentially lose the splice from the
+    /// image's page cache, so it is off by default. `auto`: use it when
+    /// allowed.
     #[arg(long, value_enum, default_value_t = UringArg::Off)]
     io_uring: UringArg,
     /// Log messages of this level and more severe to stderr (which is

@@ -14,6 +14,13 @@
 //! other transports into the entry's buffers, and handed back with
 //! COMMIT_AND_FETCH, which also waits for the next request.
 //!
+//! The kernel puts a reader's readahead on the reader's CPU's queue, so a
+//! sequential read would be answered by one thread; large READs are
+//! therefore lent to a helper thread of the queue, unpinned, while the
+//! queue's thread answers the next one: two requests of one queue are
+//! answered at once, and the helper hands its entry back through an
+//! eventfd the ring polls.
+//!
 //! The kernel only offers this when `/sys/module/fuse/parameters/enable_uring`
 //! is `Y`. Once INIT agreed on it, the kernel holds every request until all
 //! queues are registered, or until a REGISTER fails (it then falls back to
@@ -21,15 +28,18 @@
 //! only asks for io_uring when they exist.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::abi::OutHeader;
+use super::abi::{self, InHeader, OutHeader, ReadIn};
 use super::request::{reassemble, unique_of};
 use super::session::Session;
 use super::sink::{out_header, Errno, Fill, ReplySink};
-use crate::os::uring::FuseRing;
+use crate::os::uring::{FuseRing, Lent};
 
 /// Size of the in/out header area of an entry.
 const IN_OUT_HEADER_SZ: usize = 128;
@@ -37,6 +47,12 @@ const IN_OUT_HEADER_SZ: usize = 128;
 const OP_IN_OUT_SZ: usize = 128;
 /// Entries (requests in flight) per queue.
 pub const DEFAULT_DEPTH: usize = 4;
+/// READs of at least this many bytes (readahead of a sequential reader)
+/// may go to the queue's helper thread; smaller ones (random reads) are
+/// answered at once by the queue's thread.
+const LEND_MIN_READ: u32 = 128 << 10;
+/// Most entries of a queue lent to its helper at once.
+const MAX_LENT: usize = 3;
 
 /// `struct fuse_uring_ent_in_out`.
 #[derive(Debug, Default, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -79,11 +95,13 @@ pub fn kernel_enabled() -> bool {
         .is_ok_and(|s| s.trim() == "Y")
 }
 
-/// One queue: its ring and entries (made before INIT).
+/// One queue: its ring and entries (made before INIT), and the eventfd
+/// its helper thread wakes it with.
 #[derive(Debug)]
 pub struct Queue {
     qid: u16,
     ring: FuseRing<ReqHeader>,
+    wake: EventFd,
 }
 
 /// Makes one queue per possible CPU, each with `depth` entries whose
@@ -95,7 +113,8 @@ pub fn make_queues(depth: usize, payload_len: usize) -> io::Result<Vec<Queue>> {
         .map(|q| {
             let qid = u16::try_from(q).map_err(io::Error::other)?;
             let ring = FuseRing::new(depth, payload_len)?;
-            Ok(Queue { qid, ring })
+            let wake = EventFd::new(EFD_NONBLOCK)?;
+            Ok(Queue { qid, ring, wake })
         })
         .collect()
 }
@@ -158,40 +177,179 @@ impl ReplySink for EntrySink<'_> {
 }
 
 /// Serves one queue until the connection ends: registers the entries,
-/// then answers each completion and commits it. Runs on its own thread,
+/// then answers each completion and commits it, lending large READs to a
+/// helper thread while it answers the others. Runs on its own thread,
 /// pinned to the queue's CPU.
-pub fn serve_queue(mut q: Queue, fd: RawFd, server: &Session) -> io::Result<()> {
-    crate::os::proc::pin_to_cpu(usize::from(q.qid));
-    let qid = q.qid;
-    q.ring.register(fd, qid)?;
-    let mut live = q.ring.depth();
-    let mut req = Vec::with_capacity(4096);
-    // Completions of one wait (the ring is borrowed again to commit them).
-    let mut done: Vec<(usize, i32)> = Vec::with_capacity(live);
-    while live > 0 {
-        done.clear();
-        q.ring.wait(&mut done)?;
-        for &(i, res) in &done {
-            if res < 0 {
-                // The connection is gone (ENOTCONN, ECONNABORTED, ...) or
-                // registration was refused (the kernel then falls back to
-                // /dev/fuse): this entry is done.
-                live = live.saturating_sub(1);
-                let errno = res.saturating_neg();
-                let gone = matches!(errno, libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV);
-                if live == 0 && !gone {
-                    return Err(io::Error::from_raw_os_error(errno));
+pub fn serve_queue(q: Queue, fd: RawFd, server: &Session) -> io::Result<()> {
+    let Queue {
+        qid,
+        mut ring,
+        wake,
+    } = q;
+    let (jobs, job_rx) = mpsc::channel::<Lent<ReqHeader>>();
+    let (done_tx, done) = mpsc::channel::<(Lent<ReqHeader>, u64)>();
+    std::thread::scope(|s| {
+        let wake = &wake;
+        std::thread::Builder::new()
+            .name("fuse-uring-read".into())
+            .spawn_scoped(s, move || {
+                let mut req = Vec::with_capacity(4096);
+                for mut lent in job_rx {
+                    let Some((header, payload)) = lent.buffers() else {
+                        // Cannot happen (a token names an entry of its
+                        // ring); ending here lets the queue's thread
+                        // count the entry as gone.
+                        break;
+                    };
+                    let commit_id = answer(header, payload, server, &mut req);
+                    if done_tx.send((lent, commit_id)).is_err() {
+                        break;
+                    }
+                    // A lost wake-up is only a later commit: the queue's
+                    // thread also looks before it waits.
+                    let _ = wake.write(1);
                 }
-                continue;
+            })?;
+        // Pinned after the helper started, which keeps the affinity it
+        // was born with (any CPU).
+        crate::os::proc::pin_to_cpu(usize::from(qid));
+        ring.register(fd, qid)?;
+        let mut r = Ring {
+            ring: &mut ring,
+            qid,
+            jobs: Some(jobs),
+            done: &done,
+            lent: Vec::new(),
+            wake,
+        };
+        let res = r.serve(server);
+        // The helper ends once its jobs are gone (the scope waits for it).
+        r.jobs = None;
+        res
+    })
+}
+
+/// The queue's thread's side of [`serve_queue`].
+struct Ring<'a> {
+    ring: &'a mut FuseRing<ReqHeader>,
+    qid: u16,
+    /// To the helper thread (None once it is gone).
+    jobs: Option<mpsc::Sender<Lent<ReqHeader>>>,
+    /// From the helper thread: answered entries and their commit ids.
+    done: &'a mpsc::Receiver<(Lent<ReqHeader>, u64)>,
+    /// The entries the helper holds (at most [`MAX_LENT`]).
+    lent: Vec<usize>,
+    wake: &'a EventFd,
+}
+
+impl Ring<'_> {
+    fn serve(&mut self, server: &Session) -> io::Result<()> {
+        let mut live = self.ring.depth();
+        let mut req = Vec::with_capacity(4096);
+        // Completions of one wait (the ring is borrowed again to commit them).
+        let mut ready: Vec<(usize, i32)> = Vec::with_capacity(live);
+        self.ring.poll_wake(self.wake.as_raw_fd())?;
+        while live > 0 {
+            ready.clear();
+            if self.ring.wait(&mut ready)? {
+                // Reset the eventfd (nonblocking: EAGAIN if already read).
+                let _ = self.wake.read();
+                self.ring.poll_wake(self.wake.as_raw_fd())?;
             }
-            let Some((header, payload)) = q.ring.entry_mut(i) else {
-                continue;
-            };
-            let commit_id = answer(header, payload, server, &mut req);
-            q.ring.commit_and_fetch(i, qid, commit_id)?;
+            self.collect(&mut live)?;
+            let n = ready.len();
+            for (k, &(i, res)) in ready.iter().enumerate() {
+                if res < 0 {
+                    // The connection is gone (ENOTCONN, ECONNABORTED, ...) or
+                    // registration was refused (the kernel then falls back to
+                    // /dev/fuse): this entry is done.
+                    live = live.saturating_sub(1);
+                    let errno = res.saturating_neg();
+                    let gone = matches!(errno, libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV);
+                    if live == 0 && !gone {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    continue;
+                }
+                if self.lent.len() < MAX_LENT && self.jobs.is_some() && self.is_large_read(i) {
+                    if let Some(lent) = self.ring.lend(i) {
+                        match self.jobs.as_ref().map(|j| j.send(lent)) {
+                            Some(Ok(())) => {
+                                self.lent.push(i);
+                                continue;
+                            }
+                            // The helper is gone: answer it here.
+                            Some(Err(mpsc::SendError(lent))) => {
+                                self.jobs = None;
+                                self.answer_lent(lent, server, &mut req)?;
+                                continue;
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                let Some((header, payload)) = self.ring.entry_mut(i) else {
+                    continue;
+                };
+                let commit_id = answer(header, payload, server, &mut req);
+                self.ring.commit_and_fetch(i, self.qid, commit_id)?;
+                if k.saturating_add(1) < n {
+                    // More to answer in this batch: let the kernel have
+                    // this reply now rather than after the others.
+                    self.ring.submit()?;
+                }
+                self.collect(&mut live)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether entry `i` (ours) holds a READ large enough to lend.
+    fn is_large_read(&mut self, i: usize) -> bool {
+        let Some((h, _)) = self.ring.entry_mut(i) else {
+            return false;
+        };
+        let op = InHeader::read_from_prefix(&h.in_out).map(|(h, _)| h.opcode);
+        let size = ReadIn::read_from_prefix(&h.op_in).map(|(r, _)| r.size);
+        matches!((op, size), (Ok(abi::READ), Ok(n)) if n >= LEND_MIN_READ)
+    }
+
+    /// Commits what the helper answered; notices a helper that died
+    /// (its entry then never comes back).
+    fn collect(&mut self, live: &mut usize) -> io::Result<()> {
+        loop {
+            match self.done.try_recv() {
+                Ok((lent, commit_id)) => {
+                    let i = lent.index();
+                    self.lent.retain(|&l| l != i);
+                    self.ring.commit_lent(lent, self.qid, commit_id)?;
+                }
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    for i in self.lent.drain(..) {
+                        self.ring.forget_lent(i);
+                        *live = live.saturating_sub(1);
+                    }
+                    self.jobs = None;
+                    return Ok(());
+                }
+            }
         }
     }
-    Ok(())
+
+    /// Answers a lent entry here and commits it.
+    fn answer_lent(
+        &mut self,
+        mut lent: Lent<ReqHeader>,
+        server: &Session,
+        req: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let Some((header, payload)) = lent.buffers() else {
+            return Ok(());
+        };
+        let commit_id = answer(header, payload, server, req);
+        self.ring.commit_lent(lent, self.qid, commit_id)
+    }
 }
 
 /// Answers the request in an entry (`h`, `payload`); returns its commit

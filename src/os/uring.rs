@@ -15,12 +15,20 @@
 //! duplicate checked to be the FUSE device at [`FuseRing::register`]):
 //! their command area holds no pointer for FUSE, while another driver
 //! could read one from it.
+//!
+//! An entry that is ours can be lent to another thread ([`FuseRing::lend`])
+//! to answer there: the [`Lent`] token is then the only way to its
+//! buffers, and the entry goes back to the kernel only when the token is
+//! handed back ([`FuseRing::commit_lent`]). The buffers are shared by the
+//! ring and its tokens and freed when the last of them goes, so a token
+//! outliving its ring never points at freed memory.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -47,6 +55,10 @@ struct CmdReq {
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
 
+/// `user_data` of the wake-up poll ([`FuseRing::poll_wake`]); entries
+/// use their index.
+const WAKE: u64 = u64::MAX;
+
 /// Who may touch an entry's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Holder {
@@ -56,6 +68,8 @@ enum Holder {
     Kernel,
     /// Its completion came: a request is in it, the reply goes in.
     Ours,
+    /// Ours, lent to whoever holds its [`Lent`] token.
+    Lent,
     /// Its command failed: the kernel no longer uses it.
     Done,
 }
@@ -67,23 +81,56 @@ struct Entry<H> {
     payload: NonNull<[Page]>,
     /// The two iovecs REGISTER points at (header, payload).
     iov: Box<[libc::iovec; 2]>,
-    holder: Holder,
 }
 
-/// Every entry's buffers; a field of [`FuseRing`] declared after the ring,
-/// so that they are freed only once the ring is closed.
+impl<H> Entry<H> {
+    /// The entry's header and payload.
+    ///
+    /// # Safety
+    /// The caller must hold the entry alone (it is ours and not lent, or
+    /// the caller holds its [`Lent`] token) for as long as the references
+    /// live.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn buffers(&self) -> (&mut H, &mut [u8]) {
+        let len = self.payload.len().saturating_mul(4096);
+        // SAFETY: the pointers are valid, aligned allocations of an `H`
+        // and of `len` bytes of pages (from `FuseRing::new`), freed only
+        // when the last handle to `Buffers` goes; exclusive access is the
+        // caller's promise.
+        unsafe {
+            (
+                &mut *self.header.as_ptr(),
+                std::slice::from_raw_parts_mut(self.payload.as_ptr().cast::<u8>(), len),
+            )
+        }
+    }
+}
+
+/// Every entry's buffers, shared by [`FuseRing`] (a field declared after
+/// the ring, so that they outlive the ring's use of them) and the [`Lent`]
+/// tokens; freed when the last of them goes.
 struct Buffers<H> {
     entries: Vec<Entry<H>>,
 }
+
+// SAFETY: `Buffers` hands out no access to what its pointers point at by
+// itself: references are made only by `FuseRing::entry_mut` and
+// `Lent::buffers`, each for an entry its caller holds alone (the ring's
+// `holders` state, or the one token of a lent entry), so sharing or moving
+// the handles across threads cannot make two threads use one buffer.
+unsafe impl<H: Send> Send for Buffers<H> {}
+// SAFETY: as for `Send`.
+unsafe impl<H: Send> Sync for Buffers<H> {}
 
 impl<H> Drop for Buffers<H> {
     fn drop(&mut self) {
         for e in &self.entries {
             // SAFETY: both pointers came from `Box::leak` in
-            // `FuseRing::new` and are freed only here, once; the ring
-            // (dropped before this field) no longer hands them to the
-            // kernel, and no reference to them outlives a borrow of the
-            // ring.
+            // `FuseRing::new` and are freed only here, once, when the last
+            // handle goes: the ring (closed before its `bufs` field drops)
+            // no longer hands them to the kernel, no token is left, and no
+            // reference to them outlives a borrow of the ring or of a
+            // token.
             unsafe {
                 drop(Box::from_raw(e.header.as_ptr()));
                 drop(Box::from_raw(e.payload.as_ptr()));
@@ -95,15 +142,43 @@ impl<H> Drop for Buffers<H> {
 /// The ring of one queue with its entries.
 pub struct FuseRing<H> {
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
-    bufs: Buffers<H>,
+    bufs: Arc<Buffers<H>>,
+    /// Who holds each entry (index as in `bufs.entries`).
+    holders: Vec<Holder>,
     /// Our own descriptor of the FUSE connection (set by `register`).
     dev: Option<OwnedFd>,
 }
 
-// SAFETY: the raw pointers point at heap buffers this ring owns alone (no
-// other handle to them exists), so moving the ring to another thread moves
-// them with it; `H: Send` for the headers' contents.
-unsafe impl<H: Send> Send for FuseRing<H> {}
+/// An entry lent to another thread: the only access to its buffers until
+/// it is handed back with [`FuseRing::commit_lent`].
+pub struct Lent<H> {
+    bufs: Arc<Buffers<H>>,
+    index: usize,
+}
+
+impl<H: FromBytes> Lent<H> {
+    /// The index of the entry in its ring.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The entry's header and payload buffers.
+    pub fn buffers(&mut self) -> Option<(&mut H, &mut [u8])> {
+        let e = self.bufs.entries.get(self.index)?;
+        // SAFETY: this token is the only one for the entry (made once by
+        // `FuseRing::lend`, which marks the entry lent, so neither the ring
+        // nor the kernel touches it until the token comes back through
+        // `commit_lent`), and the references borrow the token mutably;
+        // `H: FromBytes` and `u8` accept any bytes the kernel wrote.
+        Some(unsafe { e.buffers() })
+    }
+}
+
+impl<H> std::fmt::Debug for Lent<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lent").field("index", &self.index).finish()
+    }
+}
 
 impl<H> std::fmt::Debug for FuseRing<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,6 +203,7 @@ impl<H: FromBytes> FuseRing<H> {
         let mut bufs = Buffers {
             entries: Vec::with_capacity(depth),
         };
+        let holders = vec![Holder::Idle; depth];
         for _ in 0..depth {
             let header = NonNull::from(Box::leak(Box::new(H::new_zeroed())));
             let payload = NonNull::from(Box::leak(vec![Page([0; 4096]); pages].into_boxed_slice()));
@@ -145,12 +221,12 @@ impl<H: FromBytes> FuseRing<H> {
                 header,
                 payload,
                 iov,
-                holder: Holder::Idle,
             });
         }
         Ok(Self {
             ring,
-            bufs,
+            bufs: Arc::new(bufs),
+            holders,
             dev: None,
         })
     }
@@ -179,8 +255,8 @@ impl<H: FromBytes> FuseRing<H> {
             qid,
             ..CmdReq::default()
         };
-        for (i, e) in self.bufs.entries.iter_mut().enumerate() {
-            if e.holder != Holder::Idle {
+        for (i, (e, holder)) in self.bufs.entries.iter().zip(&mut self.holders).enumerate() {
+            if *holder != Holder::Idle {
                 continue;
             }
             let sqe = register_sqe(raw, &req, &e.iov, i as u64);
@@ -190,57 +266,117 @@ impl<H: FromBytes> FuseRing<H> {
             // while the kernel holds the entry (`holder`).
             unsafe { self.ring.submission().push(&sqe) }
                 .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-            e.holder = Holder::Kernel;
+            *holder = Holder::Kernel;
         }
         Ok(())
+    }
+
+    /// Queues a one-shot poll of `fd` (an eventfd that other threads
+    /// write when they hand a lent entry back): [`Self::wait`] then also
+    /// returns when it becomes readable. Queue it again after each such
+    /// return.
+    pub fn poll_wake(&mut self, fd: RawFd) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(WAKE);
+        // SAFETY: a poll carries no pointer.
+        unsafe { self.ring.submission().push(&sqe.into()) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))
+    }
+
+    /// Submits what was queued without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Submits what was queued and waits for at least one completion;
     /// appends each as (entry index, result) to `out` (an interrupted
     /// wait appends nothing). An entry whose result is 0 or more is ours
     /// until [`Self::commit_and_fetch`]; one with an error is done.
-    pub fn wait(&mut self, out: &mut Vec<(usize, i32)>) -> io::Result<()> {
+    /// Returns whether the poll of [`Self::poll_wake`] fired.
+    pub fn wait(&mut self, out: &mut Vec<(usize, i32)>) -> io::Result<bool> {
         match self.ring.submit_and_wait(1) {
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(false),
             Err(e) => return Err(e),
         }
+        let mut woke = false;
         for c in self.ring.completion() {
-            let i = usize::try_from(c.user_data()).unwrap_or(usize::MAX);
-            let Some(e) = self.bufs.entries.get_mut(i) else {
-                continue;
-            };
-            if e.holder != Holder::Kernel {
+            if c.user_data() == WAKE {
+                woke = true;
                 continue;
             }
-            e.holder = if c.result() >= 0 {
+            let i = usize::try_from(c.user_data()).unwrap_or(usize::MAX);
+            let Some(holder) = self.holders.get_mut(i) else {
+                continue;
+            };
+            if *holder != Holder::Kernel {
+                continue;
+            }
+            *holder = if c.result() >= 0 {
                 Holder::Ours
             } else {
                 Holder::Done
             };
             out.push((i, c.result()));
         }
-        Ok(())
+        Ok(woke)
     }
 
     /// The header and payload buffers of entry `i`, while it is ours.
     pub fn entry_mut(&mut self, i: usize) -> Option<(&mut H, &mut [u8])> {
-        let e = self.bufs.entries.get_mut(i)?;
-        if e.holder != Holder::Ours {
+        if self.holders.get(i) != Some(&Holder::Ours) {
             return None;
         }
-        let len = e.payload.len().saturating_mul(4096);
+        let e = self.bufs.entries.get(i)?;
         // SAFETY: the kernel handed the entry back (its completion came)
         // and gets it again only through `commit_and_fetch`, which needs
         // the ring borrowed mutably, so not while these references live;
-        // the pointers are valid, aligned allocations of an `H` and of
-        // `len` bytes of pages (from `new`), and `H: FromBytes` and `u8`
+        // it is not lent (no token for it exists); `H: FromBytes` and `u8`
         // accept any bytes the kernel wrote.
-        unsafe {
-            Some((
-                &mut *e.header.as_ptr(),
-                std::slice::from_raw_parts_mut(e.payload.as_ptr().cast::<u8>(), len),
-            ))
+        Some(unsafe { e.buffers() })
+    }
+
+    /// Lends entry `i` (ours) to another thread: its buffers are then
+    /// reached only through the token, until [`Self::commit_lent`].
+    pub fn lend(&mut self, i: usize) -> Option<Lent<H>> {
+        let holder = self.holders.get_mut(i)?;
+        if *holder != Holder::Ours {
+            return None;
+        }
+        *holder = Holder::Lent;
+        Some(Lent {
+            bufs: Arc::clone(&self.bufs),
+            index: i,
+        })
+    }
+
+    /// Takes a lent entry back (its reply written) and commits it as
+    /// [`Self::commit_and_fetch`] does.
+    pub fn commit_lent(&mut self, lent: Lent<H>, qid: u16, commit_id: u64) -> io::Result<()> {
+        let i = lent.index;
+        if !Arc::ptr_eq(&lent.bufs, &self.bufs) || self.holders.get(i) != Some(&Holder::Lent) {
+            return Err(io::Error::other(
+                "committing an entry this ring did not lend",
+            ));
+        }
+        // The token goes before the kernel can have the buffers again.
+        drop(lent);
+        if let Some(h) = self.holders.get_mut(i) {
+            *h = Holder::Ours;
+        }
+        self.commit_and_fetch(i, qid, commit_id)
+    }
+
+    /// Marks entry `i`, lent and never to come back (its token was
+    /// dropped by a thread that died), as done.
+    pub fn forget_lent(&mut self, i: usize) {
+        if let Some(h) = self.holders.get_mut(i).filter(|h| **h == Holder::Lent) {
+            *h = Holder::Done;
         }
     }
 
@@ -252,11 +388,10 @@ impl<H: FromBytes> FuseRing<H> {
             .as_ref()
             .map(AsRawFd::as_raw_fd)
             .ok_or_else(|| io::Error::other("io_uring queue not registered"))?;
-        let e = self
-            .bufs
-            .entries
+        let holder = self
+            .holders
             .get_mut(i)
-            .filter(|e| e.holder == Holder::Ours)
+            .filter(|h| **h == Holder::Ours)
             .ok_or_else(|| io::Error::other("committing an entry the kernel holds"))?;
         let req = CmdReq {
             commit_id,
@@ -269,7 +404,7 @@ impl<H: FromBytes> FuseRing<H> {
         // closed, and no reference to them survives this `&mut self` call.
         unsafe { self.ring.submission().push(&sqe) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        e.holder = Holder::Kernel;
+        *holder = Holder::Kernel;
         Ok(())
     }
 }
@@ -363,6 +498,8 @@ mod tests {
         };
         assert_eq!(r.depth(), 2);
         assert!(r.entry_mut(0).is_none());
+        // Only an entry that is ours can be lent.
+        assert!(r.lend(0).is_none());
         assert!(r.commit_and_fetch(0, 0, 1).is_err());
         // Not the FUSE device: refused before anything is queued.
         let f = tempfile::tempfile().unwrap();
