@@ -200,11 +200,19 @@ fn test_vhost_hundred_reconnects_leak_nothing() {
     eprintln!("{}", sampler.report(what, 0.0));
     let samples = sampler.samples();
     let (first, last) = (samples[0].1, samples[samples.len() - 1].1);
+    // A sample sees the new connection part way through its setup, so the
+    // count moves by a couple of descriptors from one sample to the next
+    // (37-39, back and forth, when other tests load the machine); a leak
+    // only grows. So the fewest descriptors of the last ten samples must
+    // not pass the most of the first ten: any descriptor left behind by
+    // more than a few of the 90 hang-ups fails this.
+    let fds: Vec<usize> = samples.iter().map(|s| s.1.fds as usize).collect();
+    let window = 10.min(fds.len());
+    let early_max = fds[..window].iter().copied().max().unwrap_or(0);
+    let late_min = fds[fds.len() - window..].iter().copied().min().unwrap_or(0);
     assert!(
-        last.fds <= first.fds,
-        "descriptors grew over 90 reconnects: {} -> {}\n{}\nthey are: {}",
-        first.fds,
-        last.fds,
+        late_min <= early_max,
+        "descriptors grew over 90 reconnects: at most {early_max} in the first {window} samples, at least {late_min} in the last {window}\n{}\nper reconnect: {fds:?}\nthey are: {}",
         sampler.report(what, 0.0),
         common::resources::fd_kinds(d.pid())
     );
