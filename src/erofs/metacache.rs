@@ -107,18 +107,18 @@ impl MetaCache {
             end: pos.saturating_add(len as u64),
             size: src.size(),
         };
-        if off.saturating_add(len) as u64 > block_size {
-            return self
-                .read_across(devices, what, pos, len)
-                .map_err(|e| match e {
-                    Error::Truncated { .. } => truncated(),
-                    other => other,
-                });
-        }
-        let block = self.block(devices, what, blk).map_err(|e| match e {
+        // A short block says where the block ended; the caller wants to
+        // know where its bytes did.
+        let whole = |e| match e {
             Error::Truncated { .. } => truncated(),
             other => other,
-        })?;
+        };
+        if off.saturating_add(len) as u64 > block_size {
+            return self
+                .read_across(devices, what, pos, len, &truncated)
+                .map_err(whole);
+        }
+        let block = self.block(devices, what, blk).map_err(whole)?;
         if off.saturating_add(len) > block.len() {
             return Err(truncated());
         }
@@ -134,6 +134,7 @@ impl MetaCache {
         what: &'static str,
         pos: u64,
         len: usize,
+        truncated: &dyn Fn() -> Error,
     ) -> Result<MetaBytes<'a>> {
         let block_size = 1u64 << self.blkszbits;
         let mut v = vec![0u8; len];
@@ -146,16 +147,12 @@ impl MetaCache {
             let at = pos.saturating_add(done as u64);
             let off = (at & block_size.wrapping_sub(1)) as usize;
             let block = self.block(devices, what, at >> self.blkszbits)?;
+            // A block short of the bytes asked for: the image ends there.
             let piece = block
                 .get(off..)
                 .map(|b| &b[..b.len().min(rest)])
                 .filter(|b| !b.is_empty())
-                .ok_or(Error::Truncated {
-                    what,
-                    at: At::Image(pos),
-                    end: pos.saturating_add(len as u64),
-                    size: devices.primary().size(),
-                })?;
+                .ok_or_else(truncated)?;
             v[done..][..piece.len()].copy_from_slice(piece);
             done = done.saturating_add(piece.len());
         }
