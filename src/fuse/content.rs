@@ -669,20 +669,23 @@ impl Files {
         self.fps.get(usize::try_from(s.fp).ok()?).copied()
     }
 
+    /// Stores `fp` in `fps`; its index for [`FileState::fp`] ([`NO_FP`],
+    /// and not stored, once the index would not fit).
+    fn push_fp(fps: &mut Vec<Fingerprint>, fp: Fingerprint) -> u32 {
+        let i = u32::try_from(fps.len()).unwrap_or(NO_FP);
+        if i != NO_FP {
+            fps.push(fp);
+        }
+        i
+    }
+
     /// Keeps the files `keep` says, and the fingerprints they use.
     fn retain(&mut self, keep: impl Fn(&FileState) -> bool) {
         self.states.retain(|_, s| keep(s));
         let old = std::mem::take(&mut self.fps);
         for s in self.states.values_mut() {
             let fp = usize::try_from(s.fp).ok().and_then(|i| old.get(i));
-            s.fp = match fp {
-                Some(fp) => {
-                    let i = u32::try_from(self.fps.len()).unwrap_or(NO_FP);
-                    self.fps.push(*fp);
-                    i
-                }
-                None => NO_FP,
-            };
+            s.fp = fp.map_or(NO_FP, |fp| Self::push_fp(&mut self.fps, *fp));
         }
     }
 }
@@ -782,16 +785,7 @@ impl ImageContent {
             // Another thread was first.
             return files.fp(&s).map(|fp| (fp, s.status));
         }
-        let index = match fp {
-            Some(fp) => {
-                let i = u32::try_from(files.fps.len()).unwrap_or(NO_FP);
-                if i != NO_FP {
-                    files.fps.push(fp);
-                }
-                i
-            }
-            None => NO_FP,
-        };
+        let index = fp.map_or(NO_FP, |fp| Files::push_fp(&mut files.fps, fp));
         files.states.insert(
             inode.nid,
             FileState {
@@ -841,8 +835,7 @@ mod tests {
         for nid in 0..100u64 {
             let has_fp = nid % 3 != 0;
             let index = if has_fp {
-                files.fps.push(fp(nid as u8));
-                u32::try_from(files.fps.len() - 1).unwrap()
+                Files::push_fp(&mut files.fps, fp(nid as u8))
             } else {
                 NO_FP
             };
