@@ -205,8 +205,8 @@ pub fn serve_queue(q: Queue, fd: RawFd, server: &Session) -> io::Result<()> {
                     if done_tx.send((lent, commit_id)).is_err() {
                         break;
                     }
-                    // A lost wake-up is only a later commit: the queue's
-                    // thread also looks before it waits.
+                    // Fails only with the counter near u64::MAX, which
+                    // one write per lent entry never reaches.
                     let _ = wake.write(1);
                 }
             })?;
@@ -271,22 +271,8 @@ impl Ring<'_> {
                     }
                     continue;
                 }
-                if self.lent.len() < MAX_LENT && self.jobs.is_some() && self.is_large_read(i) {
-                    if let Some(lent) = self.ring.lend(i) {
-                        match self.jobs.as_ref().map(|j| j.send(lent)) {
-                            Some(Ok(())) => {
-                                self.lent.push(i);
-                                continue;
-                            }
-                            // The helper is gone: answer it here.
-                            Some(Err(mpsc::SendError(lent))) => {
-                                self.jobs = None;
-                                self.answer_lent(lent, server, &mut req)?;
-                                continue;
-                            }
-                            None => {}
-                        }
-                    }
+                if self.lend(i, server, &mut req)? {
+                    continue;
                 }
                 let Some((header, payload)) = self.ring.entry_mut(i) else {
                     continue;
@@ -302,6 +288,33 @@ impl Ring<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Hands entry `i` to the helper when it holds a large READ and the
+    /// helper has room; true when the entry was taken care of (lent, or
+    /// answered here because the helper is gone).
+    fn lend(&mut self, i: usize, server: &Session, req: &mut Vec<u8>) -> io::Result<bool> {
+        if self.lent.len() >= MAX_LENT || !self.is_large_read(i) {
+            return Ok(false);
+        }
+        let Some(jobs) = &self.jobs else {
+            return Ok(false);
+        };
+        let Some(lent) = self.ring.lend(i) else {
+            return Ok(false);
+        };
+        match jobs.send(lent) {
+            Ok(()) => self.lent.push(i),
+            Err(mpsc::SendError(mut lent)) => {
+                // The helper is gone: answer it here.
+                self.jobs = None;
+                if let Some((header, payload)) = lent.buffers() {
+                    let commit_id = answer(header, payload, server, req);
+                    self.ring.commit_lent(lent, self.qid, commit_id)?;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Whether entry `i` (ours) holds a READ large enough to lend.
@@ -335,20 +348,6 @@ impl Ring<'_> {
                 }
             }
         }
-    }
-
-    /// Answers a lent entry here and commits it.
-    fn answer_lent(
-        &mut self,
-        mut lent: Lent<ReqHeader>,
-        server: &Session,
-        req: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        let Some((header, payload)) = lent.buffers() else {
-            return Ok(());
-        };
-        let commit_id = answer(header, payload, server, req);
-        self.ring.commit_lent(lent, self.qid, commit_id)
     }
 }
 
