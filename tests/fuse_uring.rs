@@ -109,22 +109,32 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Fixture `name` mounted by the kernel and by us with `args`.
+fn mount_both(name: &str, args: &[&str]) -> (KernelMount, FuseMount) {
+    let fx = fixture_image(name);
+    let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fuse = FuseMount::new(&fx.image, &fx.devices(), args);
+    (kernel, fuse)
+}
+
+/// Waits until the daemon `pid` has a thread named `comm` (the io_uring
+/// threads start right after mount(2) returns).
+fn assert_thread_starts(name: &str, pid: u32, comm: &str) {
+    assert!(
+        wait_for(Duration::from_secs(10), || threads_named(pid, comm) >= 1),
+        "{name}: no {comm} thread"
+    );
+}
+
 #[test]
 fn test_uring_manifests_match_kernel_and_use_the_rings() {
     assert_kernel_erofs();
     let Some(_p) = Param::set(true) else { return };
     for name in ["edge_lz4", "usr_zstd15-ztailpack", "edge_plain-b4096"] {
-        let fx = fixture_image(name);
-        let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let fuse = FuseMount::new(&fx.image, &fx.devices(), &["--io-uring", "on"]);
+        let (kernel, fuse) = mount_both(name, &["--io-uring", "on"]);
         let pid = fuse.pid();
-        // The queue threads start right after mount(2) returns.
-        assert!(
-            wait_for(Duration::from_secs(10), || threads_named(pid, "fuse-uring")
-                >= 1),
-            "{name}: no io_uring queue thread"
-        );
+        assert_thread_starts(name, pid, "fuse-uring");
         let (ring0, dev0) = (switches(pid, "fuse-uring"), switches(pid, "fuse-worker"));
         let kman = walk_manifest(kernel.path());
         let fman = walk_manifest(fuse.path());
@@ -191,14 +201,7 @@ fn test_uring_random_reads_on_every_cpu_match_kernel() {
     assert_kernel_erofs();
     let Some(_p) = Param::set(true) else { return };
     for (name, cache) in [("big_lz4hc-C1m", "always"), ("edge_plain-b512", "never")] {
-        let fx = fixture_image(name);
-        let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let fuse = FuseMount::new(
-            &fx.image,
-            &fx.devices(),
-            &["--io-uring", "on", "--cache", cache],
-        );
+        let (kernel, fuse) = mount_both(name, &["--io-uring", "on", "--cache", cache]);
         let mut files = Vec::new();
         regular_files(kernel.path(), &mut files);
         files.sort();
@@ -257,18 +260,9 @@ fn test_uring_sequential_reads_use_the_helper_and_match_kernel() {
     assert_kernel_erofs();
     let Some(_p) = Param::set(true) else { return };
     for name in ["big_lz4hc-C1m", "big_chunk64k-blobdev", "edge_plain-b4096"] {
-        let fx = fixture_image(name);
-        let kernel = KernelMount::mount(&fx.image, &MountOptions::with_devices(&fx.devices()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let fuse = FuseMount::new(&fx.image, &fx.devices(), &["--io-uring", "on"]);
+        let (kernel, fuse) = mount_both(name, &["--io-uring", "on"]);
         let pid = fuse.pid();
-        assert!(
-            wait_for(Duration::from_secs(10), || threads_named(
-                pid,
-                "fuse-uring-read"
-            ) >= 1),
-            "{name}: no io_uring helper thread"
-        );
+        assert_thread_starts(name, pid, "fuse-uring-read");
         let helper0 = switches(pid, "fuse-uring-read");
         let mut files = Vec::new();
         regular_files(kernel.path(), &mut files);
