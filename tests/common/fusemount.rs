@@ -49,6 +49,19 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// umount(2) of `dir`, waiting out EBUSY for a while: a process that
+/// another test forks holds the parent's descriptors (ours on this mount
+/// among them) until it execs, so the mount can be busy for a moment
+/// after every file of it was closed here.
+fn umount_when_free(dir: &Path) -> io::Result<()> {
+    let mut last = Ok(());
+    wait_for(PATIENCE, || {
+        last = umount(dir, 0);
+        !matches!(&last, Err(e) if e.raw_os_error() == Some(libc::EBUSY))
+    });
+    last
+}
+
 fn umount(dir: &Path, flags: libc::c_int) -> io::Result<()> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     erofs_virtiofsd::os::mount::umount(&c, flags & libc::MNT_DETACH != 0)
@@ -191,7 +204,7 @@ impl FuseMount {
             "{what}: the daemon died: {}",
             self.stderr_text()
         );
-        if let Err(e) = umount(&self.dir, 0) {
+        if let Err(e) = umount_when_free(&self.dir) {
             panic!("umount {}: {e}", self.dir.display());
         }
         let st = self.wait_exit();
@@ -205,7 +218,7 @@ impl FuseMount {
 
     /// Unmounts (like `umount`) and returns the daemon's exit status.
     pub fn unmount(mut self) -> Option<ExitStatus> {
-        if let Err(e) = umount(&self.dir, 0) {
+        if let Err(e) = umount_when_free(&self.dir) {
             panic!("umount {}: {e}", self.dir.display());
         }
         self.wait_exit()
