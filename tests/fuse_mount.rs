@@ -1269,3 +1269,54 @@ fn test_fuse_spliced_reads_follow_the_listing() {
     }
     fuse.finish("spliced");
 }
+
+/// Nanoseconds `pid`'s threads have run (their schedstat), summed.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Workers poll for the next request after answering one (`--poll-us`):
+/// a walk with a long window lists what the kernel's mount lists, and once
+/// the requests stop, the daemon stops using the CPU (a worker left
+/// polling, or its descriptor left non-blocking, would spin for good).
+#[test]
+fn test_fuse_polling_workers_go_quiet() {
+    assert_kernel_erofs();
+    let scratch = image_dir("erofs-poll-");
+    let tree = scratch.path().join("tree");
+    for d in 0..200 {
+        let dir = tree.join(format!("d{d:03}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        for f in 0..5 {
+            fs::write(dir.join(format!("f{f}")), format!("{d} {f}\n")).expect("write");
+        }
+    }
+    let img = mkfs(&tree, &scratch.path().join("p.erofs"), &["-U", FIXED_UUID]);
+    let kernel = common::kmount::KernelMount::new(&img, &[]);
+    let expected = common::manifest::walk_manifest(kernel.path());
+    for window in ["20000", "0"] {
+        let fuse = FuseMount::new(&img, &[], &["--poll-us", window, "--sandbox", "none"]);
+        let got = common::manifest::walk_manifest(fuse.path());
+        common::manifest::assert_manifests_eq(&format!("--poll-us {window}"), &expected, &got);
+        let pid = common::procs::server(fuse.pid());
+        // Past the window (20 ms), nothing is left to do: over the next
+        // half second the daemon may use a little CPU, not a polling core.
+        std::thread::sleep(Duration::from_millis(40));
+        let before = cpu_ns(pid);
+        std::thread::sleep(Duration::from_millis(500));
+        let used = cpu_ns(pid).saturating_sub(before);
+        assert!(
+            used < 50_000_000,
+            "--poll-us {window}: the quiet daemon used {} ms of CPU in 500 ms",
+            used / 1_000_000
+        );
+        fuse.finish(&format!("--poll-us {window}"));
+    }
+}

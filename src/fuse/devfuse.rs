@@ -10,8 +10,9 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use log::warn;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -91,6 +92,9 @@ pub struct FuseMount {
     readahead: Option<(std::fs::File, u32)>,
     /// Worker descriptors cloned ahead by [`FuseMount::open_clones`].
     clones: Vec<OwnedFd>,
+    /// How long a worker that answered a request polls for the next one
+    /// (see [`Poller`]); zero: never.
+    poll: Duration,
 }
 
 fn cstring(p: &Path) -> io::Result<CString> {
@@ -178,6 +182,7 @@ pub fn mount(cfg: &MountConfig) -> Result<FuseMount, DevFuseError> {
         max_read: cfg.max_read,
         readahead,
         clones: Vec::new(),
+        poll: Duration::ZERO,
     })
 }
 
@@ -260,6 +265,12 @@ impl FuseMount {
         &self.mountpoint
     }
 
+    /// Has a worker that answered a request poll for the next one for up to
+    /// `window` before it sleeps (zero: never; see [`Poller`]).
+    pub fn set_poll(&mut self, window: Duration) {
+        self.poll = window;
+    }
+
     /// A new fd attached to the same connection (FUSE_DEV_IOC_CLONE), so a
     /// worker gets its own request queue.
     fn clone_fd(&self) -> io::Result<OwnedFd> {
@@ -327,6 +338,8 @@ impl FuseMount {
         let session =
             Arc::new(Session::new(Arc::clone(share), out).with_io_uring(!queues.is_empty()));
         let server = &session;
+        let poller = Poller::new(self.poll);
+        let poller = &poller;
         for q in queues {
             let (server, init) = (Arc::clone(server), Arc::clone(&init));
             // Detached: a queue thread ends when the connection does; the
@@ -350,13 +363,13 @@ impl FuseMount {
                 let init = &*init;
                 let h = std::thread::Builder::new()
                     .name(format!("fuse-worker-{}", i.saturating_add(1)))
-                    .spawn_scoped(s, move || worker(raw, &server, bufsize, init));
+                    .spawn_scoped(s, move || worker(raw, &server, bufsize, init, poller));
                 match h {
                     Ok(h) => handles.push(h),
                     Err(e) => return Err(e),
                 }
             }
-            let mut result = worker(main_fd, server, bufsize, &init);
+            let mut result = worker(main_fd, server, bufsize, &init, poller);
             for h in handles {
                 let r = h
                     .join()
@@ -584,18 +597,159 @@ impl ReplySink for DevSink {
     }
 }
 
+/// Polling for the next request. Most of a FUSE round trip on a small
+/// machine, a VM above all, can be waking the worker: the requester's CPU
+/// interrupts the one the worker sleeps on, and a halted virtual CPU takes
+/// long to come back. A worker that has just answered a request therefore
+/// keeps reading its (then non-blocking) descriptor for a while, handing
+/// the CPU to anything else runnable between reads, before it goes back to
+/// sleep: a walk's next request, a few hundred microseconds later, finds it
+/// awake. One worker polls at a time; the others sleep in read(2) as
+/// before.
+///
+/// The window adapts, as QEMU's adaptive polling does: while requests come
+/// less than `max` apart it is `max`; each longer gap halves it (to none
+/// below [`MIN_POLL_US`]), so a mount that is seldom used costs nothing.
+struct Poller {
+    max: Duration,
+    /// The current window, in microseconds.
+    window_us: AtomicU64,
+    busy: AtomicBool,
+    /// When any worker last finished a request, in microseconds since
+    /// `epoch`: the gap to the next request is the connection's, whichever
+    /// workers take turns (sleeping readers are woken in turn).
+    last_done_us: AtomicU64,
+    epoch: Instant,
+}
+
+/// A window this short is not worth a poll: below it, none.
+const MIN_POLL_US: u64 = 8;
+
+/// What polling ended with.
+enum Polled {
+    /// A request of this many bytes, read into the buffer.
+    Request(usize),
+    /// Nothing within the window (or another worker polls, or polling is
+    /// off): block in read(2).
+    Nothing,
+    /// The connection is gone (unmounted).
+    Gone,
+}
+
+impl Poller {
+    fn new(max: Duration) -> Self {
+        let max_us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+        Self {
+            max,
+            window_us: AtomicU64::new(max_us),
+            busy: AtomicBool::new(false),
+            last_done_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A worker finished a request.
+    fn done(&self) {
+        if !self.max.is_zero() {
+            self.last_done_us.store(self.now_us(), Ordering::Relaxed);
+        }
+    }
+
+    /// A worker that slept got a request: learns from the gap since the
+    /// last one finished (within `max`, polling would have caught it).
+    fn woke(&self) {
+        if self.max.is_zero() {
+            return;
+        }
+        let gap_us = self
+            .now_us()
+            .saturating_sub(self.last_done_us.load(Ordering::Relaxed));
+        self.learn(Duration::from_micros(gap_us));
+    }
+
+    /// Sets the window after a gap between requests that no poll caught.
+    fn learn(&self, gap: Duration) {
+        let next = if gap <= self.max {
+            u64::try_from(self.max.as_micros()).unwrap_or(u64::MAX)
+        } else {
+            let half = self.window_us.load(Ordering::Relaxed) / 2;
+            if half < MIN_POLL_US {
+                0
+            } else {
+                half
+            }
+        };
+        self.window_us.store(next, Ordering::Relaxed);
+    }
+
+    /// Polls `fd` for the next request for up to the current window, if
+    /// there is one and no other worker is at it.
+    fn next(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<Polled> {
+        let window = Duration::from_micros(self.window_us.load(Ordering::Relaxed));
+        if window.is_zero() || self.busy.swap(true, Ordering::Acquire) {
+            return Ok(Polled::Nothing);
+        }
+        let got = os::fd::set_nonblocking(fd, true).and_then(|()| {
+            let polled = Self::spin(fd, buf, window);
+            // The descriptor must block again whatever happened: a worker
+            // spinning on EAGAIN in read(2) would burn its CPU for good.
+            os::fd::set_nonblocking(fd, false)?;
+            polled
+        });
+        self.busy.store(false, Ordering::Release);
+        got
+    }
+
+    fn spin(fd: RawFd, buf: &mut [u8], window: Duration) -> io::Result<Polled> {
+        let until = Instant::now().checked_add(window);
+        loop {
+            match os::fd::read(fd, buf) {
+                Ok(n) => return Ok(Polled::Request(n)),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {}
+                    // Interrupted, or a request the kernel took back.
+                    Some(libc::EINTR | libc::ENOENT) => {}
+                    Some(libc::ENODEV) => return Ok(Polled::Gone),
+                    _ => return Err(e),
+                },
+            }
+            if until.is_none_or(|t| Instant::now() >= t) {
+                return Ok(Polled::Nothing);
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// Reads requests from `fd` and answers them until the device reports
 /// ENODEV (unmounted).
-fn worker(fd: RawFd, server: &Session, bufsize: usize, init: &AfterInit) -> io::Result<()> {
+fn worker(
+    fd: RawFd,
+    server: &Session,
+    bufsize: usize,
+    init: &AfterInit,
+    poller: &Poller,
+) -> io::Result<()> {
     let mut req = vec![0u8; bufsize];
     let mut sink = DevSink::new(fd, bufsize);
+    let mut polled = None;
     loop {
-        let n = match os::fd::read(fd, &mut req) {
-            Ok(n) => n,
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
-                Some(libc::ENODEV) => return Ok(()),
-                _ => return Err(e),
+        let n = match polled.take() {
+            Some(n) => n,
+            None => match os::fd::read(fd, &mut req) {
+                Ok(n) => {
+                    poller.woke();
+                    n
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
+                    Some(libc::ENODEV) => return Ok(()),
+                    _ => return Err(e),
+                },
             },
         };
         let msg = req.get(..n).unwrap_or(&[]);
@@ -607,15 +761,23 @@ fn worker(fd: RawFd, server: &Session, bufsize: usize, init: &AfterInit) -> io::
         }
         sink.request_done();
         init.check(server);
+        poller.done();
+        match poller.next(fd, &mut req)? {
+            Polled::Request(n) => polled = Some(n),
+            Polled::Nothing => {}
+            Polled::Gone => return Ok(()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::unescape_mountinfo;
-    use super::{DevSink, SHRINK_AFTER, SMALL_REPLY};
+    use super::{DevSink, Polled, Poller, MIN_POLL_US, SHRINK_AFTER, SMALL_REPLY};
     use crate::fuse::sink::ReplySink;
     use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     /// The reply buffer grows to the replies filled in it, and a large
     /// one is given back after [`SHRINK_AFTER`] requests that did not
@@ -644,6 +806,57 @@ mod tests {
         sink.send_with(4, 8192, &mut fill)
             .expect("reply after shrinking");
         assert_eq!(sink.data.len(), 2);
+    }
+
+    /// The polling window is the maximum while requests come closer than
+    /// it, halves with each longer gap, and goes to none below the least
+    /// worth polling; a zero maximum never polls.
+    #[test]
+    fn poll_window_adapts_to_the_gaps() {
+        let p = Poller::new(Duration::from_micros(300));
+        let window = |p: &Poller| p.window_us.load(Ordering::Relaxed);
+        assert_eq!(window(&p), 300);
+        p.learn(Duration::from_millis(5));
+        assert_eq!(window(&p), 150);
+        p.learn(Duration::from_micros(301));
+        assert_eq!(window(&p), 75);
+        p.learn(Duration::from_micros(200));
+        assert_eq!(window(&p), 300, "a short gap restores the maximum");
+        for _ in 0..5 {
+            p.learn(Duration::from_secs(1));
+        }
+        assert_eq!(window(&p), 9);
+        p.learn(Duration::from_secs(1));
+        assert_eq!(window(&p), 0, "below {MIN_POLL_US} us: no polling");
+        p.learn(Duration::from_secs(1));
+        assert_eq!(window(&p), 0);
+        let (r, _w) = crate::os::fd::pipe(false).expect("pipe");
+        let mut buf = [0u8; 8];
+        assert!(matches!(
+            p.next(r.as_raw_fd(), &mut buf),
+            Ok(Polled::Nothing)
+        ));
+        let off = Poller::new(Duration::ZERO);
+        assert_eq!(window(&off), 0);
+        off.learn(Duration::ZERO);
+        assert_eq!(window(&off), 0);
+    }
+
+    /// With a window, a poll reads what is already there, and leaves the
+    /// descriptor blocking again whatever it found.
+    #[test]
+    fn poll_reads_a_waiting_request_and_restores_blocking() {
+        let p = Poller::new(Duration::from_micros(300));
+        let (r, w) = crate::os::fd::pipe(false).expect("pipe");
+        let a = r.as_raw_fd();
+        crate::os::fd::write(w.as_raw_fd(), b"request").expect("write");
+        let mut buf = [0u8; 16];
+        assert!(matches!(p.next(a, &mut buf), Ok(Polled::Request(7))));
+        assert_eq!(&buf[..7], b"request");
+        assert!(matches!(p.next(a, &mut buf), Ok(Polled::Nothing)));
+        let flags = crate::os::fd::status_flags(a).expect("F_GETFL");
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "left non-blocking");
+        assert!(!p.busy.load(Ordering::Relaxed), "poller left busy");
     }
 
     #[test]

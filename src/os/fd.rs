@@ -36,6 +36,25 @@ pub fn writev(fd: RawFd, parts: &[IoSlice<'_>]) -> io::Result<usize> {
     check_size(unsafe { libc::writev(fd, parts.as_ptr().cast(), cnt) })
 }
 
+/// Sets or clears O_NONBLOCK on `fd`'s open file description.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    let fl = status_flags(fd)?;
+    let fl = if on {
+        fl | libc::O_NONBLOCK
+    } else {
+        fl & !libc::O_NONBLOCK
+    };
+    // SAFETY: F_SETFL takes an int argument and touches no memory.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, fl) })?;
+    Ok(())
+}
+
+/// The open file description's status flags (F_GETFL).
+pub fn status_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL takes no argument and touches no memory.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+}
+
 /// A new pipe, close-on-exec, non-blocking when `nonblock`: (read end,
 /// write end).
 pub fn pipe(nonblock: bool) -> io::Result<(OwnedFd, OwnedFd)> {
