@@ -340,6 +340,11 @@ impl FuseMount {
         let server = &session;
         let poller = Poller::new(self.poll);
         let poller = &poller;
+        // Polling flips O_NONBLOCK on the worker's open file: only a
+        // worker that has its descriptor to itself may poll.
+        let shared_main = fds.iter().any(Option::is_none);
+        let no_poll = Poller::new(Duration::ZERO);
+        let no_poll = &no_poll;
         for q in queues {
             let (server, init) = (Arc::clone(server), Arc::clone(&init));
             // Detached: a queue thread ends when the connection does; the
@@ -361,15 +366,17 @@ impl FuseMount {
                 let raw = fd.as_ref().map_or(main_fd, AsRawFd::as_raw_fd);
                 let server = Arc::clone(server);
                 let init = &*init;
+                let polls = if fd.is_some() { poller } else { no_poll };
                 let h = std::thread::Builder::new()
                     .name(format!("fuse-worker-{}", i.saturating_add(1)))
-                    .spawn_scoped(s, move || worker(raw, &server, bufsize, init, poller));
+                    .spawn_scoped(s, move || worker(raw, &server, bufsize, init, polls));
                 match h {
                     Ok(h) => handles.push(h),
                     Err(e) => return Err(e),
                 }
             }
-            let mut result = worker(main_fd, server, bufsize, &init, poller);
+            let polls = if shared_main { no_poll } else { poller };
+            let mut result = worker(main_fd, server, bufsize, &init, polls);
             for h in handles {
                 let r = h
                     .join()
@@ -761,6 +768,11 @@ fn worker(
         }
         sink.request_done();
         init.check(server);
+        if server.over_io_uring() {
+            // Only FORGET and INTERRUPT still come here: nothing to poll
+            // for, and the queues' threads want the CPUs.
+            continue;
+        }
         poller.done();
         match poller.next(fd, &mut req)? {
             Polled::Request(n) => polled = Some(n),
