@@ -632,3 +632,63 @@ fn wait_api(sock: &Path, f: impl FnOnce() -> Resp) -> Resp {
     );
     f()
 }
+
+/// Requests of opcode `name` over the whole connection, in a metrics
+/// snapshot.
+fn requests_of(m: &Value, name: &str) -> u64 {
+    m["requests"]["opcodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["name"] == name)
+        .map_or(0, |o| o["requests"].as_u64().unwrap_or(0))
+}
+
+/// An API socket alone (no image with a domain yet) does not agree FUSE
+/// passthrough at INIT by default, which would cost every file an OPEN and
+/// a RELEASE: reading every file of a mount sends at most the one OPEN
+/// that turns opens off. `--passthrough on` asks for it anyway; the files
+/// read the same either way.
+#[test]
+fn test_api_socket_alone_keeps_zero_message_opens() {
+    const PLAIN: &str = "edge_plain-b4096";
+    let fx = fixture_image(PLAIN);
+    let expected = load_expected(PLAIN);
+    for (mode, opens_off) in [("auto", true), ("on", false)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("api.sock");
+        let mut image = OsString::from("a=");
+        image.push(&fx.image);
+        let args: Vec<OsString> = vec![
+            "--image".into(),
+            image,
+            "--api-socket".into(),
+            sock.clone().into_os_string(),
+            "--store".into(),
+            dir.path().join("store").into_os_string(),
+            "--passthrough".into(),
+            mode.into(),
+        ];
+        let mount = FuseMount::named(&args);
+        let got = walk_manifest(&mount.path().join("a"));
+        assert_manifests_eq(&format!("--passthrough {mode}"), &expected, &got);
+        let m = wait_api(&sock, || request(&sock, "GET", "/api/v1/metrics", b"")).json();
+        let files = expected.iter().filter(|e| e.kind() == "reg").count() as u64;
+        let (opens, releases) = (requests_of(&m, "OPEN"), requests_of(&m, "RELEASE"));
+        if opens_off {
+            assert!(
+                opens <= 1,
+                "--passthrough {mode}: {opens} OPEN for {files} files"
+            );
+            assert_eq!(releases, 0, "--passthrough {mode}");
+        } else {
+            // The kernel sends an OPEN per file once passthrough is agreed
+            // (a kernel without it agrees to none: then at most one).
+            assert!(
+                opens >= files || opens <= 1,
+                "--passthrough {mode}: {opens} OPEN for {files} files"
+            );
+        }
+        mount.finish(&format!("--passthrough {mode}"));
+    }
+}

@@ -403,7 +403,7 @@ impl ShareArgs {
     /// or touched). The flags win over the config file's `store` and
     /// `store_size`.
     pub fn store_spec(&self, plan: Option<&Plan>, api: bool) -> anyhow::Result<Option<StoreSpec>> {
-        let domains = plan.is_some_and(|p| p.specs().iter().any(|s| s.domain.is_some()));
+        let domains = plan.is_some_and(Plan::has_domains);
         // Images added through the API may name a domain: their store is
         // ready for them.
         if !domains && !api {
@@ -500,6 +500,11 @@ impl Plan {
             Plan::Root(spec) => std::slice::from_ref(spec),
             Plan::Named(specs) => specs,
         }
+    }
+
+    /// Whether an image of the plan has a trust domain.
+    pub fn has_domains(&self) -> bool {
+        self.specs().iter().any(|s| s.domain.is_some())
     }
 
     /// Makes the images of `share` (opened from this plan) that have a

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
 use super::control::{self, Allowed, ShareControl};
-use super::images::ShareArgs;
+use super::images::{Plan, ShareArgs};
 use super::log::{self as logging, init_logging, LogArgs, LogLevel};
 use super::sandbox::SandboxArgs;
 use crate::fuse::devfuse::{self, MountConfig};
@@ -95,9 +95,13 @@ pub struct MountArgs {
     log_level: LogLevel,
     /// FUSE passthrough of files whose content is in the store (Linux 6.9+):
     /// the kernel reads the store's entry itself, at page-cache speed.
-    /// `auto` uses it when the kernel agrees; the sandboxed process then
-    /// keeps CAP_SYS_ADMIN, which the kernel wants for registering backing
-    /// files (docs/sandbox.md). Only with a store (images with --domain).
+    /// `auto` uses it when the kernel agrees and an image served from the
+    /// start has a domain; `on` also when only images added later through
+    /// the API may have one. Agreeing on it costs every file of the mount
+    /// an OPEN and a RELEASE round trip (the kernel then sends them for
+    /// all files), and the sandboxed process keeps CAP_SYS_ADMIN, which
+    /// the kernel wants for registering backing files (docs/sandbox.md).
+    /// Only with a store (images with --domain, or --api-socket).
     #[arg(long, value_enum, default_value_t = PassthroughArg::Auto)]
     passthrough: PassthroughArg,
     #[command(flatten)]
@@ -113,8 +117,12 @@ pub struct MountArgs {
 /// `--passthrough` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PassthroughArg {
-    /// When the kernel offers it.
+    /// When the kernel offers it and an image served from the start has a
+    /// domain.
     Auto,
+    /// When the kernel offers it and there is a store (with --api-socket
+    /// alone too: for images with a domain added later).
+    On,
     /// Never: every read of stored content is a READ answered from the
     /// entry.
     Off,
@@ -175,7 +183,16 @@ impl MountArgs {
             // Images come later, through the API.
             None => Share::named(opts),
         });
-        let passthrough = store.is_some() && self.passthrough == PassthroughArg::Auto;
+        // Agreed at INIT for the whole connection, and then every file
+        // costs an OPEN and a RELEASE: only when stored content is there
+        // to pass through, or asked for.
+        let domains = plan.as_ref().is_some_and(Plan::has_domains);
+        let passthrough = store.is_some()
+            && match self.passthrough {
+                PassthroughArg::Auto => domains,
+                PassthroughArg::On => true,
+                PassthroughArg::Off => false,
+            };
         if let Some(spec) = &store {
             let content = spec.open()?;
             content.set_passthrough(passthrough);
