@@ -343,8 +343,6 @@ impl FuseMount {
         // Polling flips O_NONBLOCK on the worker's open file: only a
         // worker that has its descriptor to itself may poll.
         let shared_main = fds.iter().any(Option::is_none);
-        let no_poll = Poller::new(Duration::ZERO);
-        let no_poll = &no_poll;
         for q in queues {
             let (server, init) = (Arc::clone(server), Arc::clone(&init));
             // Detached: a queue thread ends when the connection does; the
@@ -366,7 +364,7 @@ impl FuseMount {
                 let raw = fd.as_ref().map_or(main_fd, AsRawFd::as_raw_fd);
                 let server = Arc::clone(server);
                 let init = &*init;
-                let polls = if fd.is_some() { poller } else { no_poll };
+                let polls = fd.is_some().then_some(poller);
                 let h = std::thread::Builder::new()
                     .name(format!("fuse-worker-{}", i.saturating_add(1)))
                     .spawn_scoped(s, move || worker(raw, &server, bufsize, init, polls));
@@ -375,7 +373,7 @@ impl FuseMount {
                     Err(e) => return Err(e),
                 }
             }
-            let polls = if shared_main { no_poll } else { poller };
+            let polls = (!shared_main).then_some(poller);
             let mut result = worker(main_fd, server, bufsize, &init, polls);
             for h in handles {
                 let r = h
@@ -700,13 +698,16 @@ impl Poller {
         if window.is_zero() || self.busy.swap(true, Ordering::Acquire) {
             return Ok(Polled::Nothing);
         }
-        let got = os::fd::set_nonblocking(fd, true).and_then(|()| {
-            let polled = Self::spin(fd, buf, window);
-            // The descriptor must block again whatever happened: a worker
-            // spinning on EAGAIN in read(2) would burn its CPU for good.
-            os::fd::set_nonblocking(fd, false)?;
-            polled
-        });
+        // A descriptor that cannot be made non-blocking is read the usual
+        // way; one that cannot be made blocking again ends the worker (it
+        // would spin on EAGAIN in read(2) for good).
+        let got = match os::fd::set_nonblocking(fd, true) {
+            Ok(()) => {
+                let polled = Self::spin(fd, buf, window);
+                os::fd::set_nonblocking(fd, false).and(polled)
+            }
+            Err(_) => Ok(Polled::Nothing),
+        };
         self.busy.store(false, Ordering::Release);
         got
     }
@@ -739,7 +740,7 @@ fn worker(
     server: &Session,
     bufsize: usize,
     init: &AfterInit,
-    poller: &Poller,
+    poller: Option<&Poller>,
 ) -> io::Result<()> {
     let mut req = vec![0u8; bufsize];
     let mut sink = DevSink::new(fd, bufsize);
@@ -749,7 +750,9 @@ fn worker(
             Some(n) => n,
             None => match os::fd::read(fd, &mut req) {
                 Ok(n) => {
-                    poller.woke();
+                    if let Some(p) = poller {
+                        p.woke();
+                    }
                     n
                 }
                 Err(e) => match e.raw_os_error() {
@@ -773,8 +776,9 @@ fn worker(
             // for, and the queues' threads want the CPUs.
             continue;
         }
-        poller.done();
-        match poller.next(fd, &mut req)? {
+        let Some(p) = poller else { continue };
+        p.done();
+        match p.next(fd, &mut req)? {
             Polled::Request(n) => polled = Some(n),
             Polled::Nothing => {}
             Polled::Gone => return Ok(()),
