@@ -123,13 +123,20 @@ fn metrics(sock: &Path) -> Value {
 /// snapshot.
 fn reads_of(m: &Value, name: &str) -> (u64, u64) {
     let img = &m["images"][name]["requests"];
-    let reads = img["opcodes"]
+    (
+        op_requests(img, "READ"),
+        img["served_bytes"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Requests of opcode `name` in a metrics snapshot's `requests` object.
+fn op_requests(requests: &Value, name: &str) -> u64 {
+    requests["opcodes"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|o| o["name"] == "READ")
-        .map_or(0, |o| o["requests"].as_u64().unwrap_or(0));
-    (reads, img["served_bytes"].as_u64().unwrap_or(0))
+        .find(|o| o["name"] == name)
+        .map_or(0, |o| o["requests"].as_u64().unwrap_or(0))
 }
 
 /// Sum of the sizes of the regular files of a manifest.
@@ -633,17 +640,6 @@ fn wait_api(sock: &Path, f: impl FnOnce() -> Resp) -> Resp {
     f()
 }
 
-/// Requests of opcode `name` over the whole connection, in a metrics
-/// snapshot.
-fn requests_of(m: &Value, name: &str) -> u64 {
-    m["requests"]["opcodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|o| o["name"] == name)
-        .map_or(0, |o| o["requests"].as_u64().unwrap_or(0))
-}
-
 /// An API socket alone (no image with a domain yet) does not agree FUSE
 /// passthrough at INIT by default, which would cost every file an OPEN and
 /// a RELEASE: reading every file of a mount sends at most the one OPEN
@@ -674,7 +670,8 @@ fn test_api_socket_alone_keeps_zero_message_opens() {
         assert_manifests_eq(&format!("--passthrough {mode}"), &expected, &got);
         let m = wait_api(&sock, || request(&sock, "GET", "/api/v1/metrics", b"")).json();
         let files = expected.iter().filter(|e| e.kind() == "reg").count() as u64;
-        let (opens, releases) = (requests_of(&m, "OPEN"), requests_of(&m, "RELEASE"));
+        let conn = &m["requests"];
+        let (opens, releases) = (op_requests(conn, "OPEN"), op_requests(conn, "RELEASE"));
         if opens_off {
             assert!(
                 opens <= 1,

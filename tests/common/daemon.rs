@@ -121,18 +121,7 @@ impl Daemon {
     /// CPU time (user + system) the daemon has used, in clock ticks: its
     /// process and the sandboxed process it forked, if any.
     pub fn cpu_ticks(&self) -> u64 {
-        super::procs::tree(self.pid())
-            .into_iter()
-            .map(|pid| {
-                let stat =
-                    std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-                // Fields after the ")" that ends the command name; utime and
-                // stime are fields 14 and 15 of the whole line.
-                let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-                let f: Vec<&str> = rest.split(' ').collect();
-                f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-            })
-            .sum()
+        super::procs::cpu_ticks(self.pid())
     }
 
     /// Sends `sig` to the daemon.

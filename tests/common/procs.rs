@@ -39,3 +39,23 @@ pub fn server(pid: u32) -> u32 {
         _ => pid,
     }
 }
+
+/// CPU time (user + system) `pid` and its descendants have used, in clock
+/// ticks (`/proc/PID/stat`; a process gone meanwhile counts nothing).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    tree(pid)
+        .into_iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the ")" that ends the command name; utime and
+            // stime are fields 14 and 15 of the whole line.
+            let rest = stat
+                .rfind(')')
+                .and_then(|i| stat.get(i + 2..))
+                .unwrap_or("");
+            let f: Vec<&str> = rest.split(' ').collect();
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            field(11) + field(12)
+        })
+        .sum()
+}
