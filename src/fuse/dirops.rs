@@ -56,6 +56,16 @@ impl Listing {
     }
 }
 
+/// What a READDIRPLUS entry says of the inode it names.
+pub(crate) enum Child<'a> {
+    /// Nothing: node id 0.
+    None,
+    /// A node made already (the roots of named images).
+    Held(Target),
+    /// Inode `nid` of the image, listed at the given place.
+    Listed(&'a Arc<ShareImage>, u64, Listed),
+}
+
 /// Directory cookies: 0 is the start; cookie `c >= 1` resumes at byte
 /// `c - 1` of the on-disk entries (cookie 1, byte 0, follows the `.` that
 /// directories stored without one get).
@@ -81,7 +91,7 @@ impl Session {
         let mut full = false;
         if r.offset == 0 && dir.dot_omitted {
             let ino = img.st_ino(dir.nid);
-            full = !self.push_entry(&mut out, b".", ino, 4, 1, None);
+            full = !self.push_entry(&mut out, b".", ino, 4, 1, Child::None);
         }
         let pos = cookie_to_pos(r.offset).unwrap_or(0);
         let mut failed = None;
@@ -95,26 +105,19 @@ impl Session {
                     first_file = Some(at);
                 }
                 let child = if plus && e.name != b"." && e.name != b".." {
-                    self.inode_of(img, e.nid).ok()
-                } else {
-                    None
-                };
-                let child_nid = child.as_ref().map(|c| c.inode.nid);
-                let cookie = next.saturating_add(1);
-                let ino = img.st_ino(e.nid);
-                let fits =
-                    self.push_entry(&mut out, e.name, ino, e.file_type.dtype(), cookie, child);
-                if let Some(id) = child_nid
-                    .filter(|_| fits)
-                    .and_then(|n| self.nodeid_of(img, n))
-                {
                     let listed = Listed {
                         parent: dir.nid,
                         at,
                         next,
                     };
-                    self.nodes.set_listed(id, listed);
-                }
+                    Child::Listed(img, e.nid, listed)
+                } else {
+                    Child::None
+                };
+                let cookie = next.saturating_add(1);
+                let ino = img.st_ino(e.nid);
+                let fits =
+                    self.push_entry(&mut out, e.name, ino, e.file_type.dtype(), cookie, child);
                 at = next;
                 fits
             });
@@ -133,9 +136,10 @@ impl Session {
     }
 
     /// Appends one entry if it fits; false when it does not (the listing
-    /// stops there). With `plus`, a decoded `child` gets full attributes
-    /// and counts a lookup; others get node id 0 (the kernel then looks the
-    /// name up itself).
+    /// stops there). With `plus`, a `child` gets full attributes and counts
+    /// a lookup (only once the entry fits); others, and children that
+    /// cannot be given, get node id 0 (the kernel then looks the name up
+    /// itself).
     pub(crate) fn push_entry(
         &self,
         out: &mut Listing,
@@ -143,7 +147,7 @@ impl Session {
         ino: u64,
         typ: u32,
         cookie: u64,
-        child: Option<Target>,
+        child: Child<'_>,
     ) -> bool {
         let (plus, cap, volatile) = (out.plus, out.cap, out.volatile);
         let out = &mut out.buf;
@@ -166,9 +170,11 @@ impl Session {
         };
         if plus {
             let entry_out = match child {
-                Some(c) => self.entry(&c, volatile).unwrap_or_default(),
-                None => EntryOut::default(),
+                Child::Held(c) => self.entry(&c, volatile).ok(),
+                Child::Listed(img, nid, listed) => self.listed_entry(img, nid, listed),
+                Child::None => None,
             };
+            let entry_out = entry_out.unwrap_or_default();
             out.extend_from_slice(Direntplus { entry_out, dirent }.as_bytes());
         } else {
             out.extend_from_slice(dirent.as_bytes());

@@ -14,6 +14,7 @@
 //! grow it past that; a lookup of a new inode beyond it is ENFILE), the
 //! handle table by a cap (`--max-handles`).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -190,6 +191,46 @@ impl NodeTable {
             },
         );
         Ok(())
+    }
+
+    /// Counts one more lookup of `nodeid`, listed at `listed`, in one visit
+    /// of its shard: a node already held keeps its target, a new one is
+    /// made of `img` and `inode`. ENFILE when it is new and the table holds
+    /// its cap of nodes. Returns the node's target.
+    pub(crate) fn add_listed(
+        &self,
+        nodeid: u64,
+        img: &Arc<ShareImage>,
+        inode: Inode,
+        listed: Listed,
+    ) -> Result<Target, i32> {
+        let mut shard = lock(self.shard(nodeid));
+        match shard.entry(nodeid) {
+            Entry::Occupied(mut o) => {
+                let node = o.get_mut();
+                node.nlookup = node.nlookup.saturating_add(1);
+                node.listed = Some(listed);
+                Ok(node.target.clone())
+            }
+            Entry::Vacant(v) => {
+                if self
+                    .held
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < self.cap).then(|| n.saturating_add(1))
+                    })
+                    .is_err()
+                {
+                    return Err(libc::ENFILE);
+                }
+                let target = Target::new(Arc::clone(img), Arc::new(inode));
+                v.insert(Node {
+                    target: target.clone(),
+                    nlookup: 1,
+                    listed: Some(listed),
+                });
+                Ok(target)
+            }
+        }
     }
 
     /// Records where a held node was listed.

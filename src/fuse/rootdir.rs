@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use super::abi::*;
-use super::dirops::Listing;
+use super::dirops::{Child, Listing};
 use super::nodes::{Handle, Target};
 use super::reply::{send, send_bytes, send_ok, Fail, OpResult};
 use super::request::Op;
@@ -205,7 +205,8 @@ impl Session {
         out.volatile = true;
         let dots: [(&[u8], u64); 2] = [(b".", AFTER_DOT), (b"..", AFTER_DOTDOT)];
         for (name, cookie) in dots {
-            if r.offset < cookie && !self.push_entry(&mut out, name, ROOT_INO, DT_DIR, cookie, None)
+            if r.offset < cookie
+                && !self.push_entry(&mut out, name, ROOT_INO, DT_DIR, cookie, Child::None)
             {
                 return send_bytes(sink, h.unique, &[&out.buf]);
             }
@@ -217,7 +218,11 @@ impl Session {
             }
             let Some(name) = img.name() else { continue };
             let ino = img.st_ino(img.root().nid);
-            let child = plus.then(|| Target::new(Arc::clone(&img), Arc::clone(img.root())));
+            let child = if plus {
+                Child::Held(Target::new(Arc::clone(&img), Arc::clone(img.root())))
+            } else {
+                Child::None
+            };
             if !self.push_entry(&mut out, name.as_bytes(), ino, DT_DIR, cookie, child) {
                 break;
             }

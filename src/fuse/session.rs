@@ -34,7 +34,7 @@ use log::warn;
 use super::abi::{self, *};
 use super::dax::{Dax, DaxCounts};
 use super::images::ShareImage;
-use super::nodes::{Handle, HandleTable, NodeTable, Target};
+use super::nodes::{Handle, HandleTable, Listed, NodeTable, Target};
 use super::outbound::Outbound;
 use super::passthrough::{OpenMode, Passthrough};
 use super::push::{Pusher, SMALL_READ};
@@ -447,9 +447,14 @@ impl Session {
             }
             id
         };
+        Ok(self.entry_out(nodeid, t, volatile))
+    }
+
+    /// The entry reply for `t` under `nodeid` (its lookup already counted).
+    pub(crate) fn entry_out(&self, nodeid: u64, t: &Target, volatile: bool) -> EntryOut {
         let (secs, nsecs) = self.timeout();
         let (entry_secs, entry_nsecs) = if volatile { (0, 0) } else { (secs, nsecs) };
-        Ok(EntryOut {
+        EntryOut {
             nodeid,
             generation: 0,
             entry_valid: entry_secs,
@@ -457,7 +462,30 @@ impl Session {
             entry_valid_nsec: entry_nsecs,
             attr_valid_nsec: nsecs,
             attr: self.attr(&t.img, &t.inode),
-        })
+        }
+    }
+
+    /// The entry reply for inode `nid` of `img` listed by READDIRPLUS at
+    /// `listed`, counting one lookup of it; `None` when it cannot be given
+    /// (the inode does not decode, the node table is full): the kernel
+    /// then looks the name up itself. In a share whose root is one image
+    /// the node is found or made in one visit of the node table.
+    pub(crate) fn listed_entry(
+        &self,
+        img: &Arc<ShareImage>,
+        nid: u64,
+        listed: Listed,
+    ) -> Option<EntryOut> {
+        let id = self.nodeid_of(img, nid)?;
+        if self.share.is_named() || id == abi::ROOT_ID {
+            let t = self.inode_of(img, nid).ok()?;
+            let out = self.entry(&t, false).ok()?;
+            self.nodes.set_listed(out.nodeid, listed);
+            return Some(out);
+        }
+        let inode = img.image().inode(nid).ok()?;
+        let t = self.nodes.add_listed(id, img, inode, listed).ok()?;
+        Some(self.entry_out(id, &t, false))
     }
 
     // -----------------------------------------------------------------
