@@ -57,6 +57,7 @@ enum Command {
 
 /// Runs the command line and maps failures to a one-line error and exit 1.
 pub fn main() -> ExitCode {
+    crate::os::proc::malloc_one_arena();
     let cli = Cli::parse();
     let r = match cli.command {
         Some(Command::Image(c)) => c.run(),
