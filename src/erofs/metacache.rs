@@ -177,9 +177,16 @@ impl MetaCache {
             });
         }
         let len = size.saturating_sub(start).min(block_size) as usize;
-        let mut v = vec![0u8; len];
-        devices.read_primary(what, start, &mut v)?;
-        let b: Arc<[u8]> = Arc::from(v);
+        // Read straight into the shared block: one allocation, no copy.
+        let mut b: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+        let buf = Arc::get_mut(&mut b).ok_or_else(|| {
+            Error::io(
+                At::Image(start),
+                len,
+                std::io::Error::other("a block just made is shared"),
+            )
+        })?;
+        devices.read_primary(what, start, buf)?;
         self.insert(blk, b.clone());
         Ok(b)
     }
