@@ -476,13 +476,18 @@ impl Session {
         nid: u64,
         listed: Listed,
     ) -> Option<EntryOut> {
-        let id = self.nodeid_of(img, nid)?;
-        if self.share.is_named() || id == abi::ROOT_ID {
+        // In a share of named images the id is handed out by the lookup
+        // counted here, and the roots are not in the node table.
+        let id = (!self.share.is_named())
+            .then(|| self.nodeid_of(img, nid))
+            .flatten()
+            .filter(|&id| id != abi::ROOT_ID);
+        let Some(id) = id else {
             let t = self.inode_of(img, nid).ok()?;
             let out = self.entry(&t, false).ok()?;
             self.nodes.set_listed(out.nodeid, listed);
             return Some(out);
-        }
+        };
         let inode = img.image().inode(nid).ok()?;
         let t = self.nodes.add_listed(id, img, inode, listed).ok()?;
         Some(self.entry_out(id, &t, false))

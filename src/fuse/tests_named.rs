@@ -290,3 +290,28 @@ fn list_root_err(fx: &mut Fx, fh: u64) -> i32 {
     };
     fx.call(READDIR, ROOT_ID, &[r.as_bytes()]).unwrap_err()
 }
+
+#[test]
+fn test_readdirplus_inside_an_image_hands_out_node_ids() {
+    let share = named_share();
+    let mut fx = ready(&share, Arc::new(RepliesOnly));
+    let a = fx.lookup(ROOT_ID, "a").unwrap();
+    let o = fx.open(a.nodeid, true).unwrap();
+    let r = ReadIn {
+        fh: o.fh,
+        offset: 0,
+        size: 4096,
+        ..Default::default()
+    };
+    let b = fx.call(READDIRPLUS, a.nodeid, &[r.as_bytes()]).unwrap();
+    let ents = parse_dirents(&b, true);
+    let (_, _, hello) = ents.iter().find(|e| e.0 == "hello").expect("hello listed");
+    // An id handed out by the listing itself, counted once.
+    assert_ne!(hello.nodeid, 0);
+    assert_eq!(fx.srv.lookup_count(hello.nodeid), 1);
+    let l = fx.lookup(a.nodeid, "hello").unwrap();
+    assert_eq!(l.nodeid, hello.nodeid);
+    assert_eq!(fx.srv.lookup_count(l.nodeid), 2);
+    let attr = getattr(&mut fx, l.nodeid).unwrap().attr;
+    assert_eq!((attr.ino, attr.size), (hello.attr.ino, hello.attr.size));
+}
