@@ -150,6 +150,10 @@ impl Source for DirectFileSource {
     fn size(&self) -> u64 {
         self.size
     }
+
+    fn uncached(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

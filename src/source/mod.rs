@@ -42,6 +42,13 @@ pub trait Source: Send + Sync + Debug {
     fn splice_fd(&self) -> Option<(RawFd, u64)> {
         None
     }
+
+    /// Whether each read goes to the device itself rather than through
+    /// the host page cache (O_DIRECT): every read is then an I/O, and
+    /// callers reading a run of blocks do better to read it at once.
+    fn uncached(&self) -> bool {
+        false
+    }
 }
 
 /// The part of `buf` that a read at `offset` of a `size`-byte source can
@@ -135,6 +142,10 @@ impl Source for Window {
     fn splice_fd(&self) -> Option<(RawFd, u64)> {
         let (fd, base) = self.inner.splice_fd()?;
         Some((fd, base.checked_add(self.start)?))
+    }
+
+    fn uncached(&self) -> bool {
+        self.inner.uncached()
     }
 }
 
