@@ -166,31 +166,7 @@ impl NodeTable {
     /// Counts one more lookup of `nodeid` (inserting it with `target`);
     /// ENFILE when it is new and the table holds its cap of nodes.
     pub(crate) fn add_lookup(&self, nodeid: u64, target: &Target) -> Result<(), i32> {
-        let mut shard = lock(self.shard(nodeid));
-        if let Some(node) = shard.get_mut(&nodeid) {
-            node.nlookup = node.nlookup.saturating_add(1);
-            return Ok(());
-        }
-        // Reserve a place first: concurrent inserts into other shards
-        // cannot both take the last one.
-        if self
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.cap).then(|| n.saturating_add(1))
-            })
-            .is_err()
-        {
-            return Err(libc::ENFILE);
-        }
-        shard.insert(
-            nodeid,
-            Node {
-                target: target.clone(),
-                nlookup: 1,
-                listed: None,
-            },
-        );
-        Ok(())
+        self.count_lookup(nodeid, || target.clone(), None).map(drop)
     }
 
     /// Counts one more lookup of `nodeid`, listed at `listed`, in one visit
@@ -204,29 +180,41 @@ impl NodeTable {
         inode: Inode,
         listed: Listed,
     ) -> Result<Target, i32> {
+        let make = || Target::new(Arc::clone(img), Arc::new(inode));
+        self.count_lookup(nodeid, make, Some(listed))
+    }
+
+    /// One more lookup of `nodeid`, made with `make` when it is new (and
+    /// the cap allows), with where it was listed if given; its target.
+    fn count_lookup(
+        &self,
+        nodeid: u64,
+        make: impl FnOnce() -> Target,
+        listed: Option<Listed>,
+    ) -> Result<Target, i32> {
         let mut shard = lock(self.shard(nodeid));
         match shard.entry(nodeid) {
             Entry::Occupied(mut o) => {
                 let node = o.get_mut();
                 node.nlookup = node.nlookup.saturating_add(1);
-                node.listed = Some(listed);
+                if listed.is_some() {
+                    node.listed = listed;
+                }
                 Ok(node.target.clone())
             }
             Entry::Vacant(v) => {
-                if self
-                    .held
+                // Reserve a place first: concurrent inserts into other
+                // shards cannot both take the last one.
+                self.held
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                         (n < self.cap).then(|| n.saturating_add(1))
                     })
-                    .is_err()
-                {
-                    return Err(libc::ENFILE);
-                }
-                let target = Target::new(Arc::clone(img), Arc::new(inode));
+                    .map_err(|_| libc::ENFILE)?;
+                let target = make();
                 v.insert(Node {
                     target: target.clone(),
                     nlookup: 1,
-                    listed: Some(listed),
+                    listed,
                 });
                 Ok(target)
             }
