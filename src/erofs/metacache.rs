@@ -246,23 +246,19 @@ impl MetaCache {
             blk.saturating_add(len.div_ceil(block_size) as u64),
             Ordering::Relaxed,
         );
-        let mut first = None;
-        for (i, chunk) in v.chunks(block_size).enumerate() {
-            let b: Arc<[u8]> = Arc::from(chunk);
-            let n = blk.saturating_add(i as u64);
-            if i == 0 {
-                first = Some(b.clone());
-            } else if self.get(n).is_some() {
-                continue;
-            }
-            self.insert(n, b);
-        }
-        first.ok_or(Error::Truncated {
+        let mut blocks = (blk..).zip(v.chunks(block_size).map(Arc::<[u8]>::from));
+        // `start` is inside the image (checked by the caller): one block at least.
+        let (_, first) = blocks.next().ok_or(Error::Truncated {
             what,
             at: At::Image(start),
             end: start.saturating_add(block_size as u64),
             size,
-        })
+        })?;
+        self.insert(blk, first.clone());
+        for (n, b) in blocks {
+            self.insert(n, b);
+        }
+        Ok(first)
     }
 
     fn shard(&self, blk: u64) -> Option<&Mutex<Shard>> {
