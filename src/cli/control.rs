@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use anyhow::Context;
 use log::{debug, info};
 
 use super::images::{ImageSpec, Plan};
@@ -304,9 +305,14 @@ pub fn api_decode_cache(total: Option<u64>) -> u64 {
 
 /// Binds `--api-socket` (before the sandbox).
 pub fn bind(path: Option<&Path>) -> anyhow::Result<Option<ApiSocket>> {
-    path.map(ApiSocket::bind)
-        .transpose()
-        .map_err(anyhow::Error::from)
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    // Absolute: a daemon that detaches changes to `/` afterwards, and
+    // removes the socket by this path when it stops.
+    let path =
+        std::path::absolute(path).with_context(|| format!("API socket path {}", path.display()))?;
+    Ok(Some(ApiSocket::bind(&path)?))
 }
 
 /// Serves a bound API socket (after the sandbox).

@@ -218,6 +218,9 @@ impl MountArgs {
         if reopens {
             hup.block().context("blocking SIGHUP")?;
         }
+        // Listening before the mount shows: a client that sees the mount
+        // may connect at once (it is answered once the API is served).
+        let api = control::bind(self.api_socket.as_deref())?;
         let mut mount = devfuse::mount(&MountConfig {
             mountpoint: mountpoint.clone(),
             fsname: "erofs-virtiofsd".into(),
@@ -233,7 +236,6 @@ impl MountArgs {
         }
         mount.open_clones(self.threads);
         mount.set_poll(Duration::from_micros(self.poll_us));
-        let api = control::bind(self.api_socket.as_deref())?;
         // Decided before the sandbox (it reads paths and the euid).
         let mut sandbox = self.sandbox.options();
         let allowed = Allowed::of(sandbox.mode, &sandbox.read_only);
