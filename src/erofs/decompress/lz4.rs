@@ -116,6 +116,64 @@ fn copy_literals(input: &[u8], ip: usize, out: &mut [u8], op: usize, n: usize) -
     Ok(())
 }
 
+/// Input bytes the fast path needs from a sequence's token on: the token,
+/// a 16-byte literal copy and the match offset fit, and a literal run of
+/// at most 14 bytes then ends more than `INPUT_MARGIN` bytes before the
+/// end of the input.
+const FAST_IN: usize = 32;
+
+/// Output room the fast path needs from a sequence's start: at most 14
+/// literals (16 bytes written) then a match of at most 18 (at most 24
+/// bytes written), which then ends more than `MF_LIMIT` bytes before the
+/// end of the output.
+const FAST_OUT: usize = 48;
+
+/// Decodes one sequence of the most common shape, a literal run of at most
+/// 14 bytes and a match of at most 18 (neither with extra length bytes),
+/// far from both ends of the block, with fixed-size copies and no rule
+/// checks: the distances from the ends make every end-of-block rule hold.
+/// Returns the input and output positions after it, or `None` (nothing
+/// decided) when the sequence is of another shape, too near an end, or
+/// invalid: the general loop then decodes it, and reports any error.
+#[inline(always)]
+fn fast_sequence(input: &[u8], ip: usize, out: &mut [u8], op: usize) -> Option<(usize, usize)> {
+    let window: &[u8; FAST_IN] = input.get(ip..ip.checked_add(FAST_IN)?)?.try_into().ok()?;
+    if out.len().checked_sub(op)? < FAST_OUT {
+        return None;
+    }
+    let [token, ..] = *window;
+    let lit = usize::from(token >> 4);
+    let code = usize::from(token & 15);
+    if lit == 15 || code == 15 {
+        return None;
+    }
+    // Literals: 16 bytes, the ones past the run overwritten by the match.
+    let src: &[u8; 16] = window.get(1..17)?.try_into().ok()?;
+    out.get_mut(op..op.wrapping_add(16))?.copy_from_slice(src);
+    let op = op.wrapping_add(lit);
+    let at = lit.wrapping_add(1);
+    let offset = match window.get(at..at.wrapping_add(2))? {
+        &[lo, hi] => usize::from(u16::from_le_bytes([lo, hi])),
+        _ => return None,
+    };
+    if offset == 0 || offset > op {
+        return None;
+    }
+    let len = code.wrapping_add(MIN_MATCH);
+    let src = op.wrapping_sub(offset);
+    if offset >= 16 && len <= 16 {
+        // Every byte read is final: the 16 bytes end at or before `op`.
+        out.copy_within(src..src.wrapping_add(16), op);
+    } else if offset >= 18 {
+        out.copy_within(src..src.wrapping_add(18), op);
+    } else if offset >= 8 {
+        copy_chunks::<8>(out, src, op, len);
+    } else {
+        copy_match(out, op, offset, len);
+    }
+    Some((ip.wrapping_add(at).wrapping_add(2), op.wrapping_add(len)))
+}
+
 /// Decodes the LZ4 block `input` into `output`.
 ///
 /// `exact`: `LZ4_decompress_safe` rules — the block must end exactly at the
@@ -130,13 +188,15 @@ fn copy_literals(input: &[u8], ip: usize, out: &mut [u8], op: usize, n: usize) -
 pub(super) fn decompress(input: &[u8], output: &mut [u8], exact: bool) -> Result<()> {
     // One loop per rule set: the hot loop then tests no flag.
     if exact {
-        decode::<true>(input, output)
+        decode::<true, true>(input, output)
     } else {
-        decode::<false>(input, output)
+        decode::<false, true>(input, output)
     }
 }
 
-fn decode<const EXACT: bool>(input: &[u8], output: &mut [u8]) -> Result<()> {
+/// The decoder; `FAST`: common sequences take [`fast_sequence`] (off only
+/// in tests, which check that both ways decide every block alike).
+fn decode<const EXACT: bool, const FAST: bool>(input: &[u8], output: &mut [u8]) -> Result<()> {
     let exact = EXACT;
     let in_len = input.len();
     let out_len = output.len();
@@ -150,6 +210,9 @@ fn decode<const EXACT: bool>(input: &[u8], output: &mut [u8]) -> Result<()> {
         };
     }
     loop {
+        while let Some((i, o)) = FAST.then(|| fast_sequence(input, ip, output, op)).flatten() {
+            (ip, op) = (i, o);
+        }
         if !exact && op >= out_len {
             return Ok(());
         }
@@ -411,6 +474,73 @@ mod tests {
         let mut out = vec![0u8; want.len()];
         decompress(&block, &mut out, true).unwrap();
         assert_eq!(out, want);
+    }
+
+    /// Decodes `block` into `n` bytes both ways (with and without the fast
+    /// path) under both rule sets; the two must agree: both fail, or both
+    /// succeed with the same bytes.
+    fn both_ways_agree(block: &[u8], n: usize, what: &str) -> usize {
+        let mut decoded = 0;
+        for exact in [true, false] {
+            let (mut fast, mut slow) = (vec![0xa5u8; n], vec![0x5au8; n]);
+            let (f, s) = if exact {
+                (
+                    decode::<true, true>(block, &mut fast),
+                    decode::<true, false>(block, &mut slow),
+                )
+            } else {
+                (
+                    decode::<false, true>(block, &mut fast),
+                    decode::<false, false>(block, &mut slow),
+                )
+            };
+            assert_eq!(
+                f.is_ok(),
+                s.is_ok(),
+                "{what}, exact {exact}: {f:?} vs {s:?}"
+            );
+            if f.is_ok() {
+                assert!(fast == slow, "{what}, exact {exact}: outputs differ");
+                decoded += 1;
+            }
+        }
+        decoded
+    }
+
+    #[test]
+    fn test_lz4_fast_path_decides_like_the_general_loop() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut valid, mut corrupt_ok) = (0, 0);
+        for (k, data) in shapes().into_iter().enumerate() {
+            let block = lz4_flex::block::compress(&data);
+            valid += both_ways_agree(&block, data.len(), &format!("shape {k}"));
+            if block.is_empty() {
+                continue;
+            }
+            // Corrupted copies: flipped bytes (tokens, offsets, lengths
+            // and literals alike), then wrong output sizes.
+            for trial in 0..24 {
+                let mut bad = block.clone();
+                for _ in 0..1 + trial % 3 {
+                    let at = (rnd() % bad.len() as u64) as usize;
+                    bad[at] ^= 1 << (rnd() % 8);
+                }
+                corrupt_ok +=
+                    both_ways_agree(&bad, data.len(), &format!("shape {k} trial {trial}"));
+            }
+            for n in [data.len().saturating_sub(1), data.len() + 1, data.len() / 2] {
+                both_ways_agree(&block, n, &format!("shape {k} into {n}"));
+            }
+        }
+        // Both kinds of outcome were exercised.
+        assert!(valid > 500, "{valid} valid decodes");
+        assert!(corrupt_ok > 0, "no corrupt block decoded");
     }
 
     #[test]
