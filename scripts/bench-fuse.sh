@@ -155,13 +155,7 @@ wait_mounted() {
 # File-backed kernel mount: mount(2) with the image file as the source
 # (Linux 6.12+), as util-linux 2.38 `mount` would set up a loop device.
 kernel_mount() {
-  "$PY" - "$1" "$2" <<'PY' 2>>"$log/kernel-mount.log"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-MS_RDONLY = 1
-if libc.mount(sys.argv[1].encode(), sys.argv[2].encode(), b"erofs", MS_RDONLY, None) != 0:
-    sys.exit("mount(2) %s: %s" % (sys.argv[1], os.strerror(ctypes.get_errno())))
-PY
+  "$PY" "$repo/scripts/mount-erofs-file.py" "$1" "$2" 2>>"$log/kernel-mount.log"
 }
 
 kernel_loop=0

@@ -37,6 +37,7 @@ OURS=${OURS:-target/release/erofs-virtiofsd}
 OURS_ARGS=${OURS_ARGS:-}
 W=${BENCH_DIR:-target/bench-mutants}
 PY=/usr/bin/python3
+kmount=$PWD/scripts/mount-erofs-file.py
 
 [ "$(id -u)" = 0 ] || { echo "bench-mutants.sh: mounts filesystems; run as root" >&2; exit 1; }
 [ -x "$OURS" ] || { echo "bench-mutants.sh: $OURS missing (cargo build --release)" >&2; exit 1; }
@@ -161,12 +162,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 walk_kernel() {
   local mnt=$W/mnt/kernel
   mkdir -p "$mnt"
-  "$PY" - "$1" "$mnt" <<'PY'
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.mount(sys.argv[1].encode(), sys.argv[2].encode(), b"erofs", 1, None) != 0:
-    sys.exit("mount(2) %s: %s" % (sys.argv[1], os.strerror(ctypes.get_errno())))
-PY
+  "$PY" "$kmount" "$1" "$mnt"
   "$PY" "$walker" "$mnt"
   umount "$mnt"
 }

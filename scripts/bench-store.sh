@@ -30,6 +30,7 @@ OURS=${OURS:-target/release/erofs-virtiofsd}
 MKFS=${MKFS:-target/sid/bin/mkfs.erofs}
 BENCH_DIR=${BENCH_DIR:-target/bench-store}
 PY=/usr/bin/python3
+kmount=$PWD/scripts/mount-erofs-file.py
 [ "$(id -u)" = 0 ] || { echo "bench-store.sh: run as root" >&2; exit 1; }
 "$MKFS" --version | grep -q ' 1\.9' || { echo "need mkfs.erofs 1.9 at $MKFS" >&2; exit 1; }
 mkdir -p "$BENCH_DIR"
@@ -48,12 +49,7 @@ clear_store() {
 trap 'for m in "$B"/mnt-*; do umount "$m" 2>/dev/null || true; done; clear_store || true' EXIT
 
 kernel_mount() {
-  "$PY" - "$1" "$2" <<'PY'
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.mount(sys.argv[1].encode(), sys.argv[2].encode(), b"erofs", 1, None) != 0:
-    sys.exit("mount(2) %s: %s" % (sys.argv[1], os.strerror(ctypes.get_errno())))
-PY
+  "$PY" "$kmount" "$1" "$2"
 }
 wait_mounted() {
   local deadline=$((SECONDS + 30))

@@ -29,6 +29,7 @@ rounds=$2
 shift 2
 OURS=${OURS:-target/release/erofs-virtiofsd}
 OURS=$(realpath "$OURS")
+kmount=$PWD/scripts/mount-erofs-file.py
 mnt=$(mktemp -d /tmp/bench-walk.XXXXXX)
 params=/sys/module/fuse/parameters
 saved_wake=$(cat "$params/wake_here" 2>/dev/null || true)
@@ -51,12 +52,7 @@ set_param() { # NAME VALUE
 }
 
 kernel_mount() {
-  python3 - "$img" "$mnt" <<'EOF'
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.mount(sys.argv[1].encode(), sys.argv[2].encode(), b"erofs", 1, None) != 0:
-    sys.exit("mount(2): " + os.strerror(ctypes.get_errno()))
-EOF
+  python3 "$kmount" "$img" "$mnt"
 }
 
 # walk VARIANT: prints the walk's seconds.
