@@ -124,8 +124,8 @@ const FAST_IN: usize = 32;
 
 /// Output room the fast path needs from a sequence's start: at most 14
 /// literals (16 bytes written) then a match of at most 18 (at most 24
-/// bytes written), which then ends more than `MF_LIMIT` bytes before the
-/// end of the output.
+/// bytes written by [`copy_match`]'s 8-byte steps), which then ends more
+/// than `MF_LIMIT` bytes before the end of the output.
 const FAST_OUT: usize = 48;
 
 /// Decodes one sequence of the most common shape, a literal run of at most
@@ -161,13 +161,9 @@ fn fast_sequence(input: &[u8], ip: usize, out: &mut [u8], op: usize) -> Option<(
     }
     let len = code.wrapping_add(MIN_MATCH);
     let src = op.wrapping_sub(offset);
-    if offset >= 16 && len <= 16 {
-        // Every byte read is final: the 16 bytes end at or before `op`.
-        out.copy_within(src..src.wrapping_add(16), op);
-    } else if offset >= 18 {
+    if offset >= 18 {
+        // Every byte read is final: the 18 bytes end at or before `op`.
         out.copy_within(src..src.wrapping_add(18), op);
-    } else if offset >= 8 {
-        copy_chunks::<8>(out, src, op, len);
     } else {
         copy_match(out, op, offset, len);
     }
