@@ -408,7 +408,7 @@ fn test_uncached_source_reads_metadata_in_runs() {
         let (direct, direct_reads) = walk(true);
         eprintln!("{name}: {buffered_reads} reads buffered, {direct_reads} uncached");
         assert_eq!(buffered, direct, "{name}: the walks differ");
-        // Both fixtures here read 49-59% as often (a third more would
+        // The three fixtures here read 49-59% as often (a third more would
         // still show the runs; the same count would not).
         assert!(
             direct_reads * 3 <= buffered_reads * 2,
