@@ -3,9 +3,10 @@
 # busybox initramfs that mounts a virtio-fs share and runs a command on it
 # (see guest/init). Run as root on Debian 12.
 #
-#   vm-images/build.sh [--with-fio] [--refresh] [OUTDIR]
+#   vm-images/build.sh [--with-fio] [--refresh] [--suite SUITE] [OUTDIR]
 #
-# OUTDIR (default vm-images/out, git-ignored) receives everything:
+# OUTDIR (default $EVFS_OUT, else vm-images/out, or vm-images/out-SUITE with
+# --suite; git-ignored) receives everything:
 #   vmlinuz          the kernel (from linux-image-*-cloud-amd64, apt-get download)
 #   initrd.img       busybox-static, virtio-fs modules, /init, evfs-walk,
 #                    evfs-bench, getfattr
@@ -16,23 +17,33 @@
 #
 # Idempotent and cached: a rerun with everything in place only checks stamps.
 # --refresh re-resolves the kernel package (to pick up a newer Debian kernel).
+# --suite SUITE (or $EVFS_KERNEL_SUITE) takes the cloud kernel of another
+# Debian suite (trixie, sid, ...) through a private apt state in
+# OUTDIR/apt (nothing is installed): a newer guest kernel speaks newer FUSE.
+# Give each suite its own OUTDIR.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 with_fio=${EVFS_WITH_FIO:-0}
 refresh=0
+suite=${EVFS_KERNEL_SUITE:-}
 out=""
 while [ $# -gt 0 ]; do
   case $1 in
     --with-fio) with_fio=1 ;;
     --refresh) refresh=1 ;;
+    --suite)
+      [ $# -ge 2 ] || { echo "build.sh: --suite needs a suite name" >&2; exit 2; }
+      suite=$2
+      shift
+      ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "build.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1 ;;
   esac
   shift
 done
-out=${out:-$here/out}
+out=${out:-${EVFS_OUT:-$here/out${suite:+-$suite}}}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -70,14 +81,38 @@ ensure_packages "${pkgs[@]}"
 
 # --- kernel ------------------------------------------------------------------
 # The versioned package (e.g. linux-image-6.1.0-56-cloud-amd64) is what the
-# metapackage linux-image-cloud-amd64 depends on.
+# metapackage linux-image-cloud-amd64 depends on; from the host's apt
+# sources, or with --suite from that suite's (a private apt state).
+kapt=()
+kapt_update() { apt_update_once; }
+if [ -n "$suite" ]; then
+  case $suite in
+    *[!a-z0-9-]*) echo "build.sh: bad suite name $suite" >&2; exit 2 ;;
+  esac
+  st=$out/apt
+  kapt=(-o "Dir::Etc::sourcelist=$st/sources.list" -o "Dir::Etc::sourceparts=$st/empty.d"
+    -o "Dir::Etc::preferences=$st/preferences" -o "Dir::Etc::preferencesparts=$st/empty.d"
+    -o "Dir::State=$st/state" -o "Dir::State::lists=$st/lists" -o "Dir::State::status=$st/status"
+    -o "Dir::Cache=$st/cache" -o "APT::Architecture=amd64" -o "APT::Architectures::=amd64"
+    -o "APT::Sandbox::User=root" -o "Acquire::Languages=none")
+  kapt_update() {
+    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    [ -f "$keyring" ] || ensure_packages debian-archive-keyring
+    mkdir -p "$st/state" "$st/lists/partial" "$st/cache/archives/partial" "$st/empty.d"
+    : >"$st/status"
+    : >"$st/preferences"
+    echo "deb [signed-by=$keyring] ${EVFS_DEBIAN_MIRROR:-http://deb.debian.org/debian} $suite main" >"$st/sources.list"
+    log "apt-get update ($suite, private state in $st)"
+    apt-get "${kapt[@]}" update -qq >/dev/null
+  }
+fi
 kdir=$out/kernel
-if [ "$refresh" = 1 ] || [ ! -f "$kdir/.done" ]; then
-  apt_update_once
-  kpkg=$(apt-cache depends linux-image-cloud-amd64 |
+if [ "$refresh" = 1 ] || [ ! -f "$kdir/.done" ] || [ "$(cat "$out/kernel-suite" 2>/dev/null)" != "${suite:-host}" ]; then
+  kapt_update
+  kpkg=$(apt-cache "${kapt[@]}" depends linux-image-cloud-amd64 |
     awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
   if [ -z "$kpkg" ]; then
-    echo "build.sh: cannot resolve linux-image-cloud-amd64's kernel package" >&2
+    echo "build.sh: cannot resolve linux-image-cloud-amd64's kernel package${suite:+ in $suite}" >&2
     exit 1
   fi
   kver=${kpkg#linux-image-}
@@ -88,19 +123,38 @@ if [ "$refresh" = 1 ] || [ ! -f "$kdir/.done" ]; then
     rm -rf "$out/debs" "$kdir"
     mkdir -p "$out/debs" "$kdir/root"
     # As root apt warns that its _apt user cannot write here; download as root.
-    (cd "$out/debs" && apt-get download -q -o APT::Sandbox::User=root "$kpkg" >/dev/null)
-    dpkg-deb -x "$out"/debs/"$kpkg"_*.deb "$kdir/root"
+    # Newer Debian kernels split the image package: the kernel in
+    # linux-binary-VERSION, its modules in linux-modules-VERSION, its config
+    # and modules.builtin in linux-base-VERSION, all in /usr/lib/modules.
+    kparts=$(apt-cache "${kapt[@]}" depends "$kpkg" |
+      awk -v v="$kver" '$1 == "Depends:" && ($2 == "linux-binary-" v || $2 == "linux-modules-" v || $2 == "linux-base-" v) { print $2 }' | sort -u)
+    # shellcheck disable=SC2086 # kparts: package names, one per word
+    (cd "$out/debs" && apt-get download -q -o APT::Sandbox::User=root "${kapt[@]}" "$kpkg" $kparts >/dev/null)
+    for deb in "$out"/debs/*.deb; do
+      dpkg-deb -x "$deb" "$kdir/root"
+    done
+    # Newer packages keep their modules in /usr/lib/modules (merged /usr).
+    if [ ! -d "$kdir/root/lib/modules" ] && [ -d "$kdir/root/usr/lib/modules" ]; then
+      mkdir -p "$kdir/root/lib"
+      ln -s ../usr/lib/modules "$kdir/root/lib/modules"
+    fi
     # The package ships no modules.dep (its postinst runs depmod): make one.
     depmod -b "$kdir/root" "$kver"
-    cp "$kdir/root/boot/vmlinuz-$kver" "$out/vmlinuz"
+    if [ -f "$kdir/root/boot/vmlinuz-$kver" ]; then
+      cp "$kdir/root/boot/vmlinuz-$kver" "$out/vmlinuz"
+    else
+      cp "$kdir/root/lib/modules/$kver/vmlinuz" "$out/vmlinuz"
+    fi
     echo "$kver" >"$out/kernel-version"
     touch "$kdir/.done"
   fi
+  echo "${suite:-host}" >"$out/kernel-suite"
 fi
 kver=$(cat "$out/kernel-version")
 kroot=$kdir/root
 moddir=$kroot/lib/modules/$kver
 kconfig=$kroot/boot/config-$kver
+[ -f "$kconfig" ] || kconfig=$moddir/config
 
 # --- stamp: rebuild the initramfs only when an input changed ------------------
 # Inputs: this script, the guest files, the kernel, the host packages copied in.

@@ -20,7 +20,8 @@
 #                           line (sets cmd=b64; keep it under ~1 KiB)
 #       --timeout SECS      kill QEMU after SECS (default 600) [$EVFS_TIMEOUT]
 #       --log FILE          full console log                       [$EVFS_LOG]
-#       --out DIR           build.sh's output dir (default vm-images/out)
+#       --out DIR           build.sh's output dir (default vm-images/out, or
+#                           vm-images/out-SUITE with $EVFS_KERNEL_SUITE) [$EVFS_OUT]
 #       --initrd NAME       initrd (default) or initrd-fio (build.sh --with-fio)
 #       --mem MIB           guest RAM (default 512)
 #       --append ARGS       more kernel command line
@@ -49,7 +50,7 @@ script=""
 script_file=""
 timeout=${EVFS_TIMEOUT:-600}
 log=${EVFS_LOG:-}
-out=${EVFS_OUT:-$here/out}
+out=${EVFS_OUT:-$here/out${EVFS_KERNEL_SUITE:+-$EVFS_KERNEL_SUITE}}
 initrd=initrd
 mem=512
 append=""
