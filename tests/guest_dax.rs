@@ -273,9 +273,10 @@ fn test_guest_dax_walk_plain_lz4_zstd_fragments() {
 }
 
 /// An image with fingerprints (mkfs.erofs 1.9 `--xattr-inode-digest`) of
-/// a tree with one file, in `work`: the image, the file's path and its
-/// SHA-256.
-fn target_image(work: &Path) -> (PathBuf, &'static str, String) {
+/// a tree with one file, in `work`: the image, the file's path, its
+/// SHA-256, and the SHA-256 of its bytes with the first four made `ABCD`
+/// (what the writer guest writes through its window).
+fn target_image(work: &Path) -> (PathBuf, &'static str, String, String) {
     let out = Command::new(repo().join("scripts/sid-tools.sh"))
         .args(["--quiet", "erofs"])
         .output()
@@ -310,11 +311,15 @@ fn target_image(work: &Path) -> (PathBuf, &'static str, String) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sha = Sha256::digest(&data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    (image, path, sha)
+    let hex = |d: &[u8]| -> String {
+        Sha256::digest(d)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let mut written = data.clone();
+    written[..4].copy_from_slice(b"ABCD");
+    (image, path, hex(&data), hex(&written))
 }
 
 #[test]
@@ -324,7 +329,7 @@ fn test_guest_dax_write_through_window() {
         .prefix("evfs-dax-")
         .tempdir()
         .unwrap();
-    let (image, path, sha) = target_image(work.path());
+    let (image, path, sha, sha_written) = target_image(work.path());
     let store = tempfile::Builder::new()
         .prefix("evfs-dax-store-")
         .tempdir_in(common::dax::store_base())
@@ -387,11 +392,24 @@ fn test_guest_dax_write_through_window() {
     };
     assert_eq!(line("before="), sha, "{out}");
     assert_eq!(line("mapped="), "ABCD", "the guest sees its own write");
-    assert_eq!(line("after="), sha, "the true content once mapped again");
+    // Whether drop_caches unmaps the file is the guest kernel's choice:
+    // 6.1 evicts the inode and so removes its mapping, and the next read
+    // maps the range again, which the daemon must find changed; 7.x keeps
+    // an inode with DAX entries (not shrinkable), mapping and all, so the
+    // guest still sees its own write and the next mapping is the second
+    // guest's below.
+    let after = line("after=");
     let c = d.dax_counts(1);
-    assert_eq!(c.replaced, 1, "{c:?}");
+    let kept = after != sha;
+    if kept {
+        assert_eq!(after, sha_written, "neither the true content nor the write");
+        assert_eq!((c.setups, c.replaced), (1, 0), "{c:?}");
+        assert!(c.shared >= 1, "the store's mapped copy: {c:?}");
+    } else {
+        assert_eq!(c.replaced, 1, "{c:?}");
+        assert!(c.shared >= 2, "the store's mapped copies: {c:?}");
+    }
     assert_eq!(c.file_reads, 0, "{c:?}");
-    assert!(c.shared >= 2, "the store's mapped copies: {c:?}");
 
     // A second guest of the same domain (the same daemon), and one of
     // another domain (a daemon of its own), read the true content.
@@ -400,7 +418,8 @@ fn test_guest_dax_write_through_window() {
     let out = boot(qemu, &sock, work.path(), &r, &d);
     assert!(out.contains(&format!("after={sha}")), "{out}");
     let c = d.dax_counts(2);
-    assert_eq!(c.replaced, 0, "{c:?}");
+    // The write the first guest left mapped is found at this mapping.
+    assert_eq!(c.replaced, u64::from(kept), "{c:?}");
     assert!(c.shared >= 1, "{c:?}");
     let sock_b = work.path().join("b.sock");
     let mut other = Daemon::start(&args("tenant-b"), &sock_b, &work.path().join("b.log"));
