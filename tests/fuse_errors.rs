@@ -10,9 +10,9 @@
 //!   1.9: looked up inside the image at its unified address, past its
 //!   end). The fixture with the blob appended at its unified address
 //!   ("flat") reads like the kernel's mount without `--device`.
-//! - `test_fuse_undecodable_extent_is_eio_with_inode_and_offset`: a freshly
-//!   built lz4 image with one pcluster overwritten: reading that file is
-//!   EIO, logged with the nid, the file bytes and the pcluster's image
+//! - `test_fuse_undecodable_extent_is_euclean_with_inode_and_offset`: a
+//!   freshly built lz4 image with one pcluster overwritten: reading that
+//!   file is EUCLEAN (as from the kernel's mount), logged with the nid, the file bytes and the pcluster's image
 //!   byte; the other file still reads and the daemon stays up.
 //!
 //! Needs root and /dev/fuse, Debian's mkfs.erofs and the shared fixtures
@@ -34,6 +34,7 @@ use common::mkfs::{mkfs_compressed, FIXED_UUID};
 use common::trees::{image_dir, scratch_dir};
 use common::{
     assert_kernel_erofs, assert_manifests_eq, fixture_image, load_expected, mkfs, walk_manifest,
+    KernelMount,
 };
 
 /// Text lines of `len` bytes (compressible, different per `seed`).
@@ -166,7 +167,7 @@ fn test_fuse_device_not_given_is_enodev() {
 }
 
 #[test]
-fn test_fuse_undecodable_extent_is_eio_with_inode_and_offset() {
+fn test_fuse_undecodable_extent_is_euclean_with_inode_and_offset() {
     assert_kernel_erofs();
     let tree = scratch_dir("erofs-eio-tree-");
     let files = small_tree(tree.path());
@@ -199,7 +200,7 @@ fn test_fuse_undecodable_extent_is_eio_with_inode_and_offset() {
     let mut mount = FuseMount::new(&image, &[], &["--cache", "never"]);
     for _ in 0..2 {
         let err = fs::read(on(&mount, "big.txt")).expect_err("the damaged pcluster");
-        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert_eq!(err.raw_os_error(), Some(libc::EUCLEAN), "{err}");
     }
     assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
     let other = files
@@ -220,4 +221,147 @@ fn test_fuse_undecodable_extent_is_eio_with_inode_and_offset() {
         "no log line with {want:?}: {log}"
     );
     mount.finish("undecodable extent");
+}
+
+/// What one operation on a path gives: "ok" or the errno's number.
+fn outcome(r: std::io::Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e
+            .raw_os_error()
+            .map_or_else(|| e.to_string(), |n| n.to_string()),
+    }
+}
+
+/// getxattr (with `name`) or listxattr of `path`, not following symlinks.
+fn xattr_op(path: &Path, name: Option<&str>) -> std::io::Result<()> {
+    match name {
+        Some(n) => xattr::get(path, n).map(drop),
+        None => xattr::list(path).map(|l| l.for_each(drop)),
+    }
+}
+
+/// Every operation of the corrupt-metadata test on a mount at `root`.
+fn metadata_outcomes(root: &Path) -> Vec<(&'static str, String)> {
+    let p = |rel: &str| root.join(rel);
+    vec![
+        ("stat f", outcome(fs::symlink_metadata(p("f")).map(drop))),
+        ("read f", outcome(fs::read(p("f")).map(drop))),
+        ("getxattr x", outcome(xattr_op(&p("x"), Some("user.a")))),
+        ("listxattr x", outcome(xattr_op(&p("x"), None))),
+        (
+            "readdir d",
+            outcome(fs::read_dir(p("d")).and_then(|rd| rd.map(|e| e.map(drop)).collect())),
+        ),
+        ("read big", outcome(fs::read(p("big")).map(drop))),
+        ("read other", outcome(fs::read(p("other")).map(drop))),
+    ]
+}
+
+/// Damaged metadata and data, one fault per image (a file's inode type,
+/// an xattr entry's name length, a directory's first dirent, a compressed
+/// file's index and its pcluster): each operation gives our mount the
+/// errno it gives the kernel's mount of the same bytes (EUCLEAN, the
+/// kernel's EFSCORRUPTED, for all of these), the undamaged file reads,
+/// and the daemon stays up.
+#[test]
+fn test_fuse_corrupt_metadata_errno_matches_the_kernel() {
+    assert_kernel_erofs();
+    let scratch = scratch_dir("erofs-fuse-errno-");
+    let tree = scratch.path().join("tree");
+    fs::create_dir_all(tree.join("d")).expect("mkdir");
+    fs::write(tree.join("f"), b"hello\n").expect("write");
+    fs::write(tree.join("x"), b"xattrs\n").expect("write");
+    xattr::set(tree.join("x"), "user.a", b"b").expect("setxattr");
+    for i in 0..50 {
+        fs::write(tree.join(format!("d/file_{i}")), format!("{i}\n")).expect("write");
+    }
+    fs::write(tree.join("big"), text(300 << 10, 3)).expect("write");
+    fs::write(tree.join("other"), text(64 << 10, 4)).expect("write");
+    // No superblock checksum: the inodes sit in the superblock's block,
+    // and a damaged inode must not turn into a refused mount.
+    let pristine = common::mkfs::mkfs_19(
+        &tree,
+        &scratch.path().join("pristine.erofs"),
+        &["-zlz4hc", "-T0", "-Enosbcrc"],
+    );
+    let img = open_image(&pristine);
+    let at = |path: &str| {
+        let i = inode_at(&img, path);
+        assert!(!i.loc.in_metabox, "{path}");
+        (i.loc.pos as usize, i.inode_isize as usize, i)
+    };
+    let (f, _, _) = at("f");
+    let (x, x_core, x_inode) = at("x");
+    assert!(x_inode.xattr_isize > 12, "no inline xattr on /x");
+    let (d, d_core, d_inode) = at("d");
+    assert_eq!(d_inode.layout, 2, "/d is not inline");
+    let (big, big_core, big_inode) = at("big");
+    assert!(big_inode.is_compressed(), "/big is not compressed");
+    let ext = ZMap::new(&img, &big_inode)
+        .and_then(|z| z.map(0))
+        .expect("map");
+    let ZKind::Encoded {
+        pa,
+        inline: false,
+        plen,
+        ..
+    } = ext.kind
+    else {
+        panic!("/big does not start with its own pcluster: {ext:?}");
+    };
+    let big_xattrs = big_inode.xattr_isize as usize;
+    let d_xattrs = d_inode.xattr_isize as usize;
+    drop(img);
+    let bytes = fs::read(&pristine).expect("read image");
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "inode type",
+            Box::new(move |b| b[f + 4..f + 6].copy_from_slice(&0o070644u16.to_le_bytes())),
+        ),
+        (
+            // The first entry after the 12-byte inline xattr header.
+            "xattr name length",
+            Box::new(move |b| b[x + x_core + 12] = 250),
+        ),
+        (
+            "first dirent's name offset",
+            Box::new(move |b| {
+                let p = d + d_core + d_xattrs + 8;
+                b[p..p + 2].copy_from_slice(&0xfff0u16.to_le_bytes());
+            }),
+        ),
+        (
+            "compressed index",
+            Box::new(move |b| {
+                let p = big + big_core + big_xattrs;
+                b[p..p + 64].fill(0xff);
+            }),
+        ),
+        (
+            "pcluster",
+            Box::new(move |b| b[pa as usize..(pa + plen) as usize].fill(0xff)),
+        ),
+    ];
+    let image = scratch.path().join("corrupt.erofs");
+    for (what, mutate) in &cases {
+        let mut b = bytes.clone();
+        mutate(&mut b);
+        fs::write(&image, &b).expect("write corrupt image");
+        let kernel = {
+            let k = KernelMount::new(&image, &[]);
+            metadata_outcomes(k.path())
+        };
+        let mut mount = FuseMount::new(&image, &[], &[]);
+        let ours = metadata_outcomes(mount.path());
+        assert_eq!(ours, kernel, "{what}: ours (left) vs the kernel");
+        let failed: Vec<_> = ours.iter().filter(|(_, o)| o != "ok").collect();
+        assert!(!failed.is_empty(), "{what}: the damage did not show");
+        for (op, o) in &failed {
+            assert_eq!(*o, libc::EUCLEAN.to_string(), "{what}: {op}");
+        }
+        assert_eq!(ours.last().map(|(_, o)| o.as_str()), Some("ok"), "{what}");
+        assert!(mount.alive(), "{what}: the daemon died: {}", mount.stderr_text());
+    }
 }

@@ -9,8 +9,9 @@
 //!   device, at a byte offset) through both mounts: equal manifests, equal
 //!   st_ino/st_blocks/st_blksize, the same POSIX ACL decisions for other
 //!   users, and SEEK_DATA/SEEK_HOLE from the image's real holes.
-//! - `test_fuse_corrupt_*`: a damaged pcluster and a damaged inode give EIO
-//!   for those files only; the daemon stays up and the rest reads fine.
+//! - `test_fuse_corrupt_*`: a damaged pcluster and a damaged inode give
+//!   EUCLEAN for those files only, as the kernel's mount of the same bytes
+//!   does; the daemon stays up and the rest reads fine.
 //! - `test_fuse_lifecycle_*` / `test_fuse_mount_errors`: SIGTERM/SIGINT and
 //!   `umount` end the daemon cleanly, the background mode returns with the
 //!   mount usable, and bad setups fail with a clear message before mounting.
@@ -360,7 +361,8 @@ fn test_fuse_matches_kernel_mkfs15_chunked_blobdev_and_lz4hc() {
 }
 
 // ---------------------------------------------------------------------------
-// (3) A corrupt image: EIO for the damaged files only.
+// (3) A corrupt image: EUCLEAN (the kernel's EFSCORRUPTED) for the damaged
+// files only.
 
 /// Files to damage in a compressed image.
 struct Victims {
@@ -441,7 +443,7 @@ fn test_fuse_corrupt_image_fails_only_damaged_files() {
         let err = fs::read(&zfile).expect_err("reading the damaged pcluster");
         assert_eq!(
             err.raw_os_error(),
-            Some(libc::EIO),
+            Some(libc::EUCLEAN),
             "{}: {err}",
             zfile.display()
         );
@@ -449,10 +451,19 @@ fn test_fuse_corrupt_image_fails_only_damaged_files() {
         let err = fs::symlink_metadata(&ifile).expect_err("stat of the damaged inode");
         assert_eq!(
             err.raw_os_error(),
-            Some(libc::EIO),
+            Some(libc::EUCLEAN),
             "{}: {err}",
             ifile.display()
         );
+    }
+    // The kernel's mount of the same bytes says the same.
+    {
+        let k = KernelMount::new(&image, &[]);
+        let kon = |p: &[u8]| k.path().join(OsStr::from_bytes(&p[1..]));
+        let err = fs::read(kon(&zpath)).expect_err("kernel: the damaged pcluster");
+        assert_eq!(err.raw_os_error(), Some(libc::EUCLEAN), "kernel: {err}");
+        let err = fs::symlink_metadata(kon(&ipath)).expect_err("kernel: the damaged inode");
+        assert_eq!(err.raw_os_error(), Some(libc::EUCLEAN), "kernel: {err}");
     }
     assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
     let ours = walk_manifest_skipping(mount.path(), &[&zpath, &ipath]);

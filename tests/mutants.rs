@@ -7,13 +7,13 @@
 //! megabyte once per file to fail again (minutes for a few thousand files
 //! where the kernel takes seconds). These tests check, without timing:
 //!
-//! - `test_packed_mutant_reads_whole_or_eio_and_decodes_each_pcluster_once`
-//!   (library): every file reads bit-exactly, or fails with EIO, or (when
-//!   its bytes are in a mutated pcluster of a format without a checksum)
-//!   reads to its full length; the outcome is the same on a second pass; and
+//! - `test_packed_mutant_reads_whole_or_euclean_and_decodes_each_pcluster_once`
+//!   (library): every file reads bit-exactly, or fails with EUCLEAN (the
+//!   kernel's EFSCORRUPTED), or (when its bytes are in a mutated pcluster
+//!   of a format without a checksum) reads to its full length; the outcome is the same on a second pass; and
 //!   the mutated pclusters are read from the source at most twice each over
 //!   both passes of every file (a counting source), not once per file;
-//! - `test_fuse_packed_mutant_reads_whole_or_eio_daemon_alive`: the same
+//! - `test_fuse_packed_mutant_reads_whole_or_euclean_daemon_alive`: the same
 //!   rule through our FUSE daemon, which stays up.
 //!
 //! The time figures (our walk against the kernel's on such mutants) come
@@ -224,7 +224,7 @@ fn mutate(bytes: &mut [u8], pclusters: &[Pcluster]) {
 }
 
 #[test]
-fn test_packed_mutant_reads_whole_or_eio_and_decodes_each_pcluster_once() {
+fn test_packed_mutant_reads_whole_or_euclean_and_decodes_each_pcluster_once() {
     let tree = scratch_dir("mutant-tree");
     build_tree(tree.path());
     let dir = image_dir("mutant-img");
@@ -268,7 +268,7 @@ fn test_packed_mutant_reads_whole_or_eio_and_decodes_each_pcluster_once() {
             for (p, (ino, frag)) in &listing {
                 let shown = String::from_utf8_lossy(p);
                 let got = read_all(&img, ino);
-                // Assert: whole or EIO, the same both times.
+                // Assert: whole or EUCLEAN, the same both times.
                 match &got {
                     Ok(data) if data == &want[p] => {}
                     Ok(data) => {
@@ -279,7 +279,7 @@ fn test_packed_mutant_reads_whole_or_eio_and_decodes_each_pcluster_once() {
                         assert_eq!(data.len(), want[p].len(), "{alg}: {shown}: short read");
                     }
                     Err(e) => {
-                        assert_eq!(e.errno(), libc::EIO, "{alg}: {shown}: {e}");
+                        assert_eq!(e.errno(), libc::EUCLEAN, "{alg}: {shown}: {e}");
                         if pass == 0 {
                             failed += 1;
                         }
@@ -313,7 +313,7 @@ fn test_packed_mutant_reads_whole_or_eio_and_decodes_each_pcluster_once() {
 }
 
 #[test]
-fn test_fuse_packed_mutant_reads_whole_or_eio_daemon_alive() {
+fn test_fuse_packed_mutant_reads_whole_or_euclean_daemon_alive() {
     let tree = scratch_dir("mutant-fuse-tree");
     build_tree(tree.path());
     let dir = image_dir("mutant-fuse-img");
@@ -332,7 +332,7 @@ fn test_fuse_packed_mutant_reads_whole_or_eio_daemon_alive() {
     fs::write(&mutant, &bytes).expect("write mutant");
 
     let mut mount = FuseMount::new(&mutant, &[], &[]);
-    let mut eio = 0;
+    let mut failed = 0;
     for (p, (ino, frag)) in &listing {
         let rel = String::from_utf8_lossy(p)
             .trim_start_matches('/')
@@ -350,12 +350,12 @@ fn test_fuse_packed_mutant_reads_whole_or_eio_daemon_alive() {
                 assert_eq!(got.len(), want.len(), "{rel}: short read");
             }
             Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{rel}: {e}");
-                eio += 1;
+                assert_eq!(e.raw_os_error(), Some(libc::EUCLEAN), "{rel}: {e}");
+                failed += 1;
             }
         }
     }
-    assert!(eio > 0, "no file failed: the mutation missed");
+    assert!(failed > 0, "no file failed: the mutation missed");
     assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
     mount.finish("packed mutant");
 }

@@ -285,12 +285,17 @@ impl Error {
         }
     }
 
-    /// The errno a filesystem client should see for this error.
+    /// The errno a filesystem client should see for this error: what the
+    /// kernel's EROFS gives for the same fault. Inconsistent on-disk data
+    /// (a bad inode, dirent, xattr, compressed map or stream) is EUCLEAN,
+    /// the kernel's EFSCORRUPTED, for data reads too; a failed or short
+    /// read of the source stays EIO.
     pub fn errno(&self) -> i32 {
         match self {
             Error::Unsupported { .. } => libc::EOPNOTSUPP,
             Error::WrongKind { .. } => libc::EINVAL,
             Error::MissingDevice { .. } => libc::ENODEV,
+            Error::Corrupt { .. } => libc::EUCLEAN,
             Error::Decode { cause, .. } => cause.errno(),
             _ => libc::EIO,
         }
@@ -311,7 +316,21 @@ mod tests {
             offset: 4096,
         };
         let cases: &[(Error, i32)] = &[
-            (Error::corrupt(Some(1), At::Image(8), "f", "d"), libc::EIO),
+            (
+                Error::corrupt(Some(1), At::Image(8), "f", "d"),
+                libc::EUCLEAN,
+            ),
+            (
+                Error::Decode {
+                    nid: 7,
+                    la: 0,
+                    llen: 10,
+                    at: At::Image(4096),
+                    plen: 4,
+                    cause: Box::new(Error::corrupt_unplaced(None, "lz4", "bad")),
+                },
+                libc::EUCLEAN,
+            ),
             (Error::unsupported(None, "x"), libc::EOPNOTSUPP),
             (missing.clone(), libc::ENODEV),
             (
