@@ -362,6 +362,10 @@ fn test_fuse_corrupt_metadata_errno_matches_the_kernel() {
             assert_eq!(*o, libc::EUCLEAN.to_string(), "{what}: {op}");
         }
         assert_eq!(ours.last().map(|(_, o)| o.as_str()), Some("ok"), "{what}");
-        assert!(mount.alive(), "{what}: the daemon died: {}", mount.stderr_text());
+        assert!(
+            mount.alive(),
+            "{what}: the daemon died: {}",
+            mount.stderr_text()
+        );
     }
 }
