@@ -196,6 +196,9 @@ impl Session {
         if name.len() > XATTR_NAME_MAX || name.is_empty() {
             return Err(Fail::Errno(libc::ERANGE));
         }
+        if let Some(errno) = unknown_xattr_name(name) {
+            return Err(Fail::Errno(errno));
+        }
         let value = t
             .img
             .image()
@@ -223,6 +226,23 @@ impl Session {
             list.push(0);
         }
         sized_reply(sink, h.unique, size, &list)
+    }
+}
+
+/// The namespaces the kernel's EROFS answers for: a name in another one is
+/// EOPNOTSUPP there (no handler takes it), a known prefix with nothing
+/// after it EINVAL. FUSE hands every name to the daemon, so the same rule
+/// is kept here. POSIX ACLs are the two `system.` names the kernel maps to
+/// the inode's ACLs.
+fn unknown_xattr_name(name: &[u8]) -> Option<i32> {
+    const PREFIXES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+    if name == b"system.posix_acl_access" || name == b"system.posix_acl_default" {
+        return None;
+    }
+    match PREFIXES.iter().find(|p| name.starts_with(p)) {
+        Some(p) if name.len() == p.len() => Some(libc::EINVAL),
+        Some(_) => None,
+        None => Some(libc::EOPNOTSUPP),
     }
 }
 

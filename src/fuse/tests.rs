@@ -589,6 +589,26 @@ fn test_xattr_size_probe_erange_enodata() {
         ),
         Err(libc::ENODATA)
     );
+    // Names the kernel's EROFS has no handler for, or a bare prefix: the
+    // kernel's errnos (EOPNOTSUPP, EINVAL), not ENODATA.
+    for (name, want) in [
+        (&b"foo.bar\0"[..], libc::EOPNOTSUPP),
+        (b"system.foo\0", libc::EOPNOTSUPP),
+        (b"user\0", libc::EOPNOTSUPP),
+        (b"userx.test\0", libc::EOPNOTSUPP),
+        (b"user.\0", libc::EINVAL),
+        (b"trusted.\0", libc::EINVAL),
+        (b"security.\0", libc::EINVAL),
+        (b"security.nope\0", libc::ENODATA),
+        (b"system.posix_acl_default\0", libc::ENODATA),
+    ] {
+        assert_eq!(
+            fx.call(GETXATTR, e, &[&getxattr_in(100), name]),
+            Err(want),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+    }
     let list = fx.call(LISTXATTR, e, &[&getxattr_in(1000)]).unwrap();
     assert_eq!(list, b"user.test\0trusted.secret\0");
     let probe = fx.call(LISTXATTR, e, &[&getxattr_in(0)]).unwrap();
