@@ -252,8 +252,41 @@ fn xattr_op(path: &Path, name: Option<&str>) -> std::io::Result<()> {
     }
 }
 
+/// The part of both errno tests' trees: a directory `d/`, a file `f`, and
+/// a file `x` with the xattr `user.a` = `b`.
+fn errno_tree(tree: &Path) {
+    fs::create_dir_all(tree.join("d")).expect("mkdir");
+    fs::write(tree.join("f"), b"hello\n").expect("write");
+    fs::write(tree.join("x"), b"xattrs\n").expect("write");
+    xattr::set(tree.join("x"), "user.a", b"b").expect("setxattr");
+}
+
+/// What one call per entry of `calls` gives: ("what", "ok" or errno).
+type Outcomes = Vec<(&'static str, String)>;
+
+/// `calls` on the kernel's mount of `image`, then on ours: each call must
+/// give both the same outcome, and the daemon must stay up. Returns ours.
+fn outcomes_like_the_kernel(image: &Path, case: &str, calls: fn(&Path) -> Outcomes) -> Outcomes {
+    let kernel = {
+        let k = KernelMount::new(image, &[]);
+        calls(k.path())
+    };
+    let mut mount = FuseMount::new(image, &[], &[]);
+    let ours = calls(mount.path());
+    assert_eq!(ours.len(), kernel.len(), "{case}");
+    for ((what, k), (_, o)) in kernel.iter().zip(&ours) {
+        assert_eq!(o, k, "{case}: {what}: ours vs the kernel");
+    }
+    assert!(
+        mount.alive(),
+        "{case}: the daemon died: {}",
+        mount.stderr_text()
+    );
+    ours
+}
+
 /// Every operation of the corrupt-metadata test on a mount at `root`.
-fn metadata_outcomes(root: &Path) -> Vec<(&'static str, String)> {
+fn metadata_outcomes(root: &Path) -> Outcomes {
     let p = |rel: &str| root.join(rel);
     vec![
         ("stat f", outcome(fs::symlink_metadata(p("f")).map(drop))),
@@ -280,10 +313,7 @@ fn test_fuse_corrupt_metadata_errno_matches_the_kernel() {
     assert_kernel_erofs();
     let scratch = scratch_dir("erofs-fuse-errno-");
     let tree = scratch.path().join("tree");
-    fs::create_dir_all(tree.join("d")).expect("mkdir");
-    fs::write(tree.join("f"), b"hello\n").expect("write");
-    fs::write(tree.join("x"), b"xattrs\n").expect("write");
-    xattr::set(tree.join("x"), "user.a", b"b").expect("setxattr");
+    errno_tree(&tree);
     for i in 0..50 {
         fs::write(tree.join(format!("d/file_{i}")), format!("{i}\n")).expect("write");
     }
@@ -360,31 +390,20 @@ fn test_fuse_corrupt_metadata_errno_matches_the_kernel() {
         let mut b = bytes.clone();
         mutate(&mut b);
         fs::write(&image, &b).expect("write corrupt image");
-        let kernel = {
-            let k = KernelMount::new(&image, &[]);
-            metadata_outcomes(k.path())
-        };
-        let mut mount = FuseMount::new(&image, &[], &[]);
-        let ours = metadata_outcomes(mount.path());
-        assert_eq!(ours, kernel, "{what}: ours (left) vs the kernel");
+        let ours = outcomes_like_the_kernel(&image, what, metadata_outcomes);
         let failed: Vec<_> = ours.iter().filter(|(_, o)| o != "ok").collect();
         assert!(!failed.is_empty(), "{what}: the damage did not show");
         for (op, o) in &failed {
             assert_eq!(*o, libc::EUCLEAN.to_string(), "{what}: {op}");
         }
         assert_eq!(ours.last().map(|(_, o)| o.as_str()), Some("ok"), "{what}");
-        assert!(
-            mount.alive(),
-            "{what}: the daemon died: {}",
-            mount.stderr_text()
-        );
     }
 }
 
 /// Every call a client may make that must fail or answer in a set way on
 /// a read-only EROFS mount at `root`: writes of every kind, wrong types,
 /// missing names, xattr namespaces, name lengths.
-fn call_outcomes(root: &Path) -> Vec<(&'static str, String)> {
+fn call_outcomes(root: &Path) -> Outcomes {
     use std::os::unix::fs::{symlink, PermissionsExt};
     let p = |rel: &str| root.join(rel);
     let open_with = |rel: &str, o: &mut fs::OpenOptions| o.open(p(rel)).map(drop);
@@ -519,25 +538,12 @@ fn test_fuse_errno_of_each_call_matches_the_kernel() {
     assert_kernel_erofs();
     let scratch = scratch_dir("erofs-fuse-calls-");
     let tree = scratch.path().join("tree");
-    fs::create_dir_all(tree.join("d")).expect("mkdir");
-    fs::write(tree.join("f"), b"hello\n").expect("write");
+    errno_tree(&tree);
     fs::write(tree.join("d/in"), b"in\n").expect("write");
-    fs::write(tree.join("x"), b"xattrs\n").expect("write");
-    xattr::set(tree.join("x"), "user.a", b"b").expect("setxattr");
     std::os::unix::fs::symlink("f", tree.join("s")).expect("symlink");
     std::os::unix::fs::symlink("nowhere", tree.join("dangling")).expect("symlink");
     let image = mkfs(&tree, &scratch.path().join("calls.erofs"), &[]);
-    let kernel = {
-        let k = KernelMount::new(&image, &[]);
-        call_outcomes(k.path())
-    };
-    let mut mount = FuseMount::new(&image, &[], &[]);
-    let ours = call_outcomes(mount.path());
-    for ((what, k), (_, o)) in kernel.iter().zip(&ours) {
-        assert_eq!(o, k, "{what}: ours vs the kernel");
-    }
-    assert_eq!(ours.len(), kernel.len());
+    let ours = outcomes_like_the_kernel(&image, "calls", call_outcomes);
     // The list is not all refusals: the reads that must work do.
     assert!(ours.iter().any(|(w, o)| *w == "getxattr" && o == "ok"));
-    assert!(mount.alive(), "the daemon died: {}", mount.stderr_text());
 }

@@ -307,6 +307,18 @@ impl Error {
 mod tests {
     use super::*;
 
+    /// A decode failure of nid 7 caused by `cause`.
+    fn decode(cause: Error) -> Error {
+        Error::Decode {
+            nid: 7,
+            la: 0,
+            llen: 10,
+            at: At::Image(4096),
+            plen: 4,
+            cause: Box::new(cause),
+        }
+    }
+
     #[test]
     fn test_error_errno_follows_the_cause() {
         let missing = Error::MissingDevice {
@@ -321,40 +333,13 @@ mod tests {
                 libc::EUCLEAN,
             ),
             (
-                Error::Decode {
-                    nid: 7,
-                    la: 0,
-                    llen: 10,
-                    at: At::Image(4096),
-                    plen: 4,
-                    cause: Box::new(Error::corrupt_unplaced(None, "lz4", "bad")),
-                },
+                decode(Error::corrupt_unplaced(None, "lz4", "bad")),
                 libc::EUCLEAN,
             ),
             (Error::unsupported(None, "x"), libc::EOPNOTSUPP),
             (missing.clone(), libc::ENODEV),
-            (
-                Error::Decode {
-                    nid: 7,
-                    la: 0,
-                    llen: 10,
-                    at: At::Image(4096),
-                    plen: 4,
-                    cause: Box::new(missing),
-                },
-                libc::ENODEV,
-            ),
-            (
-                Error::Decode {
-                    nid: 7,
-                    la: 0,
-                    llen: 10,
-                    at: At::Image(4096),
-                    plen: 4,
-                    cause: Box::new(Error::unsupported(Some(7), "x")),
-                },
-                libc::EOPNOTSUPP,
-            ),
+            (decode(missing), libc::ENODEV),
+            (decode(Error::unsupported(Some(7), "x")), libc::EOPNOTSUPP),
         ];
         for (e, want) in cases {
             assert_eq!(e.errno(), *want, "{e}");
@@ -366,14 +351,6 @@ mod tests {
     #[test]
     fn test_error_is_lasting_unless_io() {
         let io = Error::io(At::Image(0), 4, io::Error::from_raw_os_error(libc::EIO));
-        let decode = |cause: Error| Error::Decode {
-            nid: 1,
-            la: 0,
-            llen: 1,
-            at: At::Image(0),
-            plen: 1,
-            cause: Box::new(cause),
-        };
         let cases: &[(Error, bool)] = &[
             (Error::corrupt_unplaced(None, "lzma", "bad"), true),
             (Error::unsupported(None, "x"), true),
