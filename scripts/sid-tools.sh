@@ -53,35 +53,15 @@ die() { echo "sid-tools.sh: $*" >&2; exit 1; }
 
 # --- the private apt state -------------------------------------------------------
 state=$SID_DIR/apt
-apt_opts=(
-  -o "Dir::Etc::sourcelist=$state/sources.list"
-  -o "Dir::Etc::sourceparts=$state/empty.d"
-  -o "Dir::Etc::preferences=$state/preferences"
-  -o "Dir::Etc::preferencesparts=$state/empty.d"
-  -o "Dir::State=$state/state"
-  -o "Dir::State::lists=$state/lists"
-  -o "Dir::State::status=$state/status"
-  -o "Dir::Cache=$state/cache"
-  -o "APT::Architecture=amd64"
-  -o "APT::Architectures::=amd64"
-  -o "APT::Sandbox::User=root"
-  -o "Acquire::Languages=none"
-  -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
-  -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
-  -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
-  -o "Acquire::IndexTargets::deb::CNF::DefaultEnabled=false"
-)
+# shellcheck source=scripts/private-apt.sh
+. "$repo/scripts/private-apt.sh"
+private_apt_opts "$state"
+apt_opts=("${PRIVATE_APT[@]}")
 updated=0
 apt_state() {
   [ "$updated" = 1 ] && return 0
-  mkdir -p "$state/state" "$state/lists/partial" "$state/cache/archives/partial" "$state/empty.d"
-  : >"$state/status"
-  : >"$state/preferences"
-  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  [ -f "$keyring" ] || die "$keyring is missing (apt-get install debian-archive-keyring)"
-  echo "deb [signed-by=$keyring] $mirror sid main" >"$state/sources.list"
   log "apt-get update (sid, private state in $state)"
-  apt-get "${apt_opts[@]}" update -qq >/dev/null || die "apt-get update of sid failed"
+  private_apt_update "$state" sid "$mirror" || die "apt-get update of sid failed"
   updated=1
 }
 

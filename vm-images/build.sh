@@ -90,20 +90,14 @@ if [ -n "$suite" ]; then
     *[!a-z0-9-]*) echo "build.sh: bad suite name $suite" >&2; exit 2 ;;
   esac
   st=$out/apt
-  kapt=(-o "Dir::Etc::sourcelist=$st/sources.list" -o "Dir::Etc::sourceparts=$st/empty.d"
-    -o "Dir::Etc::preferences=$st/preferences" -o "Dir::Etc::preferencesparts=$st/empty.d"
-    -o "Dir::State=$st/state" -o "Dir::State::lists=$st/lists" -o "Dir::State::status=$st/status"
-    -o "Dir::Cache=$st/cache" -o "APT::Architecture=amd64" -o "APT::Architectures::=amd64"
-    -o "APT::Sandbox::User=root" -o "Acquire::Languages=none")
+  # shellcheck source=scripts/private-apt.sh
+  . "$here/../scripts/private-apt.sh"
+  private_apt_opts "$st"
+  kapt=("${PRIVATE_APT[@]}")
   kapt_update() {
-    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    [ -f "$keyring" ] || ensure_packages debian-archive-keyring
-    mkdir -p "$st/state" "$st/lists/partial" "$st/cache/archives/partial" "$st/empty.d"
-    : >"$st/status"
-    : >"$st/preferences"
-    echo "deb [signed-by=$keyring] ${EVFS_DEBIAN_MIRROR:-http://deb.debian.org/debian} $suite main" >"$st/sources.list"
+    [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || ensure_packages debian-archive-keyring
     log "apt-get update ($suite, private state in $st)"
-    apt-get "${kapt[@]}" update -qq >/dev/null
+    private_apt_update "$st" "$suite" "${EVFS_DEBIAN_MIRROR:-}"
   }
 fi
 kdir=$out/kernel
