@@ -394,10 +394,10 @@ fn test_guest_dax_write_through_window() {
     assert_eq!(line("mapped="), "ABCD", "the guest sees its own write");
     // Whether drop_caches unmaps the file is the guest kernel's choice:
     // 6.1 evicts the inode and so removes its mapping, and the next read
-    // maps the range again, which the daemon must find changed; 7.x keeps
-    // an inode with DAX entries (not shrinkable), mapping and all, so the
-    // guest still sees its own write and the next mapping is the second
-    // guest's below.
+    // maps the range again, which the daemon must find changed; 7.2 sends
+    // neither REMOVEMAPPING nor a second SETUPMAPPING (it keeps the file's
+    // mapping), so the guest still sees its own write and the next
+    // mapping is the second guest's below.
     let after = line("after=");
     let c = d.dax_counts(1);
     let kept = after != sha;
